@@ -1,0 +1,184 @@
+"""The RabbitMQ adapter (aio-pika).
+
+Topology for a service queue ``Q`` (all durable):
+- ``Q`` bound to the topic exchange ``reclo.events`` with the service's patterns;
+- ``Q.retry.<ms>`` per retry delay: a parking queue whose message TTL is the delay and whose
+  dead-letter target is ``Q`` again. One queue per delay keeps every message in it with the
+  same TTL, so none waits behind a longer one;
+- ``Q.dead``: messages that failed every attempt or could not be read, with the reason in
+  the ``x-reclo-reason`` header.
+A message is acknowledged only after its handler returned or after it was confirmed into a
+retry or dead queue, so a crash at any point redelivers it rather than losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared.bus.port import EXCHANGE, Bus, DeadLetter, Handler, failure_reason
+from shared.events import Envelope, MalformedMessage, decode_envelope
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+ATTEMPT_HEADER = "x-reclo-attempt"
+REASON_HEADER = "x-reclo-reason"
+# A publish that the broker has not confirmed in this time is treated as failed (the outbox
+# will try again); without it a publish during an outage could wait for the reconnect.
+CONFIRM_TIMEOUT_SECONDS = 10.0
+
+
+class RabbitBus(Bus):
+    def __init__(self, url: str, *, prefetch: int = 16, retry_delays: tuple[float, ...] = (1.0,)):
+        self.url = url
+        self.prefetch = prefetch
+        self.retry_delays = tuple(retry_delays)
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.url, reconnect_interval=1.0)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await self._channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def ping(self) -> bool:
+        conn = self._connection
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+    async def publish(self, envelope: Envelope) -> None:
+        await self._publish_to_exchange(
+            envelope.routing_key, envelope.to_bytes(), message_id=str(envelope.id)
+        )
+
+    async def publish_raw(self, routing_key: str, body: bytes) -> None:
+        await self._publish_to_exchange(routing_key, body, message_id=None)
+
+    async def _publish_to_exchange(self, key: str, body: bytes, message_id: str | None) -> None:
+        if self._exchange is None:
+            raise ConnectionError("bus is not connected")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        await asyncio.wait_for(
+            self._exchange.publish(message, routing_key=key), CONFIRM_TIMEOUT_SECONDS
+        )
+
+    async def _publish_to_queue(self, queue: str, body: bytes, headers: dict) -> None:
+        assert self._channel is not None
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers,
+        )
+        await asyncio.wait_for(
+            self._channel.default_exchange.publish(message, routing_key=queue),
+            CONFIRM_TIMEOUT_SECONDS,
+        )
+
+    async def subscribe(self, queue: str, patterns: Sequence[str], handler: Handler) -> None:
+        assert self._connection is not None and self._exchange is not None
+        channel = await self._connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=self.prefetch)
+        main = await channel.declare_queue(queue, durable=True)
+        for pattern in patterns:
+            await main.bind(EXCHANGE, routing_key=pattern)
+        for delay in self.retry_delays:
+            await channel.declare_queue(
+                _retry_queue(queue, delay),
+                durable=True,
+                arguments={
+                    "x-message-ttl": _ms(delay),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": queue,
+                },
+            )
+        await channel.declare_queue(_dead_queue(queue), durable=True)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._deliver(queue, message, handler)
+
+        await main.consume(on_message)
+
+    async def _deliver(self, queue: str, message: AbstractIncomingMessage, handler: Handler):
+        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+        try:
+            await handler(decode_envelope(message.body))
+        except MalformedMessage as exc:
+            await self._bury(queue, message, str(exc), attempt)
+        except Exception as exc:
+            if attempt <= len(self.retry_delays):
+                delay = self.retry_delays[attempt - 1]
+                log.warning("handler failed, will retry", queue=queue, attempt=attempt,
+                            delay=delay, error=failure_reason(exc))
+                await self._forward(
+                    message, _retry_queue(queue, delay), {ATTEMPT_HEADER: attempt + 1}
+                )
+            else:
+                await self._bury(queue, message, failure_reason(exc), attempt)
+        else:
+            await message.ack()
+
+    async def _bury(self, queue: str, message: AbstractIncomingMessage, reason: str, attempt: int):
+        log.error("message dead-lettered", queue=queue, reason=reason, attempts=attempt)
+        await self._forward(
+            message, _dead_queue(queue), {ATTEMPT_HEADER: attempt, REASON_HEADER: reason}
+        )
+
+    async def _forward(self, message: AbstractIncomingMessage, target: str, headers: dict):
+        """Move a message to a retry or dead queue: acknowledged only once confirmed there."""
+        try:
+            await self._publish_to_queue(target, message.body, headers)
+        except Exception:
+            # Not parked: give it back to the broker so it is delivered again, never lost.
+            await message.nack(requeue=True)
+            raise
+        await message.ack()
+
+    async def dead_letters(self, queue: str) -> list[DeadLetter]:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            dead = await channel.declare_queue(_dead_queue(queue), durable=True)
+            letters = []
+            while (message := await dead.get(no_ack=False, fail=False)) is not None:
+                headers = message.headers or {}
+                letters.append(
+                    DeadLetter(
+                        queue=queue,
+                        body=message.body,
+                        reason=str(headers.get(REASON_HEADER, "")),
+                        attempts=int(headers.get(ATTEMPT_HEADER, 1)),
+                    )
+                )
+                await message.ack()
+            return letters
+        finally:
+            await channel.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(round(seconds * 1000)))
+
+
+def _retry_queue(queue: str, delay: float) -> str:
+    return f"{queue}.retry.{_ms(delay)}ms"
+
+
+def _dead_queue(queue: str) -> str:
+    return f"{queue}.dead"

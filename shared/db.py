@@ -1,0 +1,123 @@
+"""The database port: one async engine per service, on the database that service owns.
+
+MySQL/MariaDB through aiomysql in production; SQLite files through aiosqlite in the embedded
+mode and some unit tests. Code above this module does not know which it talks to, except
+where a statement needs row locks (:attr:`Database.supports_row_locks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import DateTime, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+# How long SQLite waits for another writer before failing with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class UTCDateTime(TypeDecorator):
+    """Times are UTC everywhere; MySQL and SQLite keep no zone, so strip it on the way in
+    and put it back on the way out."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect):
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        kwargs: dict = {"echo": echo, "pool_pre_ping": True}
+        if not self.is_sqlite:
+            kwargs.update(pool_size=10, max_overflow=10, pool_recycle=1800)
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def supports_row_locks(self) -> bool:
+        """SQLite silently ignores FOR UPDATE SKIP LOCKED; it has one writer anyway."""
+        return not self.is_sqlite
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside a transaction: committed on success, rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def create_database(self) -> None:
+        """Create the service's own database (MySQL) or folder (SQLite) if missing."""
+        if self.is_sqlite:
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            return
+        server = create_async_engine(self.url.set(database=""))
+        try:
+            async with server.begin() as conn:
+                name = self.url.database.replace("`", "")
+                await conn.execute(
+                    text(f"CREATE DATABASE IF NOT EXISTS `{name}` "
+                         "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+                )
+        finally:
+            await server.dispose()
+
+    async def drop_database(self) -> None:
+        """Remove the database entirely (tests)."""
+        await self.engine.dispose()
+        if self.is_sqlite:
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).unlink(missing_ok=True)
+            return
+        server = create_async_engine(self.url.set(database=""))
+        try:
+            async with server.begin() as conn:
+                name = self.url.database.replace("`", "")
+                await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        finally:
+            await server.dispose()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy, not the driver, open transactions (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # IMMEDIATE takes the write lock up front: two transactions that read then write would
+    # otherwise deadlock on the lock upgrade and fail at once, ignoring busy_timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

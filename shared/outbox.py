@@ -1,0 +1,157 @@
+"""The transactional outbox (DESIGN.md §2).
+
+A service adds its events to its own ``outbox`` table in the transaction that changes its
+state, so an event exists if and only if the change committed. The relay publishes unsent
+rows in order, with publisher confirms, and only then marks them sent: a broker outage
+delays events, never drops them; a crash between publish and mark re-publishes, which the
+consumers' inbox absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.bus import Bus
+from shared.db import Database, UTCDateTime
+from shared.events import Envelope, Event, envelope_for, utcnow
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+# Rows published per transaction of the relay: large enough to keep up with bursts, small
+# enough that a slow broker doesn't hold row locks for long.
+RELAY_BATCH = 200
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+               autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("routing_key", String(200), nullable=False),
+        Column("envelope", Text, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("sent_at", UTCDateTime, nullable=True, index=True),
+    )
+
+
+class Outbox:
+    def __init__(self, table: Table, db: Database, bus: Bus, *, poll_seconds: float = 1.0):
+        self.table = table
+        self.db = db
+        self.bus = bus
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def add(
+        self,
+        session: AsyncSession,
+        event: Event,
+        *,
+        causation: Envelope | None = None,
+        correlation_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        """Record ``event`` in the caller's transaction; the relay publishes it after commit."""
+        envelope = envelope_for(event, causation=causation, correlation_id=correlation_id)
+        await session.execute(
+            self.table.insert().values(
+                event_id=str(envelope.id),
+                routing_key=envelope.routing_key,
+                envelope=envelope.model_dump_json(),
+                created_at=envelope.occurred_at,
+            )
+        )
+        # Wake the relay as soon as this transaction commits (a spurious wake is harmless).
+        sync = session.sync_session
+        if not sync.info.get(id(self)):
+            sync.info[id(self)] = True
+            event.listen(sync, "after_commit", lambda _s: self._wake.set(), once=True)
+        return envelope
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent events; returns how many were published."""
+        async with self.db.transaction() as session:
+            query = (
+                select(self.table.c.seq, self.table.c.routing_key, self.table.c.envelope)
+                .where(self.table.c.sent_at.is_(None))
+                .order_by(self.table.c.seq)
+                .limit(RELAY_BATCH)
+            )
+            if self.db.supports_row_locks:
+                # Several replicas may relay at once; each takes rows the others don't hold.
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).all()
+            sent: list[int] = []
+            try:
+                for row in rows:
+                    await self.bus.publish_raw(row.routing_key, row.envelope.encode())
+                    sent.append(row.seq)
+            finally:
+                # Mark what the broker confirmed, even if a later publish in the batch failed.
+                if sent:
+                    await session.execute(
+                        update(self.table)
+                        .where(self.table.c.seq.in_(sent))
+                        .values(sent_at=utcnow())
+                    )
+            return len(sent)
+
+    async def pending(self) -> int:
+        async with self.db.sessions() as session:
+            rows = await session.execute(
+                select(self.table.c.seq).where(self.table.c.sent_at.is_(None))
+            )
+            return len(rows.all())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()  # before reading, so a commit during the read wakes us again
+            try:
+                published = await self.relay_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                published = 0
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("outbox relay failed, will retry", error=str(exc) or
+                                type(exc).__name__, failures=failures)
+            if published:
+                continue  # there may be more behind this batch
+            backoff = min(self.poll_seconds * (2 ** min(failures, 5)), 30.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)

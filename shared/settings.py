@@ -1,0 +1,128 @@
+"""Settings from ``RECLO_*`` environment variables, one section per service.
+
+Nested sections use a double underscore: ``RECLO_AUTH__SESSION_TTL_SECONDS=3600``.
+Secrets (database passwords inside URLs, the internal signing key, AWS credentials) are read
+from the environment only; nothing here has a default secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+SERVICES = ("gateway", "auth", "backup", "recovery", "instances", "scheduler")
+
+# Where each service listens when it runs alone (`reclo serve X`) on one machine.
+DEFAULT_PORTS = {
+    "gateway": 8080,
+    "auth": 8081,
+    "backup": 8082,
+    "recovery": 8083,
+    "instances": 8084,
+    "scheduler": 8085,
+}
+
+
+class ServiceSettings(BaseModel):
+    """What every service has: where it listens, where others reach it, its database."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    # Base URL the gateway uses to reach this service (`http://auth:8081` in Kubernetes).
+    url: str | None = None
+    # Overrides the database derived from RECLO_DATABASE_URL for this service alone.
+    database_url: SecretStr | None = None
+
+
+class AuthSettings(ServiceSettings):
+    session_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+    # Login throttling: failed attempts allowed within the window before 429.
+    login_window_seconds: int = Field(default=300, gt=0)
+    login_failures_per_username: int = Field(default=10, gt=0)
+    login_failures_per_address: int = Field(default=30, gt=0)
+
+
+class GatewaySettings(ServiceSettings):
+    # How long a token's introspection result is trusted: revocation takes effect within it.
+    token_cache_seconds: float = Field(default=5.0, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class BackupSettings(ServiceSettings):
+    pass
+
+
+class RecoverySettings(ServiceSettings):
+    pass
+
+
+class InstancesSettings(ServiceSettings):
+    pass
+
+
+class SchedulerSettings(ServiceSettings):
+    pass
+
+
+class BusSettings(BaseModel):
+    prefetch: int = Field(default=16, gt=0)
+    # Seconds to wait before each retry of a failing handler; after the last, dead letter.
+    retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
+    # How often the outbox relay looks for unsent events when nothing woke it.
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECLO_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path(".reclo")
+    # mysql+aiomysql://user:password@host:3306/ — each service gets its own database
+    # `reclo_<service>` on that server. Unset: SQLite files under data_dir.
+    database_url: SecretStr | None = None
+    # amqp://user:password@host:5672/ — unset: the in-process bus.
+    bus_url: SecretStr | None = None
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    # HMAC key the gateway signs callers' identities with; services refuse unsigned requests.
+    internal_key: SecretStr | None = None
+    log_level: str = "info"
+    log_format: str = "json"  # json | console
+
+    bus: BusSettings = BusSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
+    backup: BackupSettings = BackupSettings()
+    recovery: RecoverySettings = RecoverySettings()
+    instances: InstancesSettings = InstancesSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+    def section(self, service: str) -> ServiceSettings:
+        return getattr(self, service)
+
+    def port_for(self, service: str) -> int:
+        port = self.section(service).port
+        return DEFAULT_PORTS[service] if port is None else port
+
+    def url_for(self, service: str) -> str:
+        section = self.section(service)
+        return section.url or f"http://127.0.0.1:{self.port_for(service)}"
+
+    def database_url_for(self, service: str) -> str:
+        """The database a service owns: its own override, else its own database on the shared
+        server, else its own SQLite file."""
+        own = self.section(service).database_url
+        if own is not None:
+            return own.get_secret_value()
+        if self.database_url is not None:
+            url = make_url(self.database_url.get_secret_value())
+            if url.get_backend_name() == "sqlite":
+                folder = Path(url.database or self.data_dir).parent
+                return str(url.set(database=str(folder / f"{service}.db")))
+            return url.set(database=f"reclo_{service}").render_as_string(hide_password=False)
+        return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"
