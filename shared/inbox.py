@@ -68,7 +68,9 @@ class Dispatcher:
         outbox: Outbox,
         inbox: Table,
         handlers: Mapping[type[Event], EventHandler],
+        queue_prefix: str = "reclo",
     ) -> None:
+        self.queue = f"{queue_prefix}.{service_name}"
         self.service_name = service_name
         self.runtime = runtime
         self.db = db
@@ -76,10 +78,6 @@ class Dispatcher:
         self.outbox = outbox
         self.inbox = inbox
         self.handlers = {cls.type_name(): (cls, fn) for cls, fn in handlers.items()}
-
-    @property
-    def queue(self) -> str:
-        return f"reclo.{self.service_name}"
 
     async def start(self) -> None:
         if not self.handlers:

@@ -41,6 +41,36 @@ def head_revision(script_location: Path) -> str | None:
     return ScriptDirectory.from_config(_config(script_location)).get_current_head()
 
 
+def create_outbox_and_inbox_v1() -> None:
+    """The outbox and inbox tables as every service's first revision creates them. Frozen:
+    a later change to them is a new revision (and a new helper), never an edit here."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    from shared.db import UTCDateTime
+
+    op.create_table(
+        "outbox",
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                  autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(36), nullable=False),
+        sa.Column("routing_key", sa.String(200), nullable=False),
+        sa.Column("envelope", sa.Text(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("sent_at", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("seq"),
+        sa.UniqueConstraint("event_id"),
+    )
+    op.create_index("ix_outbox_sent_at", "outbox", ["sent_at"])
+    op.create_table(
+        "inbox",
+        sa.Column("event_id", sa.String(36), nullable=False),
+        sa.Column("event_type", sa.String(100), nullable=False),
+        sa.Column("handled_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("event_id"),
+    )
+
+
 def run_env(metadata: MetaData) -> None:
     """Body of every service's ``migrations/env.py``."""
     connection = context.config.attributes.get("connection")

@@ -79,6 +79,7 @@ class ServiceRuntime:
             self.dispatcher = Dispatcher(
                 service_name=name, runtime=self, db=self.db, bus=bus, outbox=self.outbox,
                 inbox=metadata.tables["inbox"], handlers=handlers or {},
+                queue_prefix=settings.bus.queue_prefix,
             )
         self.app = create_app(
             service=name, routes=routes, internal_key=key if verify_callers else None,

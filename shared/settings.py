@@ -43,6 +43,10 @@ class AuthSettings(ServiceSettings):
     login_window_seconds: int = Field(default=300, gt=0)
     login_failures_per_username: int = Field(default=10, gt=0)
     login_failures_per_address: int = Field(default=30, gt=0)
+    # Argon2id cost; the defaults are argon2-cffi's (RFC 9106, low-memory profile).
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
 
 
 class GatewaySettings(ServiceSettings):
@@ -74,6 +78,8 @@ class BusSettings(BaseModel):
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
     # How often the outbox relay looks for unsent events when nothing woke it.
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # Service queues are named `<prefix>.<service>`; tests use their own prefix.
+    queue_prefix: str = "reclo"
 
 
 class Settings(BaseSettings):
@@ -85,6 +91,8 @@ class Settings(BaseSettings):
     # mysql+aiomysql://user:password@host:3306/ — each service gets its own database
     # `reclo_<service>` on that server. Unset: SQLite files under data_dir.
     database_url: SecretStr | None = None
+    # Each service's database on that server is `<prefix><service>`.
+    database_prefix: str = "reclo_"
     # amqp://user:password@host:5672/ — unset: the in-process bus.
     bus_url: SecretStr | None = None
     s3_endpoint: str | None = None
@@ -124,5 +132,5 @@ class Settings(BaseSettings):
             if url.get_backend_name() == "sqlite":
                 folder = Path(url.database or self.data_dir).parent
                 return str(url.set(database=str(folder / f"{service}.db")))
-            return url.set(database=f"reclo_{service}").render_as_string(hide_password=False)
+            return url.set(database=f"{self.database_prefix}{service}").render_as_string(hide_password=False)
         return f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from shared.http.identity import BadSignature, Identity, verify
 from shared.http.problems import Problem, problem_response
-from shared.http.routes import Routes
+from shared.http.routes import Routes, openapi_fragment
 from shared.logs import bound, get_logger
 
 log = get_logger(__name__)
@@ -120,6 +120,12 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    fragment = openapi_fragment(routes)
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(fragment)
+
+    app.router.add_get("/internal/openapi", openapi)
     for group in routes:
         group.add_to(app)
     return app

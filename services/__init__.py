@@ -1,0 +1,1 @@
+"""ReClo's services. Each ``services/<name>`` imports ``shared`` only, never a sibling."""

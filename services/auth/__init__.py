@@ -1,0 +1,1 @@
+"""Auth: users, sessions and agent keys; the gateway asks it who a bearer token belongs to."""

@@ -1,0 +1,98 @@
+"""The gateway's routes: the proxy for /api/v1/* and the merged OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import aiohttp
+from aiohttp import web
+
+from services.gateway.domain import API_PREFIX, NOT_FORWARDED, bearer_token, owner_of
+from shared.events import utcnow
+from shared.http.identity import Identity, sign
+from shared.http.problems import Problem, not_found, unauthorized
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+OPENAPI_PATH = API_PREFIX + "openapi.json"
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    gateway = request.app["service"].context
+    if request.path == OPENAPI_PATH and request.method == "GET":
+        return web.json_response(await gateway.openapi())
+    service = owner_of(request.path)
+    if service is None:
+        raise not_found(f"no route {request.path}")
+    identity = await authenticate(gateway, request)
+    return await forward(gateway, request, service, identity)
+
+
+async def authenticate(gateway, request: web.Request) -> Identity:
+    client_ip = request.remote
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        return Identity(kind="anonymous", client_ip=client_ip)
+    if not token:
+        raise unauthorized("the Authorization header must be `Bearer <token>`")
+    cached = gateway.tokens.get(token)
+    if cached is None:
+        cached, expires_at = await gateway.introspect(token)
+        gateway.tokens.put(token, cached, not_after=_monotonic_deadline(expires_at))
+    return cached.model_copy(update={"client_ip": client_ip})
+
+
+def _monotonic_deadline(expires_at: datetime | None) -> float | None:
+    if expires_at is None:
+        return None
+    return asyncio.get_running_loop().time() + (expires_at - utcnow()).total_seconds()
+
+
+async def forward(gateway, request: web.Request, service: str,
+                  identity: Identity) -> web.StreamResponse:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
+    headers["X-Request-ID"] = request["request_id"]
+    headers.update(sign(identity, request.method, request.path_qs, gateway.key))
+    body = request.content if request.body_exists else None
+    if request.content_length is not None and request.content_length > gateway.max_body:
+        raise Problem(413, "Body too large", "the request body exceeds the limit")
+    try:
+        upstream = await gateway.http.request(
+            request.method, gateway.urls[service] + request.path_qs, headers=headers,
+            data=_limited(body, gateway.max_body) if body is not None else None,
+            allow_redirects=False,
+        )
+    except BodyTooLarge:
+        raise Problem(413, "Body too large", "the request body exceeds the limit") from None
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        log.warning("upstream unreachable", upstream=service, error=str(exc))
+        raise Problem(503, "Service unavailable",
+                      f"the {service} service is not reachable; try again shortly",
+                      headers={"Retry-After": "5"}) from None
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name.lower() not in NOT_FORWARDED and name.lower() != "x-request-id":
+                response.headers.add(name, value)
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(64 * 1024):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _limited(stream, limit: int):
+    seen = 0
+    async for chunk in stream.iter_chunked(64 * 1024):
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge()
+        yield chunk

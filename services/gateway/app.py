@@ -1,0 +1,130 @@
+"""Composition root of the gateway: upstream URLs, the token cache, the HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from services.gateway import api
+from services.gateway.domain import UPSTREAMS, TokenCache
+from shared.api.auth import Introspection
+from shared.bus import Bus
+from shared.http.identity import Identity, sign
+from shared.http.problems import Problem, unauthorized
+from shared.logs import get_logger
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+GATEWAY = Identity(kind="service", service="gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, key: bytes,
+                 urls: dict[str, str] | None = None) -> None:
+        self.key = key
+        self.max_body = settings.gateway.max_body_bytes
+        self.timeout = aiohttp.ClientTimeout(total=None,
+                                             sock_connect=5,
+                                             sock_read=settings.gateway.upstream_timeout_seconds)
+        self.urls = urls or {name: settings.url_for(name).rstrip("/") for name in UPSTREAMS}
+        self.tokens = TokenCache(settings.gateway.token_cache_seconds)
+        self._http: aiohttp.ClientSession | None = None
+        self._openapi: dict[str, Any] | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=self.timeout, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
+            )
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def call(self, service: str, method: str, path: str, json: Any = None):
+        """A signed call of the gateway's own to a service's internal API."""
+        headers = sign(GATEWAY, method, path, self.key)
+        return await self.http.request(method, self.urls[service] + path, json=json,
+                                       headers=headers)
+
+    async def introspect(self, token: str) -> tuple[Identity, datetime | None]:
+        try:
+            async with await self.call("auth", "POST", "/internal/introspect",
+                                       {"token": token[:256]}) as response:
+                body = await response.json(content_type=None)
+                if response.status in (401, 422):
+                    raise unauthorized(body.get("detail") or "the token is not valid")
+                if response.status != 200:
+                    raise Problem(503, "Service unavailable", "cannot check the token now")
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            raise Problem(503, "Service unavailable", "cannot check the token now",
+                          headers={"Retry-After": "5"}) from None
+        found = Introspection.model_validate(body)
+        identity = Identity(kind=found.kind, user_id=found.user_id, username=found.username,
+                            token_id=found.token_id, host=found.host)
+        return identity, found.expires_at
+
+    async def openapi(self) -> dict[str, Any]:
+        """One document for the whole surface, merged from every service's own routes."""
+        if self._openapi is not None:
+            return self._openapi
+        doc: dict[str, Any] = {
+            "openapi": "3.1.0",
+            "info": {"title": "ReClo API", "version": "1"},
+            "paths": {},
+            "components": {
+                "schemas": {"Problem": PROBLEM_SCHEMA},
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+        }
+        complete = True
+        for service in UPSTREAMS:
+            try:
+                async with await self.call(service, "GET", "/internal/openapi") as response:
+                    response.raise_for_status()
+                    fragment = await response.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                complete = False
+                continue
+            doc["paths"].update(fragment["paths"])
+            doc["components"]["schemas"].update(fragment["schemas"])
+        doc["paths"] = dict(sorted(doc["paths"].items()))
+        if complete:
+            self._openapi = doc
+        return doc
+
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+
+
+def build(settings: Settings, bus: Bus, key: bytes,
+          urls: dict[str, str] | None = None) -> ServiceRuntime:
+    runtime = ServiceRuntime(
+        name="gateway", settings=settings, bus=bus, key=key, verify_callers=False,
+        max_body_bytes=settings.gateway.max_body_bytes,
+    )
+    runtime.context = Gateway(settings, key, urls)
+    runtime.app.router.add_route("*", "/api/v1/{tail:.*}", api.proxy)
+    runtime.app.on_cleanup.append(lambda _app: runtime.context.close())
+    return runtime

@@ -1,0 +1,86 @@
+"""Which service owns which part of /api/v1, and the short-lived cache of token checks."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from shared.http.identity import Identity
+
+API_PREFIX = "/api/v1/"
+
+# First path segment after /api/v1/ → the service that owns it (DESIGN.md §7).
+OWNERS: dict[str, str] = {
+    "auth": "auth",
+    "agent-keys": "auth",
+    "hosts": "backup",
+    "backups": "backup",
+    "recoveries": "recovery",
+    "instances": "instances",
+}
+UPSTREAMS = tuple(dict.fromkeys(OWNERS.values()))
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and ones the gateway sets itself never pass through.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+})
+NOT_FORWARDED = HOP_BY_HOP | {"authorization", "cookie", "x-reclo-identity",
+                              "x-reclo-signature", "x-forwarded-for"}
+
+
+def owner_of(path: str) -> str | None:
+    if not path.startswith(API_PREFIX):
+        return None
+    segment = path[len(API_PREFIX):].split("/", 1)[0]
+    return OWNERS.get(segment)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of ``Authorization: Bearer <token>``; None when absent, '' when malformed."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return ""
+    return token.strip()
+
+
+class TokenCache:
+    """Introspection results, trusted for ``ttl`` seconds: a revoked token keeps working at
+    most that long. Keyed by a hash so the cache holds no usable tokens."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> Identity | None:
+        key = self._key(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, identity = entry
+        if expires <= self.clock():
+            del self._entries[key]
+            return None
+        return identity
+
+    def put(self, token: str, identity: Identity, not_after: float | None = None) -> None:
+        if self.ttl <= 0:
+            return
+        expires = self.clock() + self.ttl
+        if not_after is not None:
+            expires = min(expires, not_after)
+        self._entries[self._key(token)] = (expires, identity)
+        self._entries.move_to_end(self._key(token))
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
