@@ -1,0 +1,527 @@
+"""Backing up folders and disk images into a snapshot.
+
+A backup walks each folder source depth first, directory by directory, and turns it
+into tree blobs; files are read, chunked, hashed, compressed and sealed in worker threads
+(all of that releases the GIL) while the event loop uploads finished packs. Image sources
+(a raw image file, a VHD(X) file, a block device) become one `image` entry cut into
+fixed, aligned chunks.
+
+- full: every file is read and hashed again; only chunks the repository lacks are stored,
+  so a weekly full costs little more upload than an incremental.
+- incremental: a file whose size, mtime, ctime and inode equal those recorded in the
+  parent snapshot keeps the parent's chunk list and is not read.
+
+Nothing about one file stops the backup: a special file (fifo, socket, device) inside a
+folder is skipped, a file that vanishes or cannot be read is left out, a file that
+changes while read is stored as read; each is reported in the result's warnings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fnmatch
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+from .errors import FormatError, SourceNotFound
+from .pack import BlobType
+from .repository import BlobSaver, Repository
+from .snapshot import (
+    DIR,
+    FILE,
+    FULL,
+    IMAGE,
+    INCREMENTAL,
+    SYMLINK,
+    ChunkRef,
+    Node,
+    Snapshot,
+    SnapshotStats,
+    SourceInfo,
+    Tree,
+    append_ref,
+)
+
+FOLDER = "folder"
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NOATIME = getattr(os, "O_NOATIME", 0)  # don't touch atime (allowed for the file's owner or root)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str
+    kind: str = FOLDER  # FOLDER | IMAGE
+
+
+@dataclass
+class Progress:
+    """Where a backup is; totals grow while the scanner is still counting."""
+
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    totals_final: bool = False
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class BackupResult:
+    snapshot_id: str
+    snapshot: Snapshot
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stats(self) -> SnapshotStats:
+        return self.snapshot.stats
+
+
+def excluded(patterns: Sequence[str], rel_path: str, name: str) -> bool:
+    """Glob patterns: without '/', matched against the entry's name; with '/', against its
+    path relative to the source root ('*' also matches '/')."""
+    for pattern in patterns:
+        if "/" in pattern:
+            if fnmatch.fnmatchcase(rel_path, pattern.strip("/")):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def _node_from_stat(name: str, node_type: str, st: os.stat_result) -> Node:
+    return Node(
+        name=name,
+        type=node_type,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        dev=st.st_dev,
+        size=st.st_size if node_type == FILE else 0,
+    )
+
+
+def _source_names(sources: Sequence[Source]) -> list[str]:
+    names: list[str] = []
+    for s in sources:
+        base = os.path.basename(os.path.normpath(s.path)).replace(":", "") or "root"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        host: str | None = None,
+        tags: Sequence[str] = (),
+        excludes: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
+        progress_interval: float = 0.25,
+        workers: int | None = None,
+    ):
+        self.repo = repo
+        self.host = host or socket.gethostname()
+        self.tags = list(tags)
+        self.excludes = list(excludes)
+        self.progress_callback = progress
+        self.progress_interval = progress_interval
+        self.workers = workers or os.cpu_count() or 2
+
+    async def backup(
+        self, sources: Sequence[Source | str], *, kind: str = INCREMENTAL, parent: str | None = None
+    ) -> BackupResult:
+        """Back up the sources. An incremental without a usable parent becomes a full.
+
+        parent: the snapshot to compare with; by default the latest one of this host with
+        the same source paths.
+        """
+        if kind not in (FULL, INCREMENTAL):
+            raise ValueError(f"kind must be {FULL!r} or {INCREMENTAL!r}")
+        srcs = [Source(s) if isinstance(s, str) else s for s in sources]
+        if not srcs:
+            raise ValueError("nothing to back up")
+        for s in srcs:
+            if not os.path.exists(s.path):
+                raise SourceNotFound(s.path)
+        run = _Run(self, srcs, kind, parent)
+        return await run.execute()
+
+
+class _Run:
+    """The state of one backup."""
+
+    def __init__(self, archiver: Archiver, sources: list[Source], kind: str, parent: str | None):
+        self.a = archiver
+        self.repo = archiver.repo
+        self.sources = sources
+        self.names = _source_names(sources)
+        self.kind = kind
+        self.parent_id = parent
+        self.warnings: list[str] = []
+        self.stats = SnapshotStats()
+        self.progress = Progress()
+        self._progress_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._tasks: set[asyncio.Future] = set()
+
+    # --- the whole run ---
+
+    async def execute(self) -> BackupResult:
+        started = time.monotonic()
+        await self.repo.load_index()  # what other backups stored since we opened
+        parent_root = await self._parent_root()
+        self.pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-backup")
+        self.file_slots = asyncio.Semaphore(self.a.workers * 2)
+        self.saver: BlobSaver = self.repo.saver()
+        loop = asyncio.get_running_loop()
+        scanner = loop.run_in_executor(None, self._count_totals)
+        ticker = asyncio.create_task(self._tick()) if self.a.progress_callback else None
+        try:
+            nodes = []
+            for source, name in zip(self.sources, self.names):
+                old = parent_root.find(name) if parent_root else None
+                if source.kind == IMAGE:
+                    node = await self._image(source.path, name, old)
+                else:
+                    node = await self._folder(source.path, name, old)
+                if node is not None:
+                    nodes.append(node)
+            root_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+            await self.saver.flush()  # packs, then their index files ...
+        except BaseException:
+            await self._drain()
+            await self.saver.abort()
+            raise
+        finally:
+            self._stop.set()
+            if ticker is not None:
+                ticker.cancel()
+            await asyncio.gather(scanner, return_exceptions=True)
+            self.pool.shutdown(wait=True)
+
+        s = self.stats
+        s.new_chunks = self.saver.stats.new_blobs[BlobType.DATA]
+        s.new_bytes = self.saver.stats.new_bytes[BlobType.DATA] + self.saver.stats.new_bytes[BlobType.TREE]
+        s.stored_bytes = self.saver.stats.stored_bytes
+        s.warnings = len(self.warnings)
+        s.duration_s = round(time.monotonic() - started, 3)
+        snapshot = Snapshot(
+            time=datetime.now(timezone.utc),
+            host=self.a.host,
+            kind=self.kind,
+            tree=root_id,
+            sources=[SourceInfo(n, s.path, s.kind) for s, n in zip(self.sources, self.names)],
+            parent=self.parent_id if self.kind == INCREMENTAL else None,
+            tags=self.a.tags,
+            stats=s,
+        )
+        snapshot_id = await self.repo.save_snapshot(snapshot)  # ... then the snapshot
+        self.progress.totals_final = True
+        self._report()
+        return BackupResult(snapshot_id, snapshot, self.warnings)
+
+    async def _parent_root(self) -> Tree | None:
+        if self.kind != INCREMENTAL:
+            self.parent_id = None
+            return None
+        if self.parent_id is None:
+            paths = sorted((s.path, s.kind) for s in self.sources)
+            for sid, snap in reversed(await self.repo.list_snapshots()):
+                if snap.host == self.a.host and sorted((x.path, x.kind) for x in snap.sources) == paths:
+                    self.parent_id = sid
+                    break
+        if self.parent_id is None:
+            self.kind = FULL
+            return None
+        parent = await self.repo.load_snapshot(self.parent_id)
+        return await self.repo.load_tree(parent.tree)
+
+    async def _drain(self) -> None:
+        """After a failure, wait for file tasks still running in threads."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def warn(self, path: str, reason: str) -> None:
+        self.warnings.append(f"{path}: {reason}")
+
+    # --- progress ---
+
+    def _advance(self, files: int = 0, nbytes: int = 0) -> None:
+        with self._progress_lock:
+            self.progress.files_done += files
+            self.progress.bytes_done += nbytes
+
+    def _count_read(self, n: int) -> None:
+        self._advance(nbytes=n)
+        with self._stats_lock:
+            self.stats.bytes_read += n
+
+    def _report(self) -> None:
+        if self.a.progress_callback is not None:
+            with self._progress_lock:
+                snapshot = replace(self.progress)
+            self.a.progress_callback(snapshot)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.a.progress_interval)
+            self._report()
+
+    def _count_totals(self) -> None:
+        """Runs in a thread beside the backup, so a progress bar can show totals early."""
+        for source in self.sources:
+            if source.kind == IMAGE:
+                try:
+                    with open(source.path, "rb", buffering=0) as f:
+                        size = f.seek(0, os.SEEK_END)
+                except OSError:
+                    size = 0
+                self._add_total(1, size)
+                continue
+            for dirpath, dirnames, filenames in os.walk(source.path):
+                if self._stop.is_set():
+                    return
+                rel_dir = os.path.relpath(dirpath, source.path).replace(os.sep, "/")
+                rel_dir = "" if rel_dir == "." else rel_dir + "/"
+                dirnames[:] = [d for d in dirnames if not excluded(self.a.excludes, rel_dir + d, d)]
+                files, nbytes = 0, 0
+                for name in filenames:
+                    if excluded(self.a.excludes, rel_dir + name, name):
+                        continue
+                    try:
+                        st = os.lstat(os.path.join(dirpath, name))
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        files += 1
+                        nbytes += st.st_size
+                self._add_total(files, nbytes)
+        with self._progress_lock:
+            self.progress.totals_final = True
+
+    def _add_total(self, files: int, nbytes: int) -> None:
+        with self._progress_lock:
+            self.progress.files_total += files
+            self.progress.bytes_total += nbytes
+
+    # --- folders ---
+
+    async def _folder(self, path: str, name: str, old: Node | None) -> Node | None:
+        try:
+            st = os.stat(path)  # a source given as a symlink means its target
+        except OSError as e:
+            raise SourceNotFound(path) from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise FormatError(f"folder source {path!r} is not a directory (use an image source for files)")
+        return await self._dir(path, "", name, st, old)
+
+    async def _dir(self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None) -> Node:
+        old_nodes: dict[str, Node] = {}
+        if old is not None and old.type == DIR and old.subtree is not None:
+            try:
+                old_nodes = {n.name: n for n in (await self.repo.load_tree(old.subtree)).nodes}
+            except FormatError as e:
+                self.warn(path, f"parent snapshot's tree unreadable, reading everything: {e}")
+        try:
+            entries = await asyncio.to_thread(_scan, path)
+        except OSError as e:
+            self.warn(path, f"cannot list directory: {e.strerror or e}")
+            entries = []
+
+        pending: list[Node | asyncio.Future | None] = []
+        for entry_name, est in entries:
+            child = os.path.join(path, entry_name)
+            child_rel = f"{rel}/{entry_name}" if rel else entry_name
+            if excluded(self.a.excludes, child_rel, entry_name):
+                continue
+            mode = est.st_mode
+            if stat.S_ISDIR(mode):
+                pending.append(await self._dir(child, child_rel, entry_name, est, old_nodes.get(entry_name)))
+            elif stat.S_ISREG(mode):
+                pending.append(await self._file(child, entry_name, est, old_nodes.get(entry_name)))
+            elif stat.S_ISLNK(mode):
+                pending.append(self._symlink(child, entry_name, est))
+            else:
+                self.warn(child, f"skipped special file ({_kind_of(mode)})")
+
+        nodes = []
+        for p in pending:
+            node = (await p) if isinstance(p, asyncio.Future) else p
+            if node is not None:
+                nodes.append(node)
+        tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+        with self._stats_lock:
+            self.stats.dirs += 1
+        node = _node_from_stat(name, DIR, st)
+        node.subtree = tree_id
+        return node
+
+    def _symlink(self, path: str, name: str, st: os.stat_result) -> Node | None:
+        try:
+            target = os.readlink(path)
+        except OSError as e:
+            self.warn(path, f"cannot read symlink: {e.strerror or e}")
+            return None
+        node = _node_from_stat(name, SYMLINK, st)
+        node.target = target
+        node.size = len(os.fsencode(target))
+        with self._stats_lock:
+            self.stats.symlinks += 1
+        return node
+
+    async def _file(self, path: str, name: str, st: os.stat_result, old: Node | None) -> Node | asyncio.Future:
+        reused = self._reuse(name, st, old, FILE)
+        if reused is not None:
+            return reused
+        await self.file_slots.acquire()  # bounds files in flight (and the memory they hold)
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, FILE)
+        self._tasks.add(future)
+        future.add_done_callback(lambda f: (self.file_slots.release(), self._tasks.discard(f)))
+        return future
+
+    def _reuse(self, name: str, st: os.stat_result, old: Node | None, node_type: str) -> Node | None:
+        """The parent's node, refreshed, if the file did not change since the parent."""
+        if self.kind != INCREMENTAL or old is None or old.type != node_type or old.content is None:
+            return None
+        if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            return None
+        if any(r.id is not None and r.id not in self.repo.index for r in old.content):
+            return None  # the parent references a chunk the index lacks: read the file again
+        node = _node_from_stat(name, node_type, st)
+        node.size = old.size
+        node.content = old.content
+        self._count_file(node, read=False)
+        return node
+
+    def _count_file(self, node: Node, read: bool) -> None:
+        with self._stats_lock:
+            s = self.stats
+            if node.type == IMAGE:
+                s.images += 1
+            else:
+                s.files += 1
+            s.bytes += node.size
+            for r in node.content or ():
+                if r.id is None:
+                    s.hole_bytes += r.length
+                else:
+                    s.chunks += 1
+        self._advance(files=1, nbytes=0 if read else node.size)
+
+    # --- reading (worker threads) ---
+
+    def _read_file(self, path: str, name: str, node_type: str) -> Node | None:
+        try:
+            f = _open_for_reading(path, follow=node_type == IMAGE)
+        except FileNotFoundError:
+            self.warn(path, "vanished before it could be read")
+            return None
+        except OSError as e:
+            self.warn(path, f"cannot open: {e.strerror or e}")
+            return None
+        with f:
+            before = os.fstat(f.fileno())
+            if node_type == FILE and not stat.S_ISREG(before.st_mode):
+                self.warn(path, "changed into something other than a file; skipped")
+                return None
+            if node_type == IMAGE:
+                size = f.seek(0, os.SEEK_END)
+                chunker = self.repo.image_chunker
+            else:
+                size = before.st_size
+                chunker = self.repo.file_chunker
+            content: list[ChunkRef] = []
+            total = 0
+            try:
+                for piece in chunker.pieces(f, size, on_read=self._count_read):
+                    if piece.data is None:
+                        append_ref(content, ChunkRef(None, piece.length))
+                    else:
+                        blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+                        content.append(ChunkRef(blob_id, piece.length))
+                    total += piece.length
+            except OSError as e:
+                self.warn(path, f"read error, skipped: {e.strerror or e}")
+                return None
+            after = os.fstat(f.fileno())
+        if node_type == FILE and (
+            total != size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        ):
+            self.warn(path, "changed while it was read; stored as read")
+        node = _node_from_stat(name, node_type, before)
+        node.size = total
+        node.content = content
+        self._count_file(node, read=True)
+        return node
+
+    # --- images ---
+
+    async def _image(self, path: str, name: str, old: Node | None) -> Node | None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise SourceNotFound(path) from e
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise FormatError(f"image source {path!r} is neither a file nor a block device")
+        if stat.S_ISREG(st.st_mode):
+            # A block device's mtime says nothing about its content: always read it.
+            reused = self._reuse(name, st, old, IMAGE)
+            if reused is not None:
+                return reused
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE)
+
+
+def _scan(path: str) -> list[tuple[str, os.stat_result]]:
+    """A directory's entries with their lstat, sorted by name bytes (a stable tree order)."""
+    out = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                out.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue  # vanished between listing and stat
+    out.sort(key=lambda item: os.fsencode(item[0]))
+    return out
+
+
+def _open_for_reading(path: str, follow: bool):
+    flags = os.O_RDONLY | _O_BINARY | getattr(os, "O_CLOEXEC", 0) | (0 if follow else _O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags | _O_NOATIME)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EINVAL) or not _O_NOATIME:
+            raise
+        fd = os.open(path, flags)
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "unknown type"

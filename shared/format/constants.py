@@ -1,0 +1,102 @@
+"""The numbers of the format, each with the reason it has that value.
+
+Values that a reader needs (sizes of nonces, tags, ids; the pack trailer) are fixed by
+format version 1. Values that only a writer uses (pack target size, zstd level, how many
+uploads run at once) may change without breaking old repositories. The chunker's
+parameters are copied into each repository's `config` at init, so changing them here
+affects new repositories only and every client of one repository keeps chunking alike
+(which is what makes deduplication work between a weekly full and its incrementals).
+"""
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# The version written into every JSON object and checked on read. A reader refuses a
+# newer version instead of guessing.
+FORMAT_VERSION = 1
+
+# --- chunking -------------------------------------------------------------------------
+
+# Content-defined chunking of files (FastCDC 2020, normalisation level 1).
+# ~1 MiB chunks keep the index at about a thousand entries per GiB (an SMB server with a
+# few TiB stays within a few hundred MiB of index in memory), keep per-blob overhead (28
+# bytes of nonce and tag, ~50 bytes of index) far below 0.1 %, and still limit what an
+# edit in the middle of a large file costs to a chunk or two. Files smaller than the
+# minimum are one chunk each, so small files dedupe as whole files.
+CDC_MIN_SIZE = 512 * KiB
+# FastCDC starts looking for a cut point only after CDC_MIN_SIZE, so the mean chunk is
+# larger than this parameter: about 1.3 MiB measured on random data.
+CDC_AVG_SIZE = 1 * MiB
+# A hard cap: runs of identical bytes (zeros in a preallocated file) have no cut points.
+CDC_MAX_SIZE = 8 * MiB
+CDC_NORMALIZATION = 1
+
+# Disk images and block devices are cut into fixed, aligned chunks instead: a filesystem
+# inside an image changes blocks in place, so a 4 KiB write must change exactly one chunk
+# (CDC would be no better here and cuts would wander when block contents change). 1 MiB
+# keeps scattered writes cheap (each costs at most 1 MiB of upload) and is the alignment
+# of partitions made by every modern partitioning tool.
+IMAGE_CHUNK_SIZE = 1 * MiB
+
+# In a sparse regular file, a hole (as reported by SEEK_HOLE) shorter than this is read
+# as zeros and chunked with the data around it: tiny holes would only fragment chunks.
+SPARSE_HOLE_MIN = 1 * MiB
+
+# Streamed reads of files go through a buffer this large (a multiple of the largest chunk)
+# so that a multi-GiB file never sits in memory.
+READ_BUFFER_SIZE = 2 * CDC_MAX_SIZE
+
+# --- packs ----------------------------------------------------------------------------
+
+# A pack is closed and uploaded once it holds this many bytes (it may exceed it by at most
+# one blob). Tens of MiB amortise the per-request cost of object storage (S3 charges per
+# PUT and GET, and small objects upload slowly), while the memory a backup needs stays
+# bounded (open packs plus packs in flight) and an interrupted backup loses at most about
+# one pack of upload.
+PACK_TARGET_SIZE = 32 * MiB
+
+# How many sealed packs may be uploading at once. More overlap hides latency to S3; each
+# one costs PACK_TARGET_SIZE of memory.
+UPLOADS_IN_FLIGHT = 2
+
+# The pack trailer: header length (u32, little endian) followed by this magic.
+PACK_MAGIC = b"RPK1"
+PACK_TRAILER_SIZE = 8
+
+# One header entry: type (u8), id (32), offset (u64), length (u32), raw length (u32).
+PACK_HEADER_ENTRY_SIZE = 1 + 32 + 8 + 4 + 4
+
+# --- cryptography ---------------------------------------------------------------------
+
+KEY_SIZE = 32  # AES-256 and BLAKE3 keys
+CHUNK_ID_SIZE = 32  # keyed BLAKE3 output; collisions are not a practical concern
+NONCE_SIZE = 12  # the 96-bit nonce AES-GCM is designed for; random per blob
+TAG_SIZE = 16  # full-length GCM tag
+# With random 96-bit nonces, NIST SP 800-38D bounds one key to 2**32 encryptions; at
+# ~1 MiB per blob that is 4 PiB of unique data per repository, far above an SMB's needs.
+
+# scrypt for the passphrase key slot: N=2**17, r=8 takes ~0.5 s and 128 MiB on a current
+# core, which is affordable once per backup and expensive for an offline guesser.
+# The parameters are stored in each key slot, so they can be raised for new slots.
+SCRYPT_N = 2**17
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_SALT_SIZE = 16
+
+# --- compression ----------------------------------------------------------------------
+
+# zstd level 3 (its default) compresses text about 7:1 at ~300 MiB/s per core; higher
+# levels cost much more CPU for a few percent.
+ZSTD_LEVEL = 3
+# A blob is stored compressed only if that saves at least 1/32 of its size; otherwise
+# decompression on restore costs CPU for nothing (already compressed media, archives).
+COMPRESSION_MIN_SAVING = 1 / 32
+
+# --- object keys ----------------------------------------------------------------------
+
+CONFIG_KEY = "config"
+KEYS_PREFIX = "keys/"
+DATA_PREFIX = "data/"
+INDEX_PREFIX = "index/"
+SNAPSHOTS_PREFIX = "snapshots/"

@@ -1,0 +1,121 @@
+"""The index: which pack holds a blob, and where in it.
+
+A backup writes one small index file after each pack it uploads (so a killed backup
+loses at most the packs whose index file had not been written yet); opening a
+repository reads all index files and merges them. Each file is an encrypted object
+holding JSON::
+
+    {"version": 1,
+     "packs": [{"id": "<pack sha256 hex>", "size": <pack bytes>,
+                "blobs": [["<blob id hex>", "data"|"tree", offset, length, raw_length], ...]}]}
+
+Callers use the Index class only through lookup / contains / add_pack / packs, so a later
+version can keep it on disk or bounded in memory without touching them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from .constants import CHUNK_ID_SIZE, FORMAT_VERSION
+from .errors import FormatError
+from .pack import BlobType, PackEntry
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack_id: str
+    type: BlobType
+    offset: int
+    length: int
+    raw_length: int
+
+    def entry(self, blob_id: bytes) -> PackEntry:
+        return PackEntry(self.type, blob_id, self.offset, self.length, self.raw_length)
+
+
+@dataclass(frozen=True)
+class IndexedPack:
+    id: str
+    size: int
+    entries: list[PackEntry]
+
+
+class Index:
+    """In-memory map of blob id to location (~250 bytes per blob; bounded by a later issue)."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[bytes, tuple[int, int, int, int, int]] = {}
+        self._pack_ids: list[str] = []
+        self._pack_numbers: dict[str, int] = {}
+        self._pack_sizes: dict[str, int] = {}
+
+    def add_pack(self, pack: IndexedPack) -> None:
+        number = self._pack_numbers.get(pack.id)
+        if number is None:
+            number = self._pack_numbers[pack.id] = len(self._pack_ids)
+            self._pack_ids.append(pack.id)
+            self._pack_sizes[pack.id] = pack.size
+        for e in pack.entries:
+            # A blob stored twice (two hosts racing) stays where it was first seen.
+            self._blobs.setdefault(e.id, (number, int(e.type), e.offset, e.length, e.raw_length))
+
+    def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        found = self._blobs.get(blob_id)
+        if found is None:
+            return None
+        number, t, offset, length, raw_length = found
+        return BlobLocation(self._pack_ids[number], BlobType(t), offset, length, raw_length)
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self._blobs
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def packs(self) -> dict[str, int]:
+        """Every indexed pack id with its size in bytes."""
+        return dict(self._pack_sizes)
+
+    def has_pack(self, pack_id: str) -> bool:
+        return pack_id in self._pack_numbers
+
+    def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        for blob_id in self._blobs:
+            yield blob_id, self.lookup(blob_id)  # type: ignore[misc]
+
+
+def encode_index(packs: Iterable[IndexedPack]) -> bytes:
+    doc = {
+        "version": FORMAT_VERSION,
+        "packs": [
+            {
+                "id": p.id,
+                "size": p.size,
+                "blobs": [[e.id.hex(), e.type.label, e.offset, e.length, e.raw_length] for e in p.entries],
+            }
+            for p in packs
+        ],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_index(data: bytes) -> list[IndexedPack]:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+            raise FormatError(f"unsupported index version {doc.get('version') if isinstance(doc, dict) else doc!r}")
+        packs = []
+        for p in doc["packs"]:
+            entries = []
+            for blob_id, label, offset, length, raw_length in p["blobs"]:
+                raw_id = bytes.fromhex(blob_id)
+                if len(raw_id) != CHUNK_ID_SIZE:
+                    raise FormatError(f"blob id {blob_id!r} is not {CHUNK_ID_SIZE} bytes")
+                entries.append(PackEntry(BlobType.from_label(label), raw_id, int(offset), int(length), int(raw_length)))
+            packs.append(IndexedPack(str(p["id"]), int(p["size"]), entries))
+        return packs
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"index does not parse: {e}") from None

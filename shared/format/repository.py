@@ -1,0 +1,559 @@
+"""The repository: where each object lives, and the rules for writing them.
+
+Layout under the store's root (docs/format.md has the byte formats)::
+
+    config                  sealed JSON: repository id, chunker parameters (written last at init)
+    keys/<sha256>           key slots (plain JSON holding the wrapped master key)
+    data/<2 hex>/<pack id>  packs (pack id = sha256 of the pack)
+    index/<sha256>          sealed index files
+    snapshots/<sha256>      sealed snapshots
+
+Objects are named by the SHA-256 of their stored bytes, so a name can be checked against
+its content, and every put creates a new key (the store is append-only).
+
+Write order: packs, then the index files that describe them, then the snapshot that
+references them. Each step starts only after the previous one is stored, so any
+snapshot that exists is complete, and an index entry never points at a pack that was not
+yet stored. A backup writes an index file after every pack it uploads: killed at any
+moment, it leaves behind only packs whose index file was not written (at most the packs
+in flight); the next backup loads the index and does not upload the rest again.
+`recover_unindexed_packs` indexes even those from their own headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Awaitable, Iterable, TypeVar
+
+from . import compression
+from .chunker import ChunkerParams, FileChunker, ImageChunker
+from .constants import (
+    CONFIG_KEY,
+    DATA_PREFIX,
+    FORMAT_VERSION,
+    IMAGE_CHUNK_SIZE,
+    INDEX_PREFIX,
+    KEYS_PREFIX,
+    PACK_TARGET_SIZE,
+    PACK_TRAILER_SIZE,
+    SNAPSHOTS_PREFIX,
+    UPLOADS_IN_FLIGHT,
+)
+from .crypto import (
+    AAD_CONFIG,
+    AAD_INDEX,
+    AAD_SNAPSHOT,
+    KmsUnwrap,
+    KmsWrap,
+    MasterKey,
+    ScryptParams,
+    decode_key_slot,
+    encode_key_slot,
+    new_kms_slot,
+    new_passphrase_slot,
+    open_kms_slot,
+    open_passphrase_slot,
+)
+from .errors import (
+    CorruptObject,
+    DecryptionFailed,
+    FormatError,
+    KeyUnavailable,
+    MissingBlob,
+    MissingPack,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    WrongPassphrase,
+)
+from .index import Index, IndexedPack, decode_index, encode_index
+from .pack import (
+    MAX_OBJECT_SIZE,
+    BlobType,
+    PackWriter,
+    SealedPack,
+    header_length_from_trailer,
+    open_blob,
+    open_header,
+    seal_blob,
+)
+from .snapshot import Snapshot, Tree
+from .store import ObjectStore
+
+T = TypeVar("T")
+
+# How many small objects (index files, snapshots, pack headers) are fetched at once.
+_FETCH_CONCURRENCY = 8
+
+
+def pack_key(pack_id: str) -> str:
+    # Two hex digits of fan-out keep folders small on a local disk; S3 ignores it.
+    return f"{DATA_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def index_key(index_id: str) -> str:
+    return INDEX_PREFIX + index_id
+
+
+def snapshot_key(snapshot_id: str) -> str:
+    return SNAPSHOTS_PREFIX + snapshot_id
+
+
+def key_slot_key(slot_id: str) -> str:
+    return KEYS_PREFIX + slot_id
+
+
+def _object_id(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def _utc_now_text() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    id: str
+    created: str
+    chunker: ChunkerParams
+    image_chunk_size: int = IMAGE_CHUNK_SIZE
+
+    @classmethod
+    def new(cls) -> RepositoryConfig:
+        # seed in [1, 2**63): pyfastcdc treats 0 as "no seed" and needs seed << 1 to fit 64 bits
+        return cls(uuid.uuid4().hex, _utc_now_text(), ChunkerParams(seed=secrets.randbits(63) | 1))
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "id": self.id,
+                "created": self.created,
+                "chunker": self.chunker.to_json(),
+                "image_chunk_size": self.image_chunk_size,
+                "chunk_id": "blake3-keyed-256",
+                "cipher": "aes-256-gcm",
+                "compression": "zstd",
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RepositoryConfig:
+        try:
+            doc = json.loads(data)
+            if doc.get("version") != FORMAT_VERSION:
+                raise FormatError(f"unsupported repository version {doc.get('version')!r}")
+            if (doc["chunk_id"], doc["cipher"], doc["compression"]) != ("blake3-keyed-256", "aes-256-gcm", "zstd"):
+                raise FormatError("unknown algorithms in config")
+            return cls(str(doc["id"]), str(doc["created"]), ChunkerParams.from_json(doc["chunker"]), int(doc["image_chunk_size"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FormatError(f"config does not parse: {e!r}") from None
+
+
+class Repository:
+    """An opened repository. Use init() or open(), not the constructor."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: MasterKey,
+        config: RepositoryConfig,
+        *,
+        pack_size: int = PACK_TARGET_SIZE,
+        uploads_in_flight: int = UPLOADS_IN_FLIGHT,
+    ):
+        self.store = store
+        self.key = key
+        self.config = config
+        self.pack_size = pack_size
+        self.uploads_in_flight = uploads_in_flight
+        self.index = Index()
+        self.file_chunker = FileChunker(config.chunker)
+        self.image_chunker = ImageChunker(config.image_chunk_size)
+        self._loaded_index_files: set[str] = set()
+
+    # --- creating and opening ---------------------------------------------------------
+
+    @classmethod
+    async def init(
+        cls,
+        store: ObjectStore,
+        passphrase: str,
+        *,
+        kdf: ScryptParams = ScryptParams(),
+        kms: tuple[str, KmsWrap] | None = None,
+        **options,
+    ) -> Repository:
+        if await store.exists(CONFIG_KEY):
+            raise RepositoryExists("a repository already exists in this store")
+        repo = cls(store, MasterKey.generate(), RepositoryConfig.new(), **options)
+        await repo.add_passphrase_slot(passphrase, kdf)
+        if kms is not None:
+            await repo.add_kms_slot(*kms)
+        # config last: a store with a config has its key slots
+        await store.put(CONFIG_KEY, await asyncio.to_thread(repo._seal_object, repo.config.encode(), AAD_CONFIG))
+        return repo
+
+    @classmethod
+    async def open(
+        cls,
+        store: ObjectStore,
+        passphrase: str | None = None,
+        *,
+        kms_unwrap: KmsUnwrap | None = None,
+        load_index: bool = True,
+        **options,
+    ) -> Repository:
+        """Open with the passphrase, or (passphrase None) with a KMS slot via kms_unwrap."""
+        try:
+            sealed_config = await store.get(CONFIG_KEY)
+        except ObjectNotFound:
+            raise RepositoryNotFound("no repository in this store (no config object)") from None
+        slots = [decode_key_slot(await store.get(k)) async for k in store.list(KEYS_PREFIX)]
+        key = await _open_any_slot(slots, passphrase, kms_unwrap)
+        try:
+            plain = compression.decode(key.open(sealed_config, AAD_CONFIG), MAX_OBJECT_SIZE)
+        except DecryptionFailed:
+            raise CorruptObject(CONFIG_KEY, "does not open with the key from the key slot") from None
+        repo = cls(store, key, RepositoryConfig.decode(plain), **options)
+        if load_index:
+            await repo.load_index()
+        return repo
+
+    async def add_passphrase_slot(self, passphrase: str, kdf: ScryptParams = ScryptParams()) -> str:
+        slot = await asyncio.to_thread(new_passphrase_slot, self.key, passphrase, kdf)
+        return await self._put_key_slot(slot)
+
+    async def add_kms_slot(self, kms_key_id: str, wrap: KmsWrap) -> str:
+        slot = await asyncio.to_thread(new_kms_slot, self.key, kms_key_id, wrap)
+        return await self._put_key_slot(slot)
+
+    async def _put_key_slot(self, slot: dict) -> str:
+        slot["created"] = _utc_now_text()
+        data = encode_key_slot(slot)
+        slot_id = hashlib.sha256(data).hexdigest()
+        await self.store.put(key_slot_key(slot_id), data)
+        return slot_id
+
+    # --- sealed objects ---------------------------------------------------------------
+
+    def _seal_object(self, plain: bytes, aad: bytes) -> bytes:
+        return self.key.seal(compression.encode(plain), aad)
+
+    def _open_object(self, key: str, sealed: bytes, aad: bytes, check_name: bool = True) -> bytes:
+        if check_name and hashlib.sha256(sealed).hexdigest() != _object_id(key):
+            raise CorruptObject(key, "content does not match its name (sha256)")
+        try:
+            return compression.decode(self.key.open(sealed, aad), MAX_OBJECT_SIZE)
+        except (DecryptionFailed, FormatError) as e:
+            raise CorruptObject(key, str(e)) from None
+
+    async def _put_object(self, prefix: str, plain: bytes, aad: bytes) -> str:
+        sealed = await asyncio.to_thread(self._seal_object, plain, aad)
+        object_id = hashlib.sha256(sealed).hexdigest()
+        await self.store.put(prefix + object_id, sealed)
+        return object_id
+
+    async def _get_object(self, key: str, aad: bytes) -> bytes:
+        sealed = await self.store.get(key)
+        return await asyncio.to_thread(self._open_object, key, sealed, aad)
+
+    # --- index ------------------------------------------------------------------------
+
+    async def load_index(self, *, strict: bool = True) -> list[FormatError]:
+        """Read index files not read yet. Strict: raise on a bad one; else return the problems."""
+        keys = [k async for k in self.store.list(INDEX_PREFIX) if _object_id(k) not in self._loaded_index_files]
+        problems: list[FormatError] = []
+
+        async def load(key: str) -> None:
+            try:
+                packs = decode_index(await self._get_object(key, AAD_INDEX))
+            except FormatError as e:
+                if strict:
+                    raise
+                problems.append(e if isinstance(e, CorruptObject) else CorruptObject(key, str(e)))
+                return
+            for p in packs:
+                self.index.add_pack(p)
+            self._loaded_index_files.add(_object_id(key))
+
+        await _bounded_gather([load(k) for k in keys], _FETCH_CONCURRENCY)
+        return problems
+
+    async def write_index(self, packs: list[IndexedPack]) -> str:
+        index_id = await self._put_object(INDEX_PREFIX, encode_index(packs), AAD_INDEX)
+        self._loaded_index_files.add(index_id)
+        return index_id
+
+    async def read_pack_header(self, pack_id: str) -> IndexedPack:
+        """A pack's entries from its own header (two ranged reads: trailer, header)."""
+        key = pack_key(pack_id)
+        try:
+            size = await self.store.size(key)
+            trailer = await self.store.get(key, max(0, size - PACK_TRAILER_SIZE))
+            length = header_length_from_trailer(trailer, pack_id, size)
+            offset = size - PACK_TRAILER_SIZE - length
+            sealed = await self.store.get(key, offset, length)
+        except ObjectNotFound:
+            raise MissingPack(pack_id) from None
+        entries = await asyncio.to_thread(open_header, self.key, sealed, pack_id=pack_id, header_offset=offset)
+        return IndexedPack(pack_id, size, entries)
+
+    async def list_packs(self) -> list[str]:
+        return [_object_id(k) async for k in self.store.list(DATA_PREFIX)]
+
+    async def recover_unindexed_packs(self) -> tuple[list[str], list[FormatError]]:
+        """Index packs that were stored but never indexed (a backup killed between the two).
+
+        Lists every pack, so it costs a listing of data/; run it after an interrupted
+        backup, not before every one. Returns (recovered pack ids, unreadable packs).
+        """
+        await self.load_index()
+        candidates = [p for p in await self.list_packs() if not self.index.has_pack(p)]
+        recovered: list[IndexedPack] = []
+        problems: list[FormatError] = []
+
+        async def one(pack_id: str) -> None:
+            try:
+                recovered.append(await self.read_pack_header(pack_id))
+            except FormatError as e:
+                problems.append(e)
+
+        await _bounded_gather([one(p) for p in candidates], _FETCH_CONCURRENCY)
+        if recovered:
+            await self.write_index(recovered)
+            for p in recovered:
+                self.index.add_pack(p)
+        return [p.id for p in recovered], problems
+
+    # --- blobs ------------------------------------------------------------------------
+
+    async def read_blob(self, blob_id: bytes) -> bytes:
+        """A blob's plaintext, verified against its id (CorruptBlob, MissingPack, MissingBlob)."""
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise MissingBlob(blob_id.hex())
+        try:
+            sealed = await self.store.get(pack_key(loc.pack_id), loc.offset, loc.length)
+        except ObjectNotFound:
+            raise MissingPack(loc.pack_id) from None
+        return await asyncio.to_thread(open_blob, self.key, loc.entry(blob_id), sealed, pack_id=loc.pack_id)
+
+    async def load_tree(self, tree_id: bytes) -> Tree:
+        loc = self.index.lookup(tree_id)
+        if loc is not None and loc.type is not BlobType.TREE:
+            raise FormatError(f"blob {tree_id.hex()} is not a tree")
+        return Tree.decode(await self.read_blob(tree_id))
+
+    def saver(self) -> BlobSaver:
+        return BlobSaver(self)
+
+    # --- snapshots --------------------------------------------------------------------
+
+    async def save_snapshot(self, snapshot: Snapshot) -> str:
+        """Store a snapshot. Call only after the saver that wrote its blobs was flushed."""
+        return await self._put_object(SNAPSHOTS_PREFIX, snapshot.encode(), AAD_SNAPSHOT)
+
+    async def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        try:
+            return Snapshot.decode(await self._get_object(snapshot_key(snapshot_id), AAD_SNAPSHOT))
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id}") from None
+
+    async def list_snapshots(self) -> list[tuple[str, Snapshot]]:
+        """Every snapshot, oldest first."""
+        ids = [_object_id(k) async for k in self.store.list(SNAPSHOTS_PREFIX)]
+        found: list[tuple[str, Snapshot]] = []
+
+        async def one(snapshot_id: str) -> None:
+            found.append((snapshot_id, await self.load_snapshot(snapshot_id)))
+
+        await _bounded_gather([one(i) for i in ids], _FETCH_CONCURRENCY)
+        found.sort(key=lambda item: (item[1].time, item[0]))
+        return found
+
+    async def find_snapshot(self, ref: str) -> str:
+        """A snapshot id from a unique prefix of it, or "latest"."""
+        ids = [_object_id(k) async for k in self.store.list(SNAPSHOTS_PREFIX)]
+        if ref == "latest":
+            snapshots = await self.list_snapshots()
+            if not snapshots:
+                raise SnapshotNotFound("the repository has no snapshots")
+            return snapshots[-1][0]
+        matches = [i for i in ids if i.startswith(ref)]
+        if len(matches) != 1:
+            raise SnapshotNotFound(f"{len(matches)} snapshots match {ref!r}")
+        return matches[0]
+
+
+async def _open_any_slot(slots: list[dict], passphrase: str | None, kms_unwrap: KmsUnwrap | None) -> MasterKey:
+    if passphrase is not None:
+        candidates = [s for s in slots if s["kind"] == "passphrase"]
+        if not candidates:
+            raise KeyUnavailable("the repository has no passphrase key slot")
+        for slot in candidates:
+            try:
+                return await asyncio.to_thread(open_passphrase_slot, slot, passphrase)
+            except WrongPassphrase:
+                continue
+        raise WrongPassphrase()
+    if kms_unwrap is not None:
+        errors = []
+        for slot in (s for s in slots if s["kind"] == "kms"):
+            try:
+                return await asyncio.to_thread(open_kms_slot, slot, kms_unwrap)
+            except Exception as e:  # the caller's KMS client may raise anything
+                errors.append(f"{slot.get('kms_key_id')}: {e}")
+        raise KeyUnavailable("no kms key slot could be opened" + (": " + "; ".join(errors) if errors else ""))
+    raise KeyUnavailable("neither a passphrase nor a KMS unwrap function was given")
+
+
+async def _bounded_gather(coros: Iterable[Awaitable[T]], limit: int) -> list[T]:
+    gate = asyncio.Semaphore(limit)
+
+    async def run(c: Awaitable[T]) -> T:
+        async with gate:
+            return await c
+
+    return await asyncio.gather(*(run(c) for c in coros))
+
+
+@dataclass
+class SaverStats:
+    new_blobs: dict[BlobType, int] = field(default_factory=lambda: {BlobType.DATA: 0, BlobType.TREE: 0})
+    new_bytes: dict[BlobType, int] = field(default_factory=lambda: {BlobType.DATA: 0, BlobType.TREE: 0})
+    packs: int = 0
+    stored_bytes: int = 0  # bytes of the packs uploaded
+
+
+class BlobSaver:
+    """Blobs in, packs out: deduplicates, seals, packs and uploads, with backpressure.
+
+    save() runs in worker threads (it does CPU work and may block while uploads catch
+    up); everything else runs on the event loop. Data and tree blobs go to separate
+    packs, so a later metadata cache can fetch trees without data. One saver per
+    repository at a time.
+    """
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.stats = SaverStats()
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._open = {t: PackWriter() for t in BlobType}
+        self._pending: set[bytes] = set()  # in an open pack, or uploaded but not yet indexed
+        self._slots = threading.Semaphore(repo.uploads_in_flight)
+        self._uploads: set[concurrent.futures.Future] = set()
+        self._error: BaseException | None = None
+
+    # --- worker threads ---
+
+    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
+        """Store a blob unless the repository has it. Returns (id, whether it was new)."""
+        self._raise_if_failed()
+        key = self.repo.key
+        if blob_id is None:
+            blob_id = key.chunk_id(data)
+        with self._lock:
+            if blob_id in self._pending or blob_id in self.repo.index:
+                return blob_id, False
+            self._pending.add(blob_id)
+        try:
+            sealed = seal_blob(key, blob_type, blob_id, data)
+        except BaseException:
+            with self._lock:
+                self._pending.discard(blob_id)
+            raise
+        full = None
+        with self._lock:
+            writer = self._open[blob_type]
+            writer.add(blob_type, blob_id, sealed, len(data))
+            self.stats.new_blobs[blob_type] += 1
+            self.stats.new_bytes[blob_type] += len(data)
+            if writer.size >= self.repo.pack_size:
+                full = writer
+                self._open[blob_type] = PackWriter()
+        if full is not None:
+            self._ship(full.finish(key))
+        return blob_id, True
+
+    def _ship(self, pack: SealedPack) -> None:
+        self._slots.acquire()  # backpressure: wait while enough packs are uploading
+        try:
+            self._raise_if_failed()
+            future = asyncio.run_coroutine_threadsafe(self._upload(pack), self._loop)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._uploads.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._uploads.discard(future)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # --- event loop ---
+
+    async def _upload(self, pack: SealedPack, release_slot: bool = True) -> None:
+        try:
+            await self.repo.store.put(pack_key(pack.id), pack.data)
+            indexed = IndexedPack(pack.id, pack.size, pack.entries)
+            await self.repo.write_index([indexed])
+            with self._lock:
+                self.repo.index.add_pack(indexed)
+                self._pending.difference_update(e.id for e in pack.entries)
+                self.stats.packs += 1
+                self.stats.stored_bytes += pack.size
+        except BaseException as e:
+            if self._error is None:
+                self._error = e
+            raise
+        finally:
+            if release_slot:
+                self._slots.release()
+
+    async def save_async(self, blob_type: BlobType, data: bytes, executor=None) -> tuple[bytes, bool]:
+        """save() from the event loop (it may block, so it runs in a thread)."""
+        return await self._loop.run_in_executor(executor, self.save, blob_type, data, None)
+
+    async def flush(self) -> None:
+        """Upload the open packs and wait until every pack and its index file is stored."""
+        self._raise_if_failed()
+        with self._lock:
+            writers = [w for w in self._open.values() if len(w)]
+            self._open = {t: PackWriter() for t in BlobType}
+        for writer in writers:
+            pack = await asyncio.to_thread(writer.finish, self.repo.key)
+            await self._upload(pack, release_slot=False)
+        await self._wait_uploads()
+        self._raise_if_failed()
+
+    async def abort(self) -> None:
+        """After a failure: let uploads already under way finish (their blobs get indexed)."""
+        try:
+            await self._wait_uploads()
+        except BaseException:
+            pass
+
+    async def _wait_uploads(self) -> None:
+        while True:
+            with self._lock:
+                uploads = list(self._uploads)
+            if not uploads:
+                return
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in uploads), return_exceptions=True)

@@ -1,0 +1,171 @@
+"""The object store port, and its local-folder adapter.
+
+Everything the format writes goes through six calls on flat keys (`data/ab/ab12...`).
+The store is append-only: `put` refuses a key that exists, so a repository's objects
+never change once written (a backup client can add, never destroy). Retries, rate limits
+and logging belong in wrappers around an adapter, not inside it. Every adapter must pass
+the conformance suite in `tests/format/store_conformance.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import AsyncIterator
+
+from .errors import InvalidKey, ObjectExists, ObjectNotFound
+
+Bytes = bytes | bytearray | memoryview
+
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+_TEMP_PREFIX = ".tmp."
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, '/'-separated, of plain characters: nothing a path could abuse."""
+    if not key or len(key) > 1024:
+        raise InvalidKey(key, "empty or too long")
+    for part in key.split("/"):
+        if part in ("", ".", "..") or not _KEY_CHARS.fullmatch(part) or part.startswith(_TEMP_PREFIX):
+            raise InvalidKey(key, f"bad segment {part!r}")
+    return key
+
+
+class ObjectStore(ABC):
+    """An append-only key/value store of immutable objects.
+
+    - put(key, data): store data under key; ObjectExists if the key exists (never overwrites).
+    - get(key, offset=None, length=None): the object's bytes, or the range starting at
+      offset of at most length bytes (a range past the end is cut short, possibly to
+      b""); ObjectNotFound if there is no such key.
+    - exists(key), size(key) (ObjectNotFound if missing).
+    - list(prefix): every key that starts with prefix (a plain string prefix, not a
+      folder), in no particular order.
+    - delete(key): remove it; deleting a missing key is not an error (as in S3).
+    """
+
+    @abstractmethod
+    async def put(self, key: str, data: Bytes) -> None: ...
+
+    @abstractmethod
+    async def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes: ...
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[str]: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def size(self, key: str) -> int: ...
+
+
+class LocalFolderStore(ObjectStore):
+    """Objects as files under a root folder (the embedded mode, tests, a USB disk).
+
+    A put writes a temporary file, flushes it to disk, then hard-links it into place:
+    link(2) fails if the name exists, so the create is atomic and never overwrites, and a
+    crash leaves at worst a temporary file (ignored by list, safe to delete).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    async def put(self, key: str, data: Bytes) -> None:
+        await asyncio.to_thread(self._put, self._path(key), key, data)
+
+    def _put(self, path: Path, key: str, data: Bytes) -> None:
+        if path.exists():
+            raise ObjectExists(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with open(temp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise ObjectExists(key) from None
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    async def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
+        if (offset is not None and offset < 0) or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        return await asyncio.to_thread(self._get, self._path(key), key, offset or 0, length)
+
+    @staticmethod
+    def _get(path: Path, key: str, offset: int, length: int | None) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).is_file)
+
+    async def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            st = await asyncio.to_thread(path.stat)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return st.st_size
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            await asyncio.to_thread(path.unlink)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        for key in await asyncio.to_thread(self._list, prefix):
+            yield key
+
+    def _list(self, prefix: str) -> list[str]:
+        # Walk only the deepest folder the prefix is sure to be inside.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            dirnames[:] = [d for d in dirnames if (rel + d).startswith(prefix[: len(rel + d)])]
+            for name in filenames:
+                key = rel + name
+                if not name.startswith(_TEMP_PREFIX) and key.startswith(prefix):
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows: folders cannot be opened; NTFS journals the rename
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
