@@ -65,9 +65,16 @@ class Database:
         return not self.is_sqlite
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside a transaction: committed on success, rolled back on error."""
+    async def transaction(self, *, read_committed: bool = False
+                          ) -> AsyncIterator[AsyncSession]:
+        """A session inside a transaction: committed on success, rolled back on error.
+
+        ``read_committed`` for work queues read with SKIP LOCKED: InnoDB's default
+        REPEATABLE READ adds gap locks that make concurrent takers deadlock."""
         async with self.sessions() as session, session.begin():
+            if read_committed and not self.is_sqlite:
+                await session.connection(
+                    execution_options={"isolation_level": "READ COMMITTED"})
             yield session
 
     async def ping(self) -> bool:

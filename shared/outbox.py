@@ -21,7 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
+    event as sa_event,
     select,
     update,
 )
@@ -84,7 +84,7 @@ class Outbox:
         sync = session.sync_session
         if not sync.info.get(id(self)):
             sync.info[id(self)] = True
-            event.listen(sync, "after_commit", lambda _s: self._wake.set(), once=True)
+            sa_event.listen(sync, "after_commit", lambda _s: self._wake.set(), once=True)
         return envelope
 
     def wake(self) -> None:
@@ -92,7 +92,7 @@ class Outbox:
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent events; returns how many were published."""
-        async with self.db.transaction() as session:
+        async with self.db.transaction(read_committed=True) as session:
             query = (
                 select(self.table.c.seq, self.table.c.routing_key, self.table.c.envelope)
                 .where(self.table.c.sent_at.is_(None))

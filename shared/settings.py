@@ -69,7 +69,14 @@ class InstancesSettings(ServiceSettings):
 
 
 class SchedulerSettings(ServiceSettings):
-    pass
+    # Job name -> five-field cron expression in UTC, or null to switch the job off; merged
+    # over the defaults in services/scheduler/domain.py, so naming one job leaves the others
+    # alone. From the environment as JSON:
+    # RECLO_SCHEDULER__JOBS='{"TokensExpiryDue": "*/5 * * * *"}'.
+    jobs: dict[str, str | None] = Field(default_factory=dict)
+    # The loop sleeps until the next tick is due but never longer than this, so a stepped
+    # wall clock or a database that was unreachable is noticed within it.
+    max_sleep_seconds: float = Field(default=30.0, gt=0)
 
 
 class BusSettings(BaseModel):
@@ -111,7 +118,9 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
 
     def section(self, service: str) -> ServiceSettings:
-        return getattr(self, service)
+        """The service's own section; a name without one (a tool, a test) gets defaults."""
+        section = getattr(self, service, None)
+        return section if isinstance(section, ServiceSettings) else ServiceSettings()
 
     def port_for(self, service: str) -> int:
         port = self.section(service).port

@@ -11,23 +11,29 @@ from aiohttp import web
 from services.gateway.domain import API_PREFIX, NOT_FORWARDED, bearer_token, owner_of
 from shared.events import utcnow
 from shared.http.identity import Identity, sign
+from shared.http.keys import REQUEST_ID, RUNTIME
 from shared.http.problems import Problem, not_found, unauthorized
 from shared.logs import get_logger
 
 log = get_logger(__name__)
 
 OPENAPI_PATH = API_PREFIX + "openapi.json"
+LOGOUT_PATH = API_PREFIX + "auth/logout"
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    gateway = request.app["service"].context
+    gateway = request.app[RUNTIME].context
     if request.path == OPENAPI_PATH and request.method == "GET":
         return web.json_response(await gateway.openapi())
     service = owner_of(request.path)
     if service is None:
         raise not_found(f"no route {request.path}")
     identity = await authenticate(gateway, request)
-    return await forward(gateway, request, service, identity)
+    response = await forward(gateway, request, service, identity)
+    if request.path == LOGOUT_PATH and response.status < 300:
+        # This gateway forgets the token at once; other replicas within the cache bound.
+        gateway.tokens.forget(bearer_token(request.headers.get("Authorization")) or "")
+    return response
 
 
 async def authenticate(gateway, request: web.Request) -> Identity:
@@ -53,7 +59,7 @@ def _monotonic_deadline(expires_at: datetime | None) -> float | None:
 async def forward(gateway, request: web.Request, service: str,
                   identity: Identity) -> web.StreamResponse:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
-    headers["X-Request-ID"] = request["request_id"]
+    headers["X-Request-ID"] = request[REQUEST_ID]
     headers.update(sign(identity, request.method, request.path_qs, gateway.key))
     body = request.content if request.body_exists else None
     if request.content_length is not None and request.content_length > gateway.max_body:

@@ -84,3 +84,6 @@ class TokenCache:
         self._entries.move_to_end(self._key(token))
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def forget(self, token: str) -> None:
+        self._entries.pop(self._key(token), None)

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from shared.http.identity import BadSignature, Identity, verify
+from shared.http.keys import IDENTITY, REQUEST_ID, RUNTIME
 from shared.http.problems import Problem, problem_response
 from shared.http.routes import Routes, openapi_fragment
 from shared.logs import bound, get_logger
@@ -68,7 +69,7 @@ def create_app(
     @web.middleware
     async def observe(request: web.Request, handler) -> web.StreamResponse:
         request_id = _clean_request_id(request.headers.get(REQUEST_ID_HEADER))
-        request["request_id"] = request_id
+        request[REQUEST_ID] = request_id
         started = time.perf_counter()
         status = 500
         with bound(service=service, request_id=request_id):
@@ -94,7 +95,7 @@ def create_app(
             identity = verify(request.headers, request.method, request.path_qs, internal_key)
         except BadSignature as exc:
             raise Problem(401, "Unauthorized", str(exc)) from None
-        request["identity"] = identity
+        request[IDENTITY] = identity
         with bound(user_id=identity.user_id, caller=identity.kind):
             return await handler(request)
 
@@ -115,8 +116,7 @@ def create_app(
     app = web.Application(
         middlewares=[observe, authenticate, *middlewares], client_max_size=max_body_bytes
     )
-    app["service"] = context
-    app["service_name"] = service
+    app[RUNTIME] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -149,4 +149,4 @@ async def _as_problem(request: web.Request, handler, request_id: str) -> web.Str
 
 
 def identity_of(request: web.Request) -> Identity:
-    return request.get("identity") or Identity()
+    return request.get(IDENTITY) or Identity()

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.http.identity import Identity, Kind
+from shared.http.keys import IDENTITY, RUNTIME
 from shared.http.problems import Problem, forbidden, unauthorized
 
 USER: tuple[Kind, ...] = ("user",)
@@ -36,7 +37,7 @@ class Call:
     @property
     def service(self) -> Any:
         """The service's own context object (built in its ``app.py``)."""
-        return self.request.app["service"].context
+        return self.request.app[RUNTIME].context
 
     def param(self, name: str) -> str:
         return self.request.match_info[name]
@@ -107,7 +108,7 @@ class Routes:
 
 def _aiohttp_handler(route: Route):
     async def handle(request: web.Request) -> web.StreamResponse:
-        identity: Identity = request.get("identity") or Identity()
+        identity: Identity = request.get(IDENTITY) or Identity()
         if identity.kind not in route.allow:
             if identity.kind == "anonymous":
                 raise unauthorized()

@@ -1,0 +1,38 @@
+from services.gateway.domain import TokenCache, bearer_token, owner_of
+from shared.http.identity import Identity
+
+
+def test_routes_go_to_their_owner():
+    assert owner_of("/api/v1/auth/login") == "auth"
+    assert owner_of("/api/v1/agent-keys/abc") == "auth"
+    assert owner_of("/api/v1/backups") == "backup"
+    assert owner_of("/api/v1/hosts/x") == "backup"
+    assert owner_of("/api/v1/recoveries/r/image") == "recovery"
+    assert owner_of("/api/v1/instances/i/start") == "instances"
+    assert owner_of("/api/v1/internal") is None
+    assert owner_of("/internal/introspect") is None
+
+
+def test_bearer_parsing():
+    assert bearer_token(None) is None
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") == ""
+    assert bearer_token("Bearer") == ""
+
+
+def test_cache_honours_ttl_token_expiry_and_forgetting():
+    now = [0.0]
+    cache = TokenCache(ttl=5, max_entries=2, clock=lambda: now[0])
+    who = Identity(kind="user", user_id="u")
+    cache.put("t1", who)
+    cache.put("t2", who, not_after=1.0)
+    assert cache.get("t1") == who and cache.get("t2") == who
+    now[0] = 1.5
+    assert cache.get("t2") is None  # the token itself expired
+    now[0] = 5.0
+    assert cache.get("t1") is None  # the cache bound
+    cache.put("a", who), cache.put("b", who), cache.put("c", who)
+    assert cache.get("a") is None and cache.get("c") == who  # bounded size
+    cache.forget("c")
+    assert cache.get("c") is None

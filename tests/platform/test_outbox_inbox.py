@@ -1,0 +1,199 @@
+"""The transactional outbox and the inbox (DESIGN.md §2) on real databases and buses: an
+event leaves only if its change committed, survives a broker outage, and has one effect
+however often it is delivered."""
+
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+
+from shared.bus import create_bus
+from shared.db import Database
+from shared.events import TokensExpiryDue, envelope_for, utcnow
+from shared.inbox import Dispatcher, inbox_table
+from shared.outbox import Outbox, outbox_table
+from tests.harness import delete_queues, settings_for
+from tests.support import TcpProxy, eventually
+
+metadata = MetaData()
+notes = Table("notes", metadata, Column("id", Integer, primary_key=True),
+              Column("text", String(100)))
+effects = Table("effects", metadata, Column("event_id", String(36), primary_key=True),
+                Column("count", Integer))
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)
+
+
+class World:
+    """One producer/consumer pair on a database and a bus, as a service would have."""
+
+    def __init__(self, db, bus, queue):
+        self.db, self.bus, self.queue = db, bus, queue
+        self.outbox = Outbox(outbox, db, bus, poll_seconds=0.1)
+        self.deliveries = 0
+
+    async def count_effect(self, ctx, event):
+        key = str(ctx.envelope.id)
+        row = await ctx.session.scalar(select(effects.c.count).where(effects.c.event_id == key))
+        if row is None:
+            await ctx.session.execute(effects.insert().values(event_id=key, count=1))
+        else:
+            await ctx.session.execute(
+                effects.update().where(effects.c.event_id == key).values(count=row + 1))
+
+    async def start_consumer(self):
+        async def counting(envelope):
+            self.deliveries += 1
+            await dispatcher.handle(envelope)
+
+        dispatcher = Dispatcher(service_name="test", runtime=None, db=self.db, bus=self.bus,
+                                outbox=self.outbox, inbox=inbox,
+                                handlers={TokensExpiryDue: self.count_effect},
+                                queue_prefix=self.queue)
+        patterns = [TokensExpiryDue.routing_key()]
+        await self.bus.subscribe(dispatcher.queue, patterns, counting)
+
+    async def effect_counts(self):
+        async with self.db.sessions() as s:
+            return dict((await s.execute(select(effects.c.event_id, effects.c.count))).all())
+
+
+@pytest.fixture(params=["embedded", "mariadb"])
+async def world(request, tmp_path, unique):
+    settings = settings_for(request.param, tmp_path, unique)
+    db = Database(settings.database_url_for("outboxtest"))
+    await db.create_database()
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    bus_url = settings.bus_url.get_secret_value() if settings.bus_url else None
+    bus = create_bus(bus_url, prefetch=4, retry_delays=(0.05,))
+    await bus.connect()
+    w = World(db, bus, settings.bus.queue_prefix)
+    w.settings = settings
+    yield w
+    await w.outbox.stop()
+    await bus.close()
+    if not db.is_sqlite:
+        await db.drop_database()
+    else:
+        await db.dispose()
+    await delete_queues(settings.model_copy(update={"bus": settings.bus.model_copy(
+        update={"retry_delays": (0.05,)})}), ["test"])
+
+
+def tick():
+    return TokensExpiryDue(scheduled_for=utcnow())
+
+
+async def test_event_leaves_only_if_its_change_committed(world):
+    await world.start_consumer()
+    world.outbox.start()
+    with pytest.raises(RuntimeError):
+        async with world.db.transaction() as session:
+            await session.execute(notes.insert().values(text="rolled back"))
+            await world.outbox.add(session, tick())
+            raise RuntimeError("the change failed")
+    async with world.db.transaction() as session:
+        await session.execute(notes.insert().values(text="kept"))
+        kept = await world.outbox.add(session, tick())
+    await eventually(lambda: world.deliveries >= 1)
+    await asyncio.sleep(0.3)
+    assert await world.effect_counts() == {str(kept.id): 1}
+    assert world.deliveries == 1
+    assert await world.outbox.pending() == 0
+
+
+async def test_redelivered_event_has_one_effect(world):
+    await world.start_consumer()
+    envelope = envelope_for(tick())
+    for _ in range(3):
+        await world.bus.publish(envelope)
+    await eventually(lambda: world.deliveries == 3)
+    await asyncio.sleep(0.2)
+    assert await world.effect_counts() == {str(envelope.id): 1}
+
+
+async def test_event_committed_while_broker_unreachable_arrives_once(mariadb_url, rabbitmq_url,
+                                                                    tmp_path, unique):
+    """Cut the broker connection between commit and publish; restore it; the event arrives
+    exactly once at the consumer's effect."""
+    settings = settings_for("mariadb", tmp_path, unique)
+    db = Database(settings.database_url_for("outboxtest"))
+    await db.create_database()
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    broker = urlsplit(rabbitmq_url)
+    proxy = TcpProxy(broker.hostname, broker.port or 5672)
+    await proxy.start()
+    proxied = urlunsplit(broker._replace(netloc=f"{broker.username}:{broker.password}"
+                                                f"@127.0.0.1:{proxy.port}"))
+    producer_bus = create_bus(proxied, prefetch=4, retry_delays=(0.05,))
+    consumer_bus = create_bus(rabbitmq_url, prefetch=4, retry_delays=(0.05,))
+    await producer_bus.connect()
+    await consumer_bus.connect()
+    producer = World(db, producer_bus, settings.bus.queue_prefix)
+    consumer = World(db, consumer_bus, settings.bus.queue_prefix)
+    try:
+        await consumer.start_consumer()
+        await proxy.cut()
+        async with db.transaction() as session:
+            await session.execute(notes.insert().values(text="during the outage"))
+            sent = await producer.outbox.add(session, tick())
+        producer.outbox.start()
+        await asyncio.sleep(1.5)
+        assert await producer.outbox.pending() == 1
+        assert consumer.deliveries == 0
+        await proxy.restore()
+        await eventually(lambda: consumer.deliveries >= 1, timeout=30)
+        async def all_sent():
+            return await producer.outbox.pending() == 0
+
+        await eventually(all_sent, timeout=30)
+        await asyncio.sleep(0.5)
+        assert await consumer.effect_counts() == {str(sent.id): 1}
+    finally:
+        await producer.outbox.stop()
+        await proxy.cut()
+        await producer_bus.close()
+        await consumer_bus.close()
+        await db.drop_database()
+        await delete_queues(settings.model_copy(update={"bus": settings.bus.model_copy(
+            update={"retry_delays": (0.05,)})}), ["test"])
+
+
+async def test_two_relays_publish_each_event_once(mariadb_url, rabbitmq_url, tmp_path, unique):
+    """Replicas relay the same outbox concurrently; row locks keep them off each other's rows."""
+    settings = settings_for("mariadb", tmp_path, unique)
+    db = Database(settings.database_url_for("outboxtest"))
+    await db.create_database()
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    bus = create_bus(rabbitmq_url, prefetch=50, retry_delays=(0.05,))
+    await bus.connect()
+    world = World(db, bus, settings.bus.queue_prefix)
+    second = Outbox(outbox, db, bus, poll_seconds=0.05)
+    try:
+        await world.start_consumer()
+        async with db.transaction() as session:
+            for _ in range(300):
+                await world.outbox.add(session, tick())
+        await asyncio.gather(world.outbox.relay_once(), second.relay_once(),
+                             world.outbox.relay_once(), second.relay_once())
+        world.outbox.start()
+        second.start()
+        await eventually(lambda: world.deliveries >= 300, timeout=30)
+        await asyncio.sleep(0.5)
+        assert world.deliveries == 300
+        counts = await world.effect_counts()
+        assert len(counts) == 300 and set(counts.values()) == {1}
+        async with db.sessions() as s:
+            assert await s.scalar(select(func.count()).select_from(outbox)
+                                  .where(outbox.c.sent_at.is_(None))) == 0
+    finally:
+        await world.outbox.stop()
+        await second.stop()
+        await bus.close()
+        await db.drop_database()
+        await delete_queues(settings.model_copy(update={"bus": settings.bus.model_copy(
+            update={"retry_delays": (0.05,)})}), ["test"])
