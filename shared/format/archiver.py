@@ -272,7 +272,6 @@ class _Run:
             self.progress.bytes_done += nbytes
 
     def _count_read(self, n: int) -> None:
-        self._advance(nbytes=n)
         with self._stats_lock:
             self.stats.bytes_read += n
 
@@ -460,8 +459,10 @@ class _Run:
                         blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
                         content.append(ChunkRef(blob_id, piece.length))
                     total += piece.length
+                    self._advance(nbytes=piece.length)  # holes count as done: progress is logical
             except OSError as e:
                 self.warn(path, f"read error, skipped: {e.strerror or e}")
+                self._advance(files=1, nbytes=size - total)
                 return None
             after = os.fstat(f.fileno())
         if node_type == FILE and (
@@ -472,6 +473,8 @@ class _Run:
         node.size = total
         node.content = content
         self._count_file(node, read=True)
+        if total < size:
+            self._advance(nbytes=size - total)
         return node
 
     # --- images ---

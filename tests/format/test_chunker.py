@@ -1,0 +1,98 @@
+import hashlib
+import os
+import random
+
+from shared.format.chunker import ChunkerParams, FileChunker, ImageChunker, is_zero
+from shared.format.constants import IMAGE_CHUNK_SIZE, MiB
+
+
+def _pieces(chunker, path):
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        read = []
+        pieces = list(chunker.pieces(f, size, on_read=read.append))
+    assert sum(p.length for p in pieces) == size
+    offsets = [p.offset for p in pieces]
+    assert offsets == sorted(offsets) and all(a.offset + a.length == b.offset for a, b in zip(pieces, pieces[1:]))
+    return pieces, sum(read)
+
+
+def _ids(pieces):
+    return [hashlib.sha256(p.data).hexdigest() for p in pieces if p.data is not None]
+
+
+def test_cdc_cuts_survive_an_insertion(tmp_path):
+    rng = random.Random(7)
+    data = rng.randbytes(24 * MiB)
+    original, edited = tmp_path / "a", tmp_path / "b"
+    original.write_bytes(data)
+    edited.write_bytes(data[: 5 * MiB] + b"inserted!" * 100 + data[5 * MiB :])
+    chunker = FileChunker(ChunkerParams(seed=12345))
+    before, _ = _pieces(chunker, original)
+    after, _ = _pieces(chunker, edited)
+    assert 10 <= len(before) <= 30  # about 1 MiB each (FastCDC's mean is ~1.3x avg)
+    assert all(p.length <= 8 * MiB for p in before)
+    common = set(_ids(before)) & set(_ids(after))
+    assert len(common) >= len(before) - 2  # only the chunk(s) around the insertion changed
+
+
+def test_cdc_streams_the_same_cuts_as_one_buffer(tmp_path):
+    data = random.Random(1).randbytes(40 * MiB)  # larger than the stream buffer
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    pieces, read = _pieces(FileChunker(), path)
+    assert read == len(data)
+    from pyfastcdc import FastCDC
+
+    p = ChunkerParams()
+    whole = FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, normalized_chunking=p.normalization)
+    assert [c.length for c in whole.cut_buf(data)] == [x.length for x in pieces]
+
+
+def test_zero_runs_become_holes_and_sparse_holes_are_not_read(tmp_path):
+    dense = tmp_path / "dense"
+    dense.write_bytes(os.urandom(MiB) + bytes(30 * MiB) + os.urandom(MiB))  # written zeros
+    pieces, _ = _pieces(FileChunker(), dense)
+    # CDC finds no cut in zeros: the run becomes max-size all-zero chunks, i.e. holes,
+    # except where it shares a chunk with the data around it (at most a max chunk each side)
+    assert sum(p.length for p in pieces if p.is_hole) >= 30 * MiB - 2 * 8 * MiB
+
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.write(b"head" * 1000)
+        f.seek(3 * 1024 * MiB)  # a 3 GiB hole: only its ends are data
+        f.write(b"tail" * 1000)
+    pieces, read = _pieces(FileChunker(), sparse)
+    assert read < 4 * MiB
+    assert pieces[0].data is not None and pieces[-1].data is not None
+    assert sum(p.length for p in pieces if p.is_hole) > 3 * 1024 * MiB - 2 * MiB
+
+
+def test_image_chunks_are_fixed_and_aligned(tmp_path):
+    path = tmp_path / "disk.img"
+    size = 10 * MiB + 4096 + 123
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off in (0, 3 * MiB + 4096, 10 * MiB):
+            f.seek(off)
+            f.write(os.urandom(4096))
+    pieces, read = _pieces(ImageChunker(), path)
+    data = [p for p in pieces if p.data is not None]
+    assert [p.offset for p in data] == [0, 3 * MiB, 10 * MiB]
+    assert all(p.offset % IMAGE_CHUNK_SIZE == 0 for p in pieces)
+    assert [p.length for p in data] == [MiB, MiB, 4096 + 123]
+    assert read <= 3 * MiB  # the unallocated 7 MiB were not read
+
+
+def test_image_zero_blocks_that_are_allocated_become_holes(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(2 * MiB) + b"x" * MiB)
+    pieces, _ = _pieces(ImageChunker(), path)
+    assert [p.is_hole for p in pieces] == [True, True, False]
+    assert [p.length for p in pieces] == [MiB, MiB, MiB]
+
+
+def test_is_zero():
+    assert is_zero(bytes(100))
+    assert not is_zero(bytes(50) + b"\1" + bytes(49))
+    assert not is_zero(b"")
