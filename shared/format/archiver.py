@@ -137,6 +137,7 @@ class Archiver:
         progress: ProgressCallback | None = None,
         progress_interval: float = 0.25,
         workers: int | None = None,
+        adopt_unindexed: bool = True,
     ):
         self.repo = repo
         self.host = host or socket.gethostname()
@@ -145,6 +146,10 @@ class Archiver:
         self.progress_callback = progress
         self.progress_interval = progress_interval
         self.workers = workers or os.cpu_count() or 2
+        # Before backing up, index packs a killed backup stored but never indexed, so not
+        # even they are uploaded again. Costs one listing of data/ (1000 packs per request
+        # on S3, i.e. ~32 GiB of repository per request).
+        self.adopt_unindexed = adopt_unindexed
 
     async def backup(
         self, sources: Sequence[Source | str], *, kind: str = INCREMENTAL, parent: str | None = None
@@ -189,6 +194,10 @@ class _Run:
     async def execute(self) -> BackupResult:
         started = time.monotonic()
         await self.repo.load_index()  # what other backups stored since we opened
+        if self.a.adopt_unindexed:
+            _, unreadable = await self.repo.recover_unindexed_packs()
+            for problem in unreadable:
+                self.warn("repository", f"unindexed pack left alone: {problem}")
         parent_root = await self._parent_root()
         self.pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-backup")
         self.file_slots = asyncio.Semaphore(self.a.workers * 2)

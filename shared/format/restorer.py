@@ -15,8 +15,9 @@ crafted. The restorer
   with a hole where the chunk belongs, and RestoreIncomplete at the end names each
   damaged file and why.
 
-Holes are not written: data chunks are written at their offsets and the file is cut to
-its size, so sparse files and images come back sparse. Metadata (owner when running as
+Holes are not written: data chunks are written at their offsets (skipping all-zero 4 KiB
+blocks inside them) and the file is cut to its size, so sparse files and images come back
+sparse. Metadata (owner when running as
 root, mode, mtime) is applied to a directory after its contents, so restoring into it
 does not change its mtime and a read-only directory can still be filled.
 
@@ -220,7 +221,7 @@ class _Run:
         if len(data) != length:
             errors.append(FormatError(f"chunk at offset {offset} is {len(data)} bytes, expected {length}"))
             return
-        await asyncio.get_running_loop().run_in_executor(self.pool, _pwrite_all, fd, data, offset)
+        await asyncio.get_running_loop().run_in_executor(self.pool, _write_sparse, fd, data, offset)
 
     def apply_metadata(self, fd: int, node: Node) -> None:
         if self.r.restore_owner:
@@ -241,9 +242,33 @@ def _remove_existing(dir_fd: int, name: str) -> None:
         pass
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+_BLOCK = 4096
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def _write_sparse(fd: int, data: bytes, offset: int) -> None:
+    """Write data at offset into a new file, skipping all-zero 4 KiB blocks.
+
+    The file starts empty, so a skipped block reads back as zeros; it just takes no disk
+    space: an image whose chunks are mostly free space is restored as sparse as it was.
+    """
+    view = memoryview(data)
+    n = len(data)
+    run_start = None
+    for pos in range(0, n, _BLOCK):
+        if data[pos : pos + _BLOCK] == _ZERO_BLOCK[: min(_BLOCK, n - pos)]:
+            if run_start is not None:
+                _pwrite_all(fd, view[run_start:pos], offset + run_start)
+                run_start = None
+        elif run_start is None:
+            run_start = pos
+    if run_start is not None:
+        _pwrite_all(fd, view[run_start:], offset + run_start)

@@ -101,6 +101,7 @@ class CountingStore(LocalFolderStore):
         super().__init__(root)
         self.die_after = die_after_pack_puts
         self.dead = False
+        self.pack_attempts = 0
         self.pack_puts = 0
         self.pack_bytes = 0
         self.puts: list[str] = []
@@ -109,9 +110,10 @@ class CountingStore(LocalFolderStore):
         if self.dead:
             raise ConnectionError("backup process was killed")
         if key.startswith("data/"):
-            if self.die_after is not None and self.pack_puts >= self.die_after:
+            if self.die_after is not None and self.pack_attempts >= self.die_after:
                 self.dead = True
                 raise ConnectionError("backup process was killed")
+            self.pack_attempts += 1
         await super().put(key, data)
         self.puts.append(key)
         if key.startswith("data/"):
