@@ -53,6 +53,8 @@ class GatewaySettings(ServiceSettings):
     # How long a token's introspection result is trusted: revocation takes effect within it.
     token_cache_seconds: float = Field(default=5.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Backup objects through /api/v1/objects (embedded object store): a pack plus margin.
+    max_object_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     upstream_timeout_seconds: float = Field(default=30.0, gt=0)
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp import web
 
-from services.gateway.domain import API_PREFIX, NOT_FORWARDED, bearer_token, owner_of
+from services.gateway.domain import API_PREFIX, NOT_FORWARDED, bearer_token, body_limit, owner_of
 from shared.events import utcnow
 from shared.http.identity import Identity, sign
 from shared.http.keys import REQUEST_ID, RUNTIME
@@ -62,12 +62,13 @@ async def forward(gateway, request: web.Request, service: str,
     headers["X-Request-ID"] = request[REQUEST_ID]
     headers.update(sign(identity, request.method, request.path_qs, gateway.key))
     body = request.content if request.body_exists else None
-    if request.content_length is not None and request.content_length > gateway.max_body:
+    limit = body_limit(request.path, gateway.max_body, gateway.max_object_body)
+    if request.content_length is not None and request.content_length > limit:
         raise Problem(413, "Body too large", "the request body exceeds the limit")
     try:
         upstream = await gateway.http.request(
             request.method, gateway.urls[service] + request.path_qs, headers=headers,
-            data=_limited(body, gateway.max_body) if body is not None else None,
+            data=_limited(body, limit) if body is not None else None,
             allow_redirects=False,
         )
     except BodyTooLarge:

@@ -28,6 +28,7 @@ class Gateway:
                  urls: dict[str, str] | None = None) -> None:
         self.key = key
         self.max_body = settings.gateway.max_body_bytes
+        self.max_object_body = settings.gateway.max_object_bytes
         self.timeout = aiohttp.ClientTimeout(total=None,
                                              sock_connect=5,
                                              sock_read=settings.gateway.upstream_timeout_seconds)

@@ -17,6 +17,10 @@ OWNERS: dict[str, str] = {
     "agent-keys": "auth",
     "hosts": "backup",
     "backups": "backup",
+    "repository": "backup",
+    # Presigned object URLs of the embedded mode's local object store (no bearer token:
+    # the URL's own signature is the credential).
+    "objects": "backup",
     "recoveries": "recovery",
     "instances": "instances",
 }
@@ -36,6 +40,15 @@ def owner_of(path: str) -> str | None:
         return None
     segment = path[len(API_PREFIX):].split("/", 1)[0]
     return OWNERS.get(segment)
+
+
+# Segments whose bodies are backup objects (packs of tens of MiB), streamed through.
+LARGE_BODY_SEGMENTS = frozenset({"objects"})
+
+
+def body_limit(path: str, default: int, large: int) -> int:
+    segment = path[len(API_PREFIX):].split("/", 1)[0] if path.startswith(API_PREFIX) else ""
+    return large if segment in LARGE_BODY_SEGMENTS else default
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -7,6 +7,8 @@ def test_routes_go_to_their_owner():
     assert owner_of("/api/v1/agent-keys/abc") == "auth"
     assert owner_of("/api/v1/backups") == "backup"
     assert owner_of("/api/v1/hosts/x") == "backup"
+    assert owner_of("/api/v1/repository/objects") == "backup"
+    assert owner_of("/api/v1/objects/b/k") == "backup"
     assert owner_of("/api/v1/recoveries/r/image") == "recovery"
     assert owner_of("/api/v1/instances/i/start") == "instances"
     assert owner_of("/api/v1/internal") is None
