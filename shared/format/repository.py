@@ -219,7 +219,12 @@ class Repository:
             sealed_config = await store.get(CONFIG_KEY)
         except ObjectNotFound:
             raise RepositoryNotFound("no repository in this store (no config object)") from None
-        slots = [decode_key_slot(await store.get(k)) async for k in store.list(KEYS_PREFIX)]
+        slots = []
+        async for k in store.list(KEYS_PREFIX):
+            try:
+                slots.append(decode_key_slot(await store.get(k)))
+            except FormatError:
+                continue  # a damaged or future-version slot must not lock out the others
         key = await _open_any_slot(slots, passphrase, kms_unwrap)
         try:
             plain = compression.decode(key.open(sealed_config, AAD_CONFIG), MAX_OBJECT_SIZE)

@@ -179,3 +179,32 @@ async def test_several_sources_and_a_weekly_full_stores_nothing_new(repo, tmp_pa
     await Restorer(repo).restore(again.snapshot_id, tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["data", "data-2"]
     assert (tmp_path / "out" / "data-2" / "f.bin").read_bytes() == (tmp_path / "b" / "data" / "f.bin").read_bytes()
+
+
+async def test_files_that_change_or_vanish_during_the_backup_are_warnings_not_failures(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    growing = src / "a" / "growing.log"
+    growing.write_bytes(os.urandom(48 * MiB))
+    (src / "z-vanishes.txt").write_text("here at the scan, gone at the read")
+    (src / "z-stays.txt").write_text("stays")
+
+    def meanwhile(progress):
+        # Runs while the backup reads a/growing.log (after the root folder was listed):
+        # another program appends to the log and deletes a file not read yet.
+        if progress.bytes_done > 0:
+            with open(growing, "ab") as f:
+                f.write(b"more\n")
+            (src / "z-vanishes.txt").unlink(missing_ok=True)
+
+    result = await Archiver(repo, progress=meanwhile, progress_interval=0.002, workers=1).backup(
+        [str(src)], kind=FULL
+    )
+    assert any("growing.log" in w and "changed while it was read" in w for w in result.warnings)
+    assert any("z-vanishes.txt" in w and "vanished" in w for w in result.warnings)
+    assert result.stats.warnings == len(result.warnings) == 2
+    await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert (tmp_path / "out" / "src" / "z-stays.txt").read_text() == "stays"
+    assert not (tmp_path / "out" / "src" / "z-vanishes.txt").exists()
+    restored = (tmp_path / "out" / "src" / "a" / "growing.log").read_bytes()
+    assert restored[: 48 * MiB] == growing.read_bytes()[: 48 * MiB]
