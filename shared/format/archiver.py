@@ -162,6 +162,8 @@ class Archiver:
         if kind not in (FULL, INCREMENTAL):
             raise ValueError(f"kind must be {FULL!r} or {INCREMENTAL!r}")
         srcs = [Source(s) if isinstance(s, str) else s for s in sources]
+        # one spelling per source, so the parent of /srv/data/ is found as /srv/data
+        srcs = [Source(os.path.abspath(s.path), s.kind) for s in srcs]
         if not srcs:
             raise ValueError("nothing to back up")
         for s in srcs:
@@ -192,6 +194,7 @@ class _Run:
     # --- the whole run ---
 
     async def execute(self) -> BackupResult:
+        started_at = datetime.now(timezone.utc)  # a snapshot is dated when it began reading
         started = time.monotonic()
         await self.repo.load_index()  # what other backups stored since we opened
         if self.a.adopt_unindexed:
@@ -225,7 +228,8 @@ class _Run:
             self._stop.set()
             if ticker is not None:
                 ticker.cancel()
-            await asyncio.gather(scanner, return_exceptions=True)
+            # a failing progress callback stops the reports, never the backup
+            await asyncio.gather(scanner, *([ticker] if ticker else []), return_exceptions=True)
             self.pool.shutdown(wait=True)
 
         s = self.stats
@@ -235,11 +239,11 @@ class _Run:
         s.warnings = len(self.warnings)
         s.duration_s = round(time.monotonic() - started, 3)
         snapshot = Snapshot(
-            time=datetime.now(timezone.utc),
+            time=started_at,
             host=self.a.host,
             kind=self.kind,
             tree=root_id,
-            sources=[SourceInfo(n, s.path, s.kind) for s, n in zip(self.sources, self.names)],
+            sources=[SourceInfo(name, src.path, src.kind) for src, name in zip(self.sources, self.names)],
             parent=self.parent_id if self.kind == INCREMENTAL else None,
             tags=self.a.tags,
             stats=s,

@@ -160,7 +160,10 @@ class _Run:
                 self.damaged(path + "/", e)
             else:
                 await self.nodes(fd, tree.nodes, path)
-            self.apply_metadata(fd, node)
+            try:
+                self.apply_metadata(fd, node)
+            except OSError as e:
+                self.damaged(path + "/", e)
             self.result.dirs += 1
         finally:
             os.close(fd)
