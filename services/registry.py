@@ -15,9 +15,10 @@ Builder = Callable[[Settings, Bus, bytes], ServiceRuntime]
 def builders() -> dict[str, Builder]:
     from services.auth.app import build as auth
     from services.gateway.app import build as gateway
+    from services.scheduler.app import build as scheduler
 
     # The gateway last: it starts once the services it fronts listen.
-    return {"auth": auth, "gateway": gateway}
+    return {"auth": auth, "scheduler": scheduler, "gateway": gateway}
 
 
 def names() -> list[str]:
