@@ -40,7 +40,9 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLL
 _NEW_FILE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 )
-_CHUNKS_AHEAD = 4  # chunks of one file fetched and decrypted while earlier ones are written
+# Chunks of one file fetched and decrypted while earlier ones are written: enough to
+# hide a round trip to S3 behind the work on the chunks before it.
+_CHUNKS_AHEAD = 4
 
 
 def check_name(name: str, where: str) -> None:
@@ -253,6 +255,8 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+# Zero runs are looked for in 4 KiB blocks, the block size of common filesystems: a
+# shorter run could not become a hole anyway.
 _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 
