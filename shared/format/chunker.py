@@ -180,12 +180,32 @@ class FileChunker:
             if not is_data:
                 yield Piece(start, end - start, None)
                 continue
+            if end - start <= self.params.max_size:
+                # Most files: read at once and cut in memory. (pyfastcdc's stream mode
+                # allocates a 2 * max_size buffer per stream, milliseconds per small file.)
+                data = _read_full(f, end - start, start)
+                if on_read is not None:
+                    on_read(len(data))
+                yield from self._cut(data, start)
+                if len(data) < end - start:
+                    return  # the file ended early
+                continue
             reader = _RangeReader(f, start, end, on_read)
             for chunk in self._new_cdc().cut_stream(reader):
                 data = bytes(chunk.data)  # the view is reused by the next chunk
                 yield Piece(start + chunk.offset, chunk.length, None if is_zero(data) else data)
             if reader.pos < end:
                 return  # the file ended early
+
+
+    def _cut(self, data: bytes, start: int) -> Iterator[Piece]:
+        if len(data) <= self.params.min_size:  # no cut point can exist: one chunk
+            if data:
+                yield Piece(start, len(data), None if is_zero(data) else data)
+            return
+        for chunk in self._new_cdc().cut_buf(data):
+            piece = data if chunk.length == len(data) else bytes(chunk.data)
+            yield Piece(start + chunk.offset, chunk.length, None if is_zero(piece) else piece)
 
 
 class ImageChunker:

@@ -75,7 +75,7 @@ from .errors import (
     SnapshotNotFound,
     WrongPassphrase,
 )
-from .index import Index, IndexedPack, decode_index, encode_index
+from .index import BlobLocation, Index, IndexedPack, decode_index, encode_index
 from .pack import (
     MAX_OBJECT_SIZE,
     BlobType,
@@ -343,15 +343,20 @@ class Repository:
 
     # --- blobs ------------------------------------------------------------------------
 
-    async def read_blob(self, blob_id: bytes) -> bytes:
-        """A blob's plaintext, verified against its id (CorruptBlob, MissingPack, MissingBlob)."""
+    async def fetch_sealed(self, blob_id: bytes) -> tuple[BlobLocation, bytes]:
+        """A blob's sealed bytes and where they came from (MissingBlob, MissingPack);
+        pack.open_blob turns them into verified plaintext."""
         loc = self.index.lookup(blob_id)
         if loc is None:
             raise MissingBlob(blob_id.hex())
         try:
-            sealed = await self.store.get(pack_key(loc.pack_id), loc.offset, loc.length)
+            return loc, await self.store.get(pack_key(loc.pack_id), loc.offset, loc.length)
         except ObjectNotFound:
             raise MissingPack(loc.pack_id) from None
+
+    async def read_blob(self, blob_id: bytes) -> bytes:
+        """A blob's plaintext, verified against its id (CorruptBlob, MissingPack, MissingBlob)."""
+        loc, sealed = await self.fetch_sealed(blob_id)
         return await asyncio.to_thread(open_blob, self.key, loc.entry(blob_id), sealed, pack_id=loc.pack_id)
 
     async def load_tree(self, tree_id: bytes) -> Tree:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
+from .pack import open_blob
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node
 
@@ -183,56 +184,97 @@ class _Run:
         self.result.symlinks += 1
 
     async def file(self, dir_fd: int, node: Node, path: str) -> None:
+        """Fetch the chunks ahead (async), and decrypt, verify and write each in a worker
+        thread; the file is created with the first chunk and finished with the last, so a
+        small file costs two thread hops."""
         loop = asyncio.get_running_loop()
+        writer = _FileWriter(self, dir_fd, node)
+        chunks = []
+        offset = 0
+        for ref in node.content or ():
+            if ref.id is not None:
+                chunks.append((offset, ref.length, ref.id))
+            offset += ref.length
+        window: deque[tuple[int, int, asyncio.Task]] = deque()
         try:
-            _remove_existing(dir_fd, node.name)
-            fd = os.open(node.name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        except OSError as e:
-            self.damaged(path, e)
-            return
-        errors: list[Exception] = []
-        try:
-            window: deque[tuple[int, int, asyncio.Task]] = deque()
-            offset = 0
-            for ref in node.content or ():
-                if ref.id is not None:
-                    window.append((offset, ref.length, asyncio.create_task(self.repo.read_blob(ref.id))))
-                    if len(window) >= _CHUNKS_AHEAD:
-                        await self._write_next(fd, window, errors)
-                offset += ref.length
-            while window:
-                await self._write_next(fd, window, errors)
-            await loop.run_in_executor(self.pool, os.ftruncate, fd, node.size)  # trailing hole
-            self.apply_metadata(fd, node)
-        except OSError as e:
-            errors.append(e)
+            if not chunks:
+                await loop.run_in_executor(self.pool, writer.put, None, 0, 0, True)
+            for i, (offset, length, blob_id) in enumerate(chunks):
+                while len(window) < _CHUNKS_AHEAD and i + len(window) < len(chunks):
+                    _, _, ahead_id = chunks[i + len(window)]
+                    window.append((0, 0, asyncio.create_task(self.repo.fetch_sealed(ahead_id))))
+                _, _, task = window.popleft()
+                try:
+                    fetched = await task
+                except FormatError as e:  # MissingBlob, MissingPack: leave a hole, go on
+                    fetched = e
+                await loop.run_in_executor(
+                    self.pool, writer.put, (blob_id, fetched), offset, length, i == len(chunks) - 1
+                )
+                if writer.failed:
+                    break
         finally:
             for _, _, task in window:
                 task.cancel()
-            os.close(fd)
-        if errors:
-            self.damaged(path, errors[0])
+            writer.close()
+        if writer.errors:
+            self.damaged(path, writer.errors[0])
         else:
             self.result.files += 1
             self.result.bytes += node.size
-
-    async def _write_next(self, fd: int, window: deque, errors: list[Exception]) -> None:
-        offset, length, task = window.popleft()
-        try:
-            data = await task
-        except FormatError as e:  # MissingBlob, MissingPack, CorruptBlob: leave a hole, go on
-            errors.append(e)
-            return
-        if len(data) != length:
-            errors.append(FormatError(f"chunk at offset {offset} is {len(data)} bytes, expected {length}"))
-            return
-        await asyncio.get_running_loop().run_in_executor(self.pool, _write_sparse, fd, data, offset)
 
     def apply_metadata(self, fd: int, node: Node) -> None:
         if self.r.restore_owner:
             os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid/setgid
         os.fchmod(fd, node.mode)
         os.utime(fd, ns=(_atime(node), node.mtime_ns))
+
+
+class _FileWriter:
+    """One restored file, driven from worker threads: create, place chunks, finish."""
+
+    def __init__(self, run: _Run, dir_fd: int, node: Node):
+        self.run = run
+        self.dir_fd = dir_fd
+        self.node = node
+        self.fd: int | None = None
+        self.errors: list[Exception] = []
+        self.failed = False  # the file itself could not be written: stop feeding it
+
+    def put(self, chunk, offset: int, length: int, last: bool) -> None:
+        try:
+            if self.fd is None:
+                _remove_existing(self.dir_fd, self.node.name)
+                self.fd = os.open(self.node.name, _NEW_FILE_FLAGS, 0o600, dir_fd=self.dir_fd)
+            if chunk is not None:
+                self._place(chunk, offset, length)
+            if last:
+                os.ftruncate(self.fd, self.node.size)  # the trailing hole, if any
+                self.run.apply_metadata(self.fd, self.node)
+        except OSError as e:
+            self.errors.append(e)
+            self.failed = True
+
+    def _place(self, chunk, offset: int, length: int) -> None:
+        blob_id, fetched = chunk
+        if isinstance(fetched, Exception):
+            self.errors.append(fetched)
+            return
+        location, sealed = fetched
+        try:
+            data = open_blob(self.run.repo.key, location.entry(blob_id), sealed, pack_id=location.pack_id)
+        except FormatError as e:  # CorruptBlob: leave a hole, go on
+            self.errors.append(e)
+            return
+        if len(data) != length:
+            self.errors.append(FormatError(f"chunk at offset {offset} is {len(data)} bytes, expected {length}"))
+            return
+        _write_sparse(self.fd, data, offset)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _atime(node: Node) -> int:
