@@ -2,6 +2,8 @@ import hashlib
 import os
 import random
 
+import pytest
+
 from shared.format.chunker import ChunkerParams, FileChunker, ImageChunker, is_zero
 from shared.format.constants import IMAGE_CHUNK_SIZE, MiB
 
@@ -36,8 +38,10 @@ def test_cdc_cuts_survive_an_insertion(tmp_path):
     assert len(common) >= len(before) - 2  # only the chunk(s) around the insertion changed
 
 
-def test_cdc_streams_the_same_cuts_as_one_buffer(tmp_path):
-    data = random.Random(1).randbytes(40 * MiB)  # larger than the stream buffer
+@pytest.mark.parametrize("size", [100, 600_000, 8 * MiB, 8 * MiB + 1, 40 * MiB])
+def test_file_chunks_equal_cutting_the_whole_file_in_memory(tmp_path, size):
+    # small extents are cut in memory, large ones streamed: both must cut alike
+    data = random.Random(size).randbytes(size)
     path = tmp_path / "f"
     path.write_bytes(data)
     pieces, read = _pieces(FileChunker(), path)
