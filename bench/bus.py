@@ -46,7 +46,7 @@ async def run(embedded: bool, events: int, batch: int) -> dict:
     await db.create_database()
     async with db.engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
-    bus = create_bus(bus_url, prefetch=64, retry_delays=(1.0,))
+    bus = create_bus(bus_url, prefetch=64, retry_delays=(1.0,), exchange=f"{tag}.events")
     await bus.connect()
     relay = Outbox(outbox, db, bus, poll_seconds=0.05)
     done = asyncio.Event()
@@ -80,6 +80,7 @@ async def run(embedded: bool, events: int, batch: int) -> dict:
         channel = await connection.channel()
         for name in (f"{tag}.consumer", f"{tag}.consumer.dead", f"{tag}.consumer.retry.1000ms"):
             await channel.queue_delete(name, if_unused=False, if_empty=False)
+        await channel.exchange_delete(f"{tag}.events")
         await connection.close()
     return {"mode": "sqlite+in-process" if embedded else "mariadb+rabbitmq",
             "events": events, "seconds": round(elapsed, 2),

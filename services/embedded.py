@@ -18,7 +18,8 @@ log = get_logger(__name__)
 
 def make_bus(settings: Settings) -> Bus:
     url = settings.bus_url.get_secret_value() if settings.bus_url else None
-    return create_bus(url, prefetch=settings.bus.prefetch, retry_delays=settings.bus.retry_delays)
+    return create_bus(url, prefetch=settings.bus.prefetch, retry_delays=settings.bus.retry_delays,
+                      exchange=settings.bus.exchange)
 
 
 class Stack:

@@ -8,6 +8,7 @@ from the environment only; nothing here has a default secret.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,7 +60,40 @@ class GatewaySettings(ServiceSettings):
 
 
 class BackupSettings(ServiceSettings):
-    pass
+    # Object store: "auto" = S3 when RECLO_S3_ENDPOINT is set, else the local folder store
+    # under <data_dir>/objects (the embedded mode); "s3" = S3 even without an endpoint (AWS).
+    store: Literal["auto", "local", "s3"] = "auto"
+    bucket: str = Field(default="reclo-client-backups", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    # Every key the service writes starts with this (e.g. "prod/"); empty or ending in "/".
+    key_prefix: str = Field(default="", pattern=r"^([a-z0-9._-]+/)*$")
+    # Create the bucket when missing. Unset: only against a custom endpoint (moto, MinIO in
+    # development and tests), never against AWS itself, where buckets are provisioned.
+    create_bucket: bool | None = None
+    # Where agents reach S3 when that differs from RECLO_S3_ENDPOINT (e.g. a compose service
+    # name inside, localhost outside); presigned URLs are signed for this host.
+    presign_endpoint: str | None = None
+    # Presigned URLs live this long (shared/api/backup.py URL_TTL_SECONDS by default).
+    url_ttl_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
+    # A host whose last successful backup is older than this is flagged overdue (daily
+    # backups plus two hours of slack for a slow one).
+    overdue_after_hours: float = Field(default=26.0, gt=0)
+    # A session with no request for this long is abandoned: marked failed, its uploads left
+    # to garbage collection.
+    session_timeout_hours: float = Field(default=24.0, gt=0)
+    # The retention policy of a host that has none of its own (restic-like: the newest
+    # backup of each of the last N days, weeks and months is kept).
+    retention_keep_last: int = Field(default=0, ge=0)
+    retention_keep_daily: int = Field(default=7, ge=0)
+    retention_keep_weekly: int = Field(default=4, ge=0)
+    retention_keep_monthly: int = Field(default=12, ge=0)
+    # Garbage collection deletes an unreferenced pack only once it is older than this: a
+    # backup that started before a forget may still commit packs it reuses, and the next
+    # backup adopts what an interrupted one uploaded.
+    gc_grace_seconds: float = Field(default=24 * 3600, ge=0)
+    # How often the collector looks for hosts with garbage when nothing woke it.
+    gc_poll_seconds: float = Field(default=300.0, gt=0)
+    # Existence checks (HEAD) in flight at once for one request.
+    head_concurrency: int = Field(default=32, gt=0)
 
 
 class RecoverySettings(ServiceSettings):
@@ -87,8 +121,10 @@ class BusSettings(BaseModel):
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
     # How often the outbox relay looks for unsent events when nothing woke it.
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
-    # Service queues are named `<prefix>.<service>`; tests use their own prefix.
+    # Service queues are named `<prefix>.<service>`; tests use their own prefix, and their
+    # own exchange so that no other test's events reach them.
     queue_prefix: str = "reclo"
+    exchange: str = "reclo.events"
 
 
 class Settings(BaseSettings):

@@ -28,7 +28,7 @@ def settings_for(mode: str, tmp_path: Path, unique: str, **overrides) -> Setting
     values: dict = {
         "data_dir": tmp_path / "data",
         "bus": BusSettings(retry_delays=TEST_RETRY_DELAYS, outbox_poll_seconds=0.2,
-                           queue_prefix=f"t{unique}"),
+                           queue_prefix=f"t{unique}", exchange=f"t{unique}.events"),
         "auth": AuthSettings(**FAST_ARGON2),
     }
     if mode == "mariadb":
@@ -52,6 +52,8 @@ async def delete_queues(settings: Settings, services: Sequence[str]) -> None:
                 f"{queue}.retry.{max(1, round(d * 1000))}ms" for d in settings.bus.retry_delays]
             for name in names:
                 await channel.queue_delete(name, if_unused=False, if_empty=False)
+        if settings.bus.exchange != "reclo.events":
+            await channel.exchange_delete(settings.bus.exchange)
     finally:
         await connection.close()
 

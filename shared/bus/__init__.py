@@ -10,17 +10,19 @@ Semantics every adapter keeps (checked by one conformance suite, tests/bus/):
 
 from __future__ import annotations
 
-from shared.bus.port import Bus, DeadLetter, Handler, topic_matches
+from shared.bus.port import EXCHANGE, Bus, DeadLetter, Handler, topic_matches
 
 __all__ = ["Bus", "DeadLetter", "Handler", "topic_matches", "create_bus"]
 
 
-def create_bus(url: str | None, *, prefetch: int, retry_delays: tuple[float, ...]) -> Bus:
-    """The RabbitMQ adapter for an ``amqp://`` URL, else the in-process one."""
+def create_bus(url: str | None, *, prefetch: int, retry_delays: tuple[float, ...],
+               exchange: str = EXCHANGE) -> Bus:
+    """The RabbitMQ adapter for an ``amqp://`` URL, else the in-process one (whose
+    exchange is the process itself)."""
     if url:
         from shared.bus.rabbitmq import RabbitBus
 
-        return RabbitBus(url, prefetch=prefetch, retry_delays=retry_delays)
+        return RabbitBus(url, prefetch=prefetch, retry_delays=retry_delays, exchange=exchange)
     from shared.bus.inprocess import InProcessBus
 
     return InProcessBus(prefetch=prefetch, retry_delays=retry_delays)

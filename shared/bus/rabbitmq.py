@@ -33,8 +33,10 @@ CONFIRM_TIMEOUT_SECONDS = 10.0
 
 
 class RabbitBus(Bus):
-    def __init__(self, url: str, *, prefetch: int = 16, retry_delays: tuple[float, ...] = (1.0,)):
+    def __init__(self, url: str, *, prefetch: int = 16, retry_delays: tuple[float, ...] = (1.0,),
+                 exchange: str = EXCHANGE):
         self.url = url
+        self.exchange = exchange
         self.prefetch = prefetch
         self.retry_delays = tuple(retry_delays)
         self._connection: AbstractRobustConnection | None = None
@@ -45,7 +47,7 @@ class RabbitBus(Bus):
         self._connection = await aio_pika.connect_robust(self.url, reconnect_interval=1.0)
         self._channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await self._channel.declare_exchange(
-            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
 
     async def close(self) -> None:
@@ -97,7 +99,7 @@ class RabbitBus(Bus):
         await channel.set_qos(prefetch_count=self.prefetch)
         main = await channel.declare_queue(queue, durable=True)
         for pattern in patterns:
-            await main.bind(EXCHANGE, routing_key=pattern)
+            await main.bind(self.exchange, routing_key=pattern)
         for delay in self.retry_delays:
             await channel.declare_queue(
                 _retry_queue(queue, delay),

@@ -10,7 +10,7 @@ RETRY_DELAYS = (0.05, 0.1)
 async def bus(request, unique):
     """Each conformance test runs once per adapter; queues are removed afterwards."""
     url = request.getfixturevalue("rabbitmq_url") if request.param == "rabbitmq" else None
-    bus = create_bus(url, prefetch=4, retry_delays=RETRY_DELAYS)
+    bus = create_bus(url, prefetch=4, retry_delays=RETRY_DELAYS, exchange=f"test.{unique}.events")
     await bus.connect()
     yield bus
     await bus.close()
@@ -28,5 +28,6 @@ async def delete_queues(url: str, prefix: str) -> None:
             for q in [name, f"{name}.dead",
                       *(f"{name}.retry.{int(d * 1000)}ms" for d in RETRY_DELAYS)]:
                 await channel.queue_delete(q, if_unused=False, if_empty=False)
+        await channel.exchange_delete(f"{prefix}.events")
     finally:
         await connection.close()

@@ -67,7 +67,7 @@ async def world(request, tmp_path, unique):
     async with db.engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     bus_url = settings.bus_url.get_secret_value() if settings.bus_url else None
-    bus = create_bus(bus_url, prefetch=4, retry_delays=(0.05,))
+    bus = create_bus(bus_url, prefetch=4, retry_delays=(0.05,), exchange=settings.bus.exchange)
     await bus.connect()
     w = World(db, bus, settings.bus.queue_prefix)
     w.settings = settings
@@ -128,8 +128,10 @@ async def test_event_committed_while_broker_unreachable_arrives_once(mariadb_url
     await proxy.start()
     proxied = urlunsplit(broker._replace(netloc=f"{broker.username}:{broker.password}"
                                                 f"@127.0.0.1:{proxy.port}"))
-    producer_bus = create_bus(proxied, prefetch=4, retry_delays=(0.05,))
-    consumer_bus = create_bus(rabbitmq_url, prefetch=4, retry_delays=(0.05,))
+    producer_bus = create_bus(proxied, prefetch=4, retry_delays=(0.05,),
+                              exchange=settings.bus.exchange)
+    consumer_bus = create_bus(rabbitmq_url, prefetch=4, retry_delays=(0.05,),
+                              exchange=settings.bus.exchange)
     await producer_bus.connect()
     await consumer_bus.connect()
     producer = World(db, producer_bus, settings.bus.queue_prefix)
@@ -169,7 +171,8 @@ async def test_two_relays_publish_each_event_once(mariadb_url, rabbitmq_url, tmp
     await db.create_database()
     async with db.engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
-    bus = create_bus(rabbitmq_url, prefetch=50, retry_delays=(0.05,))
+    bus = create_bus(rabbitmq_url, prefetch=50, retry_delays=(0.05,),
+                     exchange=settings.bus.exchange)
     await bus.connect()
     world = World(db, bus, settings.bus.queue_prefix)
     second = Outbox(outbox, db, bus, poll_seconds=0.05)
