@@ -201,6 +201,13 @@ class InstanceReady(Event):
     address: str | None = None
 
 
+class InstanceLaunchFailed(Event):
+    source = "instances"
+    recovery_id: str
+    user_id: str
+    reason: str
+
+
 class InstanceStopped(Event):
     source = "instances"
     instance_id: str
@@ -263,6 +270,7 @@ CATALOG: dict[str, type[Event]] = {
         RecoveryCompleted,
         ImportCompleted,
         InstanceReady,
+        InstanceLaunchFailed,
         InstanceStopped,
         InstanceTerminated,
         TokensExpiryDue,
