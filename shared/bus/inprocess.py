@@ -71,6 +71,22 @@ class InProcessBus(Bus):
         for _ in range(self.prefetch):
             q.workers.append(asyncio.create_task(self._work(q, handler), name=f"bus:{queue}"))
 
+    async def subscribe_transient(self, patterns: Sequence[str], handler: Handler) -> None:
+        q = _Queue(f"transient.{id(handler)}.{len(self._queues)}")
+        q.patterns.update(patterns)
+        self._queues[q.name] = q
+        q.workers.append(asyncio.create_task(self._notify(q, handler), name=f"bus:{q.name}"))
+
+    async def _notify(self, queue: _Queue, handler: Handler) -> None:
+        while True:
+            body, _ = await queue.messages.get()
+            try:
+                await handler(decode_envelope(body))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("transient handler failed", error=failure_reason(exc))
+
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
         return self._dead.pop(queue, [])
 

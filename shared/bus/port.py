@@ -47,6 +47,12 @@ class Bus(ABC):
         """Declare the durable queue, bind it and start consuming with ``handler``."""
 
     @abstractmethod
+    async def subscribe_transient(self, patterns: Sequence[str], handler: Handler) -> None:
+        """Every matching event, to this process only, while it runs: a private queue that
+        disappears with the connection. For notifications that are worthless once stale
+        (live progress in the portal): no retries, no dead letters, no redelivery."""
+
+    @abstractmethod
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
         """Take the messages dead-lettered from ``queue`` (for operators and tests)."""
 

@@ -117,6 +117,24 @@ class RabbitBus(Bus):
 
         await main.consume(on_message)
 
+    async def subscribe_transient(self, patterns: Sequence[str], handler: Handler) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        # Server-named, exclusive, auto-deleted: it lives and dies with this connection.
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for pattern in patterns:
+            await queue.bind(self.exchange, routing_key=pattern)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                await handler(decode_envelope(message.body))
+            except Exception as exc:
+                log.warning("transient handler failed", error=failure_reason(exc))
+            await message.ack()
+
+        await queue.consume(on_message)
+
     async def _deliver(self, queue: str, message: AbstractIncomingMessage, handler: Handler):
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
         try:

@@ -132,3 +132,24 @@ async def eventually_dead(bus, queue, count=1):
 
     await eventually(collect)
     return letters
+
+
+async def test_transient_subscribers_each_get_every_event_while_they_live(bus, unique):
+    first, second = [], []
+
+    async def on_first(env):
+        first.append(env.id)
+
+    async def on_second(env):
+        second.append(env.id)
+        raise RuntimeError("a failing transient handler is only logged")
+
+    await bus.subscribe_transient(["scheduler.*"], on_first)
+    await bus.subscribe_transient(["scheduler.tokens_expiry_due"], on_second)
+    sent = [tick() for _ in range(3)]
+    for envelope in sent:
+        await bus.publish(envelope)
+    await eventually(lambda: len(first) == 3 and len(second) == 3)
+    assert sorted(first) == sorted(e.id for e in sent) == sorted(second)
+    await asyncio.sleep(0.2)
+    assert len(second) == 3  # no retries
