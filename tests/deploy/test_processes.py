@@ -11,7 +11,14 @@ import pytest
 
 from services.registry import names
 from shared.migrations import head_revision
-from tests.deploy.manifests import REPO, WITHOUT_DATABASE, expected_services
+from tests.deploy.kustomize import render
+from tests.deploy.manifests import (
+    KUSTOMIZATIONS,
+    REPO,
+    WITHOUT_DATABASE,
+    by_kind,
+    expected_services,
+)
 from tests.deploy.processes import Deployment, ServiceProcess
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.rabbitmq]
@@ -60,3 +67,27 @@ def test_reclo_serve_starts_answers_and_stops_on_sigterm(name, deployment, tmp_p
     if migrations.is_dir():
         assert deployment.revision(name) == head_revision(migrations)
         assert f"{deployment.database_prefix}{name}" in deployment.databases()
+
+
+# How long a service started with the placeholder Secrets is watched: long enough for a
+# start-up that would succeed (a few seconds here), short enough for the suite.
+PLACEHOLDER_WATCH_SECONDS = 10
+
+
+@pytest.mark.parametrize("name", names())
+def test_a_service_given_the_secret_templates_never_becomes_ready(name, deployment,
+                                                                  tmp_path):
+    """docs/operations.md promises that a rollout with the CHANGE_ME Secrets stalls: the
+    pod exits, or never answers /readyz with 200."""
+    secrets = {key: value for secret in by_kind(render(KUSTOMIZATIONS["base"]), "Secret")
+               .values() for key, value in secret["stringData"].items()}
+    service = ServiceProcess(name, deployment, tmp_path, extra_env=secrets)
+    try:
+        with pytest.raises(AssertionError):
+            service.wait_for("/readyz", timeout=PLACEHOLDER_WATCH_SECONDS)
+        gave_up = service.process.poll() is not None
+    finally:
+        code = service.terminate()
+    # Either it refused to start (an error status: the pod restarts, never ready) or it
+    # was still waiting for its broker when stopped.
+    assert code != 0 if gave_up else code in (0, -15), service.output()[-2000:]
