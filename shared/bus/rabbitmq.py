@@ -60,38 +60,24 @@ class RabbitBus(Bus):
         return conn is not None and not conn.is_closed and conn.connected.is_set()
 
     async def publish(self, envelope: Envelope) -> None:
-        await self._publish_to_exchange(
-            envelope.routing_key, envelope.to_bytes(), message_id=str(envelope.id)
-        )
+        await self._publish(self._exchange, envelope.routing_key, envelope.to_bytes(),
+                            message_id=str(envelope.id))
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
-        await self._publish_to_exchange(routing_key, body, message_id=None)
-
-    async def _publish_to_exchange(self, key: str, body: bytes, message_id: str | None) -> None:
-        if self._exchange is None:
-            raise ConnectionError("bus is not connected")
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-        )
-        await asyncio.wait_for(
-            self._exchange.publish(message, routing_key=key), CONFIRM_TIMEOUT_SECONDS
-        )
+        await self._publish(self._exchange, routing_key, body)
 
     async def _publish_to_queue(self, queue: str, body: bytes, headers: dict) -> None:
-        assert self._channel is not None
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=headers,
-        )
-        await asyncio.wait_for(
-            self._channel.default_exchange.publish(message, routing_key=queue),
-            CONFIRM_TIMEOUT_SECONDS,
-        )
+        exchange = self._channel.default_exchange if self._channel is not None else None
+        await self._publish(exchange, queue, body, headers=headers)
+
+    @staticmethod
+    async def _publish(exchange, key: str, body: bytes, **properties) -> None:
+        if exchange is None:
+            raise ConnectionError("bus is not connected")
+        message = aio_pika.Message(body, content_type="application/json",
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **properties)
+        await asyncio.wait_for(exchange.publish(message, routing_key=key),
+                               CONFIRM_TIMEOUT_SECONDS)
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Handler) -> None:
         assert self._connection is not None and self._exchange is not None
