@@ -142,6 +142,7 @@ def test_every_service_has_a_deployment_with_probes_and_limits(objects):
         assert container["name"] == name
         assert container["command"] + container["args"] == ["reclo", "serve", name]
         assert container["ports"] == [{"name": "http", "containerPort": port_of(name)}]
+        assert {"readinessProbe", "livenessProbe", "resources"} <= set(container), name
         ready, live = container["readinessProbe"], container["livenessProbe"]
         assert ready["httpGet"] == {"path": "/readyz", "port": "http"}, name
         assert live["httpGet"] == {"path": "/healthz", "port": "http"}, name
