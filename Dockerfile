@@ -17,8 +17,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# README.md* : the glob lets the build go on while the project has no README yet.
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md ./
 # The server needs shared/ and services/ only: clients/ (the agent, the recovery CLI)
 # ship on their own and nothing server-side imports them.
 COPY shared ./shared

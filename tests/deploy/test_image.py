@@ -135,11 +135,10 @@ def test_the_build_context_holds_what_the_image_needs_and_nothing_else():
     assert "pyproject.toml" in context
     for service in service_folders():
         assert f"services/{service}/app.py" in context
-    copies = [rest.split()[0] for instruction, rest in
-              _stages()["build"] if instruction == "COPY"]
-    for source in copies:
-        if source.endswith("*"):
-            continue
+    sources = [source for instruction, rest in _stages()["build"] if instruction == "COPY"
+               for source in [t for t in rest.split() if not t.startswith("--")][:-1]]
+    assert "README.md" in sources  # pyproject.toml names it as the readme
+    for source in sources:
         assert any(p == source or p.startswith(source + "/") for p in context), source
 
 
