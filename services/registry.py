@@ -14,11 +14,12 @@ Builder = Callable[[Settings, Bus, bytes], ServiceRuntime]
 
 def builders() -> dict[str, Builder]:
     from services.auth.app import build as auth
+    from services.backup.app import build as backup
     from services.gateway.app import build as gateway
     from services.scheduler.app import build as scheduler
 
     # The gateway last: it starts once the services it fronts listen.
-    return {"auth": auth, "scheduler": scheduler, "gateway": gateway}
+    return {"auth": auth, "backup": backup, "scheduler": scheduler, "gateway": gateway}
 
 
 def names() -> list[str]:

@@ -18,19 +18,27 @@ A backup session:
    Or ``POST /api/v1/backups/{id}/fail`` with a reason, which emits ``BackupFailed``.
 Reading (incremental parent, restore, check): ``GET /api/v1/repository/objects?prefix=``
 lists keys, ``POST /api/v1/repository/download-urls`` presigns GETs.
+
+Retention: ``POST /api/v1/hosts/{id}/forget`` (user) or ``POST /api/v1/repository/forget``
+(agent, its own host) with a ``RetentionPolicy`` marks the backups it doesn't keep
+``forgotten``; ``PUT /api/v1/hosts/{id}/retention`` sets the policy the daily retention run
+applies to that host. Garbage collection then deletes packs no kept backup references.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 # Presigned URLs live this long: long enough for a 32 MiB pack over a thin uplink.
 URL_TTL_SECONDS = 900
 MAX_KEYS_PER_REQUEST = 1000
 KEY_PATTERN = r"^(config|keys/[0-9a-f]{64}|data/[0-9a-f]{2}/[0-9a-f]{64}|index/[0-9a-f]{64}|snapshots/[0-9a-f]{64})$"
+
+_PACK_ID = re.compile(r"^[0-9a-f]{64}$")
 
 BackupKind = Literal["full", "incremental"]
 BackupStatus = Literal["uploading", "complete", "failed", "forgotten"]
@@ -52,6 +60,17 @@ class BackupStart(BaseModel):
 class ObjectSpec(BaseModel):
     key: str = Field(pattern=KEY_PATTERN)
     size: int = Field(ge=0, le=1 << 40)
+    # For an index/ object: the ids of the packs it describes. Optional; with it, garbage
+    # collection may delete the index file once all those packs are gone (without it the
+    # file is kept, since the service cannot read it).
+    packs: list[str] | None = Field(default=None, max_length=10_000)
+
+    @field_validator("packs")
+    @classmethod
+    def _pack_ids(cls, packs: list[str] | None) -> list[str] | None:
+        if packs is not None and not all(_PACK_ID.fullmatch(p) for p in packs):
+            raise ValueError("pack ids are 64 lowercase hex digits")
+        return packs
 
 
 class UploadUrlsRequest(BaseModel):
@@ -130,6 +149,8 @@ class Host(BaseModel):
     storage_bytes: int = 0
     backups: int = 0
     created_at: datetime
+    # The host's own retention policy; None: the service's default applies.
+    retention: RetentionPolicy | None = None
 
 
 class RepositoryObject(BaseModel):
