@@ -1,0 +1,246 @@
+"""One backup, from the pre commands to the commit: what `backup` and `run` both do.
+
+1. Open the repository and decide full or incremental: full when asked, when the
+   schedule says so, or when this host's last full of the same sources is a week old;
+   otherwise incremental against the newest snapshot of this host and sources.
+2. Open a backup session on the server (`POST /api/v1/backups`); remember it in the
+   state file until it is closed, so a run that is killed is closed by the next one.
+3. Run the pre commands; one that fails fails the backup with its output.
+4. Forget index entries whose pack the service has deleted (freshness.py), then back
+   up (shared.format.Archiver): packs, their index files, then the snapshot. A new
+   repository on the server is created here, inside this first session.
+5. Commit with the snapshot id, the packs it references and its stats, or report the
+   failure (`POST .../fail`) with the reason. Post commands run in either case.
+
+Resume: a killed backup leaves packs and index files but no snapshot; the next one
+indexes even the packs whose index file was lost and uploads none of them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+from shared.api.backup import BackupCommit, BackupStart, SnapshotStats, SourceSpec
+from shared.format import FULL, INCREMENTAL, Archiver, Snapshot, Source
+
+from . import __version__, hooks
+from .config import IMAGE, AgentConfig, SourceConfig
+from .exits import AgentError, UsageError
+from .freshness import drop_missing_packs
+from .packrefs import PackReferences, RecordingRepository
+from .progress import Reporter
+from .schedule import kind_for
+from .state import StateFile
+from .target import NoRepository, Target
+
+# Closing a session after a failure must not hang the agent when the network is gone.
+FAIL_REPORT_TIMEOUT = 30.0
+
+
+@dataclass
+class BackupOutcome:
+    snapshot_id: str
+    snapshot: Snapshot
+    warnings: list[str]
+    backup_id: str | None = None
+    packs: int = 0
+    dropped_packs: int = 0
+
+    def summary(self) -> dict:
+        s = self.snapshot.stats
+        return {
+            "snapshot": self.snapshot_id,
+            "backup_id": self.backup_id,
+            "kind": self.snapshot.kind,
+            "parent": self.snapshot.parent,
+            "host": self.snapshot.host,
+            "time": self.snapshot.time.isoformat(),
+            "sources": [src.path for src in self.snapshot.sources],
+            "files": s.files,
+            "dirs": s.dirs,
+            "images": s.images,
+            "bytes": s.bytes,
+            "bytes_read": s.bytes_read,
+            "new_bytes": s.new_bytes,
+            "stored_bytes": s.stored_bytes,
+            "hole_bytes": s.hole_bytes,
+            "duration_seconds": s.duration_s,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class BackupRequest:
+    sources: Sequence[SourceConfig]
+    force_full: bool = False
+    kind: str | None = None  # decided by the schedule; None: decide from the repository
+    tags: Sequence[str] = field(default_factory=tuple)
+
+
+def recorded_path(cfg: AgentConfig, source: SourceConfig) -> str:
+    """The path the snapshot records for a source (on Windows, the shadow copy's link)."""
+    if sys.platform == "win32" and cfg.use_vss and source.kind != IMAGE:
+        from .windows import vss
+
+        return vss.link_path(cfg.state_dir, source.path)
+    return os.path.abspath(source.path)
+
+
+async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request: BackupRequest,
+                      reporter: Reporter) -> BackupOutcome:
+    if not request.sources:
+        raise UsageError(f"nothing to back up: give --source/--image or add [[sources]] to {cfg.path}")
+    paths = [(recorded_path(cfg, s), s.kind) for s in request.sources]
+    repo: RecordingRepository | None
+    try:
+        repo = await target.open_repository(passphrase, upload_concurrency=cfg.upload.concurrency)
+    except NoRepository:
+        if not target.is_server:
+            raise
+        repo = None  # the first backup of this host creates the repository (step 4)
+    kind, parent = await _kind_and_parent(repo, cfg.host, paths, request)
+
+    state = StateFile(cfg.state_dir)
+    backup_id = None
+    if target.remote is not None:
+        start = BackupStart(kind=kind, parent_snapshot_id=parent,
+                            sources=[SourceSpec(path=p, type=k) for p, k in paths], agent_version=__version__)
+        backup_id = (await target.remote.start_backup(start)).id
+        state.change(open_sessions=[*state.load().open_sessions, backup_id])
+        reporter.status(f"backup session {backup_id} opened ({kind})")
+
+    succeeded_pre: list[SourceConfig] = []
+    warnings: list[str] = []
+    ok = False
+    try:
+        for source in request.sources:
+            if source.pre is not None:
+                reporter.status(f"running pre command of {source.path}: {hooks.describe(source.pre)}")
+                await hooks.run_pre(source.pre, timeout=cfg.hook_timeout.total_seconds())
+            succeeded_pre.append(source)
+        if repo is None:
+            reporter.status(f"creating the repository at {target.description}")
+            repo = await RecordingRepository.init(target.store, passphrase, uploads_in_flight=cfg.upload.concurrency)
+        dropped = await drop_missing_packs(repo)
+        if dropped:
+            reporter.status(f"{len(dropped)} pack(s) were deleted by retention; their data is stored again if needed")
+        references = repo.references = PackReferences(repo) if target.is_server else None
+        archiver = Archiver(repo, host=cfg.host, tags=request.tags, excludes=cfg.excludes,
+                            progress=reporter.progress)
+        async with _readable(cfg, request.sources) as sources:
+            result = await archiver.backup(sources, kind=kind, parent=parent)
+        warnings.extend(result.warnings)
+        packs: list[str] = []
+        if target.remote is not None and references is not None:
+            packs = references.packs()
+            await target.remote.commit(BackupCommit(
+                snapshot_id=result.snapshot_id, packs=packs,
+                is_image=any(s.kind == IMAGE for s in result.snapshot.sources),
+                stats=_api_stats(result.snapshot, len(warnings))))
+        ok = True
+    except BaseException as e:
+        if target.remote is not None and backup_id is not None:
+            await _report_failure(target, state, backup_id, e)
+        raise
+    finally:
+        warnings.extend(await _post_commands(cfg, succeeded_pre, ok, reporter))
+    if backup_id is not None:
+        await _close_stale_sessions(target, state, backup_id)
+    return BackupOutcome(result.snapshot_id, result.snapshot, warnings, backup_id, len(packs), len(dropped))
+
+
+async def _kind_and_parent(repo: RecordingRepository | None, host: str, paths: list[tuple[str, str]],
+                           request: BackupRequest) -> tuple[str, str | None]:
+    if repo is None:
+        return FULL, None
+    wanted = sorted(paths)
+    mine = [(sid, snap) for sid, snap in await repo.list_snapshots()
+            if snap.host == host and sorted((s.path, s.kind) for s in snap.sources) == wanted]
+    if not mine:
+        return FULL, None
+    fulls = [snap.time for _, snap in mine if snap.kind == FULL]
+    kind = request.kind or kind_for(datetime.now(timezone.utc), max(fulls) if fulls else None, request.force_full)
+    return kind, (mine[-1][0] if kind == INCREMENTAL else None)
+
+
+def _api_stats(snapshot: Snapshot, warnings: int) -> SnapshotStats:
+    s = snapshot.stats
+    return SnapshotStats(files=s.files + s.images, dirs=s.dirs, bytes=s.bytes, new_bytes=s.stored_bytes,
+                         chunks=s.chunks, new_chunks=s.new_chunks, duration_seconds=s.duration_s,
+                         warnings=warnings)
+
+
+@contextlib.asynccontextmanager
+async def _readable(cfg: AgentConfig, sources: Sequence[SourceConfig]):
+    """The sources as the archiver should read them: on Windows, folders from a VSS
+    shadow copy (consistent open files); elsewhere as they are."""
+    if sys.platform == "win32" and cfg.use_vss and any(s.kind != IMAGE for s in sources):
+        from .windows import vss
+
+        with vss.shadowed(sources, cfg.state_dir) as mapped:
+            yield mapped
+        return
+    yield [Source(s.path, s.kind) for s in sources]
+
+
+async def _post_commands(cfg: AgentConfig, sources: list[SourceConfig], ok: bool, reporter: Reporter) -> list[str]:
+    warnings = []
+    status = "ok" if ok else "failed"
+    for source in sources:
+        if source.post is None:
+            continue
+        reporter.status(f"running post command of {source.path}: {hooks.describe(source.post)}")
+        try:
+            result = await hooks.run(source.post, timeout=cfg.hook_timeout.total_seconds(),
+                                     env={"RECLO_BACKUP_STATUS": status})
+        except AgentError as e:
+            warnings.append(f"post command of {source.path}: {e}")
+            continue
+        if result.returncode != 0:
+            warnings.append(f"post command {result.command!r} failed with exit code {result.returncode}: "
+                            f"{result.output.strip()[-500:]}")
+    for w in warnings:
+        reporter.warning(w)
+    return warnings
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "interrupted: the agent was stopped during the backup"
+    return f"{error.__class__.__name__}: {error}" if not isinstance(error, AgentError) else str(error)
+
+
+async def _report_failure(target: Target, state: StateFile, backup_id: str, error: BaseException) -> None:
+    """Tell the server (best effort); if it cannot be told, the next backup does."""
+    assert target.remote is not None
+    try:
+        await asyncio.wait_for(target.remote.fail(_reason(error)), FAIL_REPORT_TIMEOUT)
+    except Exception:
+        return
+    state.change(open_sessions=[s for s in state.load().open_sessions if s != backup_id])
+
+
+async def _close_stale_sessions(target: Target, state: StateFile, current: str) -> None:
+    """Close sessions of killed runs, now that this backup has committed what it reused
+    of their uploads (until then they keep the service from collecting those packs)."""
+    assert target.remote is not None
+    remaining = []
+    for backup_id in state.load().open_sessions:
+        if backup_id == current:
+            continue
+        try:
+            await asyncio.wait_for(
+                target.remote.api("POST", f"/api/v1/backups/{backup_id}/fail",
+                                  body={"reason": "interrupted (the agent stopped); "
+                                                  f"resumed by backup {current}"}),
+                FAIL_REPORT_TIMEOUT)
+        except Exception as e:
+            if getattr(e, "status", None) not in (404, 409):  # gone or already closed: forget it
+                remaining.append(backup_id)
+    state.change(open_sessions=remaining)

@@ -1,0 +1,127 @@
+"""Telling the backup service which packs things reference. It cannot read the encrypted
+repository, yet its garbage collection must know what to keep and what to delete:
+
+- a snapshot's packs, sent with the commit (BackupCommit.packs): what the service keeps
+  while it keeps the backup, and checks exists before it records it;
+- an index file's packs, declared when it is uploaded: what lets the service delete the
+  index file once all those packs are gone, so stale entries do not pile up.
+
+An incremental reuses chunks stored by earlier backups, so a snapshot's packs are not
+"the packs this backup uploaded". Every directory of a backup passes through the blob
+saver as a tree blob, changed or not, so a saver that reads each tree as it goes sees
+every chunk the snapshot references: one already indexed names its pack at once; one
+still on its way is looked up once the saver has been flushed. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from typing import AsyncIterator
+
+from shared.format import FormatError, Repository
+from shared.format.constants import INDEX_PREFIX
+from shared.format.index import IndexedPack
+from shared.format.pack import BlobType
+from shared.format.repository import BlobSaver
+from shared.format.snapshot import Tree
+from shared.format.store import Bytes, ObjectStore
+
+# The packs of the index file being written by this task (set around write_index).
+_INDEX_PACKS: ContextVar[list[str] | None] = ContextVar("reclo_index_packs", default=None)
+
+
+class PackReferences:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._packs: set[str] = set()
+        self._pending: set[bytes] = set()  # blobs in packs not indexed yet when seen
+        self._lock = threading.Lock()
+
+    def note_tree(self, tree_id: bytes, data: bytes) -> None:
+        """Called from the saver's worker threads for every tree of the backup."""
+        ids = [tree_id]
+        for node in Tree.decode(data).nodes:
+            ids.extend(ref.id for ref in node.content or () if ref.id is not None)
+        index = self.repo.index
+        for blob_id in ids:
+            loc = index.lookup(blob_id)
+            with self._lock:
+                if loc is None:
+                    self._pending.add(blob_id)
+                else:
+                    self._packs.add(loc.pack_id)
+
+    def packs(self) -> list[str]:
+        """Every pack the snapshot references; call after the saver was flushed."""
+        for blob_id in self._pending:
+            loc = self.repo.index.lookup(blob_id)
+            if loc is None:
+                raise FormatError(f"blob {blob_id.hex()} of this backup is in no stored pack")
+            self._packs.add(loc.pack_id)
+        self._pending.clear()
+        return sorted(self._packs)
+
+
+class RecordingRepository(Repository):
+    """A Repository whose savers report every tree to `references` (when set), and whose
+    index files are stored with the packs they describe (see DeclaringStore)."""
+
+    references: PackReferences | None = None
+
+    def saver(self) -> BlobSaver:
+        if self.references is None:
+            return super().saver()
+        return _RecordingSaver(self, self.references)
+
+    async def write_index(self, packs: list[IndexedPack]) -> str:
+        token = _INDEX_PACKS.set([p.id for p in packs])
+        try:
+            return await super().write_index(packs)
+        finally:
+            _INDEX_PACKS.reset(token)
+
+
+class _RecordingSaver(BlobSaver):
+    def __init__(self, repo: Repository, references: PackReferences) -> None:
+        super().__init__(repo)
+        self.references = references
+
+    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
+        blob_id, new = super().save(blob_type, data, blob_id)
+        if blob_type is BlobType.TREE:
+            self.references.note_tree(blob_id, data)
+        return blob_id, new
+
+
+class DeclaringStore(ObjectStore):
+    """Passes an index file's packs to a store that takes them (`put(..., packs=)`, the
+    remote store); everything else goes straight through."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+
+    async def put(self, key: str, data: Bytes) -> None:
+        packs = _INDEX_PACKS.get()
+        if packs is not None and key.startswith(INDEX_PREFIX):
+            await self.inner.put(key, data, packs=packs)
+        else:
+            await self.inner.put(key, data)
+
+    async def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
+        return await self.inner.get(key, offset, length)
+
+    async def exists(self, key: str) -> bool:
+        return await self.inner.exists(key)
+
+    async def size(self, key: str) -> int:
+        return await self.inner.size(key)
+
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        return self.inner.list(prefix)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
