@@ -50,6 +50,8 @@ class Deployment:
         self.s3_endpoint = infra.s3_endpoint()
         self.database_prefix = f"t{unique}_"
         self.queue_prefix = f"t{unique}"
+        # Its own exchange too, so no other test's events reach these processes' queues.
+        self.exchange = f"t{unique}.events"
         self.data_dir = data_dir
         self.key = secrets.token_hex(32)
 
@@ -61,6 +63,7 @@ class Deployment:
             "RECLO_DATABASE_PREFIX": self.database_prefix,
             "RECLO_BUS_URL": self.bus_url,
             "RECLO_BUS__QUEUE_PREFIX": self.queue_prefix,
+            "RECLO_BUS__EXCHANGE": self.exchange,
             "RECLO_S3_ENDPOINT": self.s3_endpoint,
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "RECLO_INTERNAL_KEY": self.key,
@@ -106,7 +109,8 @@ class Deployment:
             connection.close()
 
     def delete_queues(self, services: Iterable[str]) -> None:
-        """Each service's queue and its retry and dead queues (shared/bus/rabbitmq.py)."""
+        """Each service's queue, its retry and dead queues (shared/bus/rabbitmq.py), and
+        the exchange."""
         delays = Settings().bus.retry_delays  # the processes ran with the defaults
 
         async def delete() -> None:
@@ -119,6 +123,7 @@ class Deployment:
                                  *(f"{queue}.retry.{max(1, round(d * 1000))}ms"
                                    for d in delays)]:
                         await channel.queue_delete(name, if_unused=False, if_empty=False)
+                await channel.exchange_delete(self.exchange)
             finally:
                 await connection.close()
 

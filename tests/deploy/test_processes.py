@@ -51,7 +51,7 @@ def test_reclo_serve_starts_answers_and_stops_on_sigterm(name, deployment, tmp_p
         status, body = _get(service.url + "/metrics")
         assert status == 200 and b"reclo_http_requests_total" in body
         # Up to here every line is JSON and none is an error. (Not after SIGTERM: the
-        # runtime disposes the database while the bus still delivers, so an event that
+        # runtime disposes the database while the bus may still deliver, so an event that
         # arrives then logs an error; reported, shared/runtime.py's to fix.)
         records, stray = service.log_lines()
     finally:
