@@ -16,10 +16,12 @@ def builders() -> dict[str, Builder]:
     from services.auth.app import build as auth
     from services.backup.app import build as backup
     from services.gateway.app import build as gateway
+    from services.recovery.app import build as recovery
     from services.scheduler.app import build as scheduler
 
     # The gateway last: it starts once the services it fronts listen.
-    return {"auth": auth, "backup": backup, "scheduler": scheduler, "gateway": gateway}
+    return {"auth": auth, "backup": backup, "scheduler": scheduler, "recovery": recovery,
+            "gateway": gateway}
 
 
 def names() -> list[str]:

@@ -97,7 +97,51 @@ class BackupSettings(ServiceSettings):
 
 
 class RecoverySettings(ServiceSettings):
-    pass
+    # Where recovered machines may go: "local" keeps the image for download, "aws" imports
+    # it into EC2 (needs the IAM setup of docs/aws.md, so it is off until asked for).
+    targets: tuple[Literal["local", "aws"], ...] = ("local",)
+    # Image assembly and conversion (unset: <data_dir>/recovery/scratch); needs room for a
+    # disk's data twice over when it is converted.
+    scratch_dir: Path | None = None
+    # Finished local images, kept for download (unset: <data_dir>/recovery/images).
+    images_dir: Path | None = None
+    # Left free on the scratch disk beyond what an image needs, so a recovery never fills
+    # the disk other work shares.
+    min_free_bytes: int = Field(default=1 << 30, ge=0)
+    # Recoveries one worker runs at once; each is disk, network and CPU heavy.
+    max_concurrent: int = Field(default=2, gt=0)
+    # A worker renews its claim on a task every third of this; a task whose claim lapsed is
+    # resumed by another worker at the next reconcile sweep.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # Progress is persisted and published when it moved this many percent, or this long
+    # after the last time (whichever comes first).
+    progress_step_percent: int = Field(default=2, gt=0, le=100)
+    progress_interval_seconds: float = Field(default=2.0, gt=0)
+    # Chunks fetched and decrypted ahead of the one being written.
+    download_concurrency: int = Field(default=8, gt=0)
+    # A task not complete this long after it was requested fails (the seed's 24 hours).
+    timeout_hours: float = Field(default=24.0, gt=0)
+    # Open repositories through their KMS key slot when the request brings no passphrase
+    # (the customer enabled server-side recovery; needs kms:Decrypt, docs/aws.md).
+    kms_enabled: bool = False
+    # AWS: unset endpoint = AWS itself (or RECLO_S3_ENDPOINT, e.g. moto, for every AWS API);
+    # unset region = RECLO_S3_REGION.
+    aws_endpoint: str | None = None
+    aws_region: str | None = None
+    import_bucket: str = Field(default="reclo-imported-vms",
+                               pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    # Create the import bucket when missing; unset: only against a custom endpoint (moto).
+    create_import_bucket: bool | None = None
+    # The service role VM Import assumes to read the disk from the bucket.
+    vmimport_role: str = Field(default="vmimport", min_length=1, max_length=64)
+    # The disk format sent to EC2: a stream-optimized VMDK or a dynamic VHD.
+    aws_disk_format: Literal["vmdk", "vhd"] = "vmdk"
+    # S3 multipart part size (5 MiB is S3's minimum; 10 000 parts its maximum count).
+    upload_part_bytes: int = Field(default=64 << 20, ge=5 << 20)
+    import_poll_seconds: float = Field(default=15.0, gt=0)
+    # An import whose progress does not move for this long is cancelled and fails.
+    import_stall_seconds: float = Field(default=3600.0, gt=0)
+    qemu_img: str = "qemu-img"
 
 
 class InstancesSettings(ServiceSettings):

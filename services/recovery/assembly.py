@@ -1,0 +1,143 @@
+"""Assembling a disk image from a backup: the snapshot's image entry, chunk by chunk, into a
+sparse raw file in the scratch folder.
+
+Every chunk is read through the format's reader (``Repository.fetch_sealed`` then
+``pack.open_blob``: authenticated decryption, length and keyed-id check), so a damaged
+backup stops the assembly with the pack and offset at fault instead of becoming a disk
+with garbage in it (unlike a file restore, a half-right disk is worse than none). Holes
+are never written, and all-zero 4 KiB blocks inside chunks are skipped, so the file is as
+sparse as the disk was.
+
+Chunks are fetched and decrypted ahead, several at once, and written in order; the caller
+is told after each one. Because they are written in order, "the first N chunks are on disk"
+is a checkpoint a resumed task can start from (after ``sync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.format import FormatError, Repository
+from shared.format.pack import open_blob
+from shared.format.snapshot import IMAGE, Node
+
+# Zero runs are looked for in 4 KiB blocks, the block size of common filesystems: a
+# shorter run could not become a hole anyway.
+BLOCK = 4096
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+class NoImage(Exception):
+    pass
+
+
+class Damaged(Exception):
+    """A chunk is missing or does not verify; the message names the pack and offset."""
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    name: str
+    disk_bytes: int  # the disk's size as a machine sees it
+    data_bytes: int  # bytes in stored chunks (not holes): what the assembly writes
+    chunks: tuple[tuple[int, int, bytes], ...]  # (offset, length, chunk id) of stored chunks
+
+
+async def plan_disk(repo: Repository, snapshot_id: str) -> DiskPlan:
+    """The first image entry of the snapshot (the boot disk), as chunks to fetch."""
+    snapshot = await repo.load_snapshot(snapshot_id)
+    root = await repo.load_tree(snapshot.tree)
+    image = next((n for n in root.nodes if n.type == IMAGE), None)
+    if image is None:
+        raise NoImage(snapshot_id)
+    return _plan(image)
+
+
+def _plan(node: Node) -> DiskPlan:
+    chunks = []
+    offset = 0
+    for ref in node.content or ():
+        if ref.id is not None:
+            chunks.append((offset, ref.length, ref.id))
+        offset += ref.length
+    if offset != node.size:
+        raise Damaged(f"the image entry {node.name!r} lists {offset} bytes of content for a "
+                      f"disk of {node.size} bytes")
+    return DiskPlan(node.name, node.size, sum(length for _, length, _ in chunks), tuple(chunks))
+
+
+Report = Callable[[int, Callable[[], Awaitable[None]]], Awaitable[None]]
+
+
+async def assemble(repo: Repository, plan: DiskPlan, path: Path, *, start: int,
+                   ahead: int, report: Report) -> None:
+    """Write chunks ``start`` … of ``plan`` into ``path`` (created when start is 0, else
+    continued). After each chunk, ``report(chunks done, sync)``: awaiting ``sync`` makes
+    everything written so far durable, for a checkpoint."""
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    flags |= (os.O_CREAT | os.O_TRUNC) if start == 0 else 0
+    fd = await asyncio.to_thread(os.open, path, flags, 0o600)
+
+    async def sync() -> None:
+        await asyncio.to_thread(os.fdatasync, fd)
+
+    loop = asyncio.get_running_loop()
+    window: deque[asyncio.Task] = deque()
+    chunks = plan.chunks
+    try:
+        await asyncio.to_thread(os.ftruncate, fd, plan.disk_bytes)
+        for i in range(start, len(chunks)):
+            while len(window) < ahead and i + len(window) < len(chunks):
+                window.append(asyncio.create_task(_read_chunk(repo, chunks[i + len(window)])))
+            data = await window.popleft()
+            await loop.run_in_executor(None, _write_sparse, fd, data, chunks[i][0])
+            await report(i + 1, sync)
+        await sync()
+    finally:
+        for task in window:
+            task.cancel()
+        await asyncio.gather(*window, return_exceptions=True)
+        os.close(fd)
+
+
+async def _read_chunk(repo: Repository, chunk: tuple[int, int, bytes]) -> bytes:
+    offset, length, blob_id = chunk
+    try:
+        location, sealed = await repo.fetch_sealed(blob_id)
+        data = await asyncio.to_thread(open_blob, repo.key, location.entry(blob_id), sealed,
+                                       pack_id=location.pack_id)
+    except FormatError as e:  # MissingBlob, MissingPack, CorruptBlob, a store error
+        raise Damaged(f"{e} (the chunk at disk offset {offset})") from None
+    if len(data) != length:
+        raise Damaged(f"the chunk at disk offset {offset} is {len(data)} bytes, the snapshot "
+                      f"says {length}")
+    return data
+
+
+def _write_sparse(fd: int, data: bytes, offset: int) -> None:
+    """Write runs of non-zero 4 KiB blocks; zero blocks stay holes (the file was extended
+    with ftruncate, so they read back as zeros). Resuming over a chunk written before
+    writes the same bytes again."""
+    view = memoryview(data)
+    run = None
+    for pos in range(0, len(data), BLOCK):
+        zero = data[pos:pos + BLOCK] == _ZERO_BLOCK[:min(BLOCK, len(data) - pos)]
+        if zero and run is not None:
+            _pwrite_all(fd, view[run:pos], offset + run)
+            run = None
+        elif not zero and run is None:
+            run = pos
+    if run is not None:
+        _pwrite_all(fd, view[run:], offset + run)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n

@@ -1,0 +1,106 @@
+"""Opening a customer's repository on the server: with the KMS key slot where the customer
+enabled server-side recovery, else with the passphrase sent along with the request.
+
+Passphrases live in a :class:`PassphraseVault`: the memory of the worker that runs the
+task, nowhere else (never the database, the outbox, an event or a log line). A worker that
+restarts has an empty vault; a task that still needs to read the backup then fails with
+"the passphrase is needed again" unless KMS can open it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from services.recovery import domain
+from shared.format import (
+    FormatError,
+    KeyUnavailable,
+    ObjectStore,
+    Repository,
+    RepositoryNotFound,
+    WrongPassphrase,
+)
+from shared.format.crypto import KmsUnwrap
+from shared.format.store import ObjectNotFound
+
+KEYS_PREFIX = "keys/"
+
+
+class CannotOpen(Exception):
+    """The repository can't be opened; the message is the task's failure reason."""
+
+
+class PassphraseVault:
+    """Passphrases by recovery id, in this process's memory only."""
+
+    def __init__(self) -> None:
+        self._secrets: dict[str, str] = {}
+
+    def put(self, recovery_id: str, passphrase: str) -> None:
+        self._secrets[recovery_id] = passphrase
+
+    def get(self, recovery_id: str) -> str | None:
+        return self._secrets.get(recovery_id)
+
+    def forget(self, recovery_id: str) -> None:
+        self._secrets.pop(recovery_id, None)
+
+    def __repr__(self) -> str:  # never show what it holds
+        return f"PassphraseVault({len(self._secrets)} held)"
+
+
+def kms_unwrapper(region: str, endpoint: str | None) -> KmsUnwrap:
+    """KMS Decrypt as the format's unwrap function (called in a worker thread)."""
+    client = boto3.session.Session().client(
+        "kms", region_name=region, endpoint_url=endpoint,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+    def unwrap(key_id: str, wrapped: bytes) -> bytes:
+        try:
+            return client.decrypt(CiphertextBlob=wrapped, KeyId=key_id)["Plaintext"]
+        except ClientError as e:
+            raise KeyUnavailable(e.response.get("Error", {}).get("Message") or str(e)) from None
+        except BotoCoreError as e:
+            raise KeyUnavailable(str(e)) from None
+
+    return unwrap
+
+
+async def has_kms_slot(store: ObjectStore) -> bool:
+    """Whether the customer enabled server-side recovery (the repository has a KMS slot)."""
+    async for key in store.list(KEYS_PREFIX):
+        try:
+            if json.loads(await store.get(key)).get("kind") == "kms":
+                return True
+        except (ValueError, AttributeError, ObjectNotFound):
+            continue  # an unreadable slot is the format's business, not a KMS slot
+    return False
+
+
+async def open_repository(store: ObjectStore, *, passphrase: str | None,
+                          kms_unwrap: KmsUnwrap | None) -> Repository:
+    """The passphrase when there is one, else KMS; CannotOpen with the reason otherwise."""
+    if passphrase is None and kms_unwrap is None:
+        raise CannotOpen(domain.PASSPHRASE_NEEDED_AGAIN)
+    try:
+        if passphrase is not None:
+            return await Repository.open(store, passphrase)
+        return await Repository.open(store, None, kms_unwrap=kms_unwrap)
+    except KeyUnavailable as e:
+        if passphrase is not None:
+            raise CannotOpen(f"the backup cannot be opened with a passphrase: {e}") from None
+        raise CannotOpen(f"the backup's KMS key could not open it ({e}); request the "
+                         "recovery again with the passphrase") from None
+    except WrongPassphrase:
+        raise CannotOpen(domain.WRONG_PASSPHRASE) from None
+    except RepositoryNotFound:
+        raise CannotOpen("the backup's repository is no longer in the object store") from None
+    except FormatError as e:
+        raise CannotOpen(domain.damaged_reason(str(e))) from None
+    except (ClientError, BotoCoreError, OSError) as e:
+        raise CannotOpen(f"the object store could not be read: {e}") from None
+
