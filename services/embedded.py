@@ -62,10 +62,13 @@ class Stack:
         return gateway.port if gateway else None
 
     async def stop(self) -> None:
+        # Stop taking events first: a handler must not outlive its service's database.
+        # One interrupted mid-transaction rolls back and is redelivered (unacknowledged).
+        with contextlib.suppress(Exception):
+            await self.bus.close()
         for runtime in reversed(list(self.runtimes.values())):
             with contextlib.suppress(Exception):
                 await runtime.stop()
-        await self.bus.close()
 
 
 async def wait_for_signal() -> None:

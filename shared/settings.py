@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     # HMAC key the gateway signs callers' identities with; services refuse unsigned requests.
-    internal_key: SecretStr | None = None
+    internal_key: SecretStr | None = Field(default=None, min_length=32)
     log_level: str = "info"
     log_format: str = "json"  # json | console
 
