@@ -66,11 +66,11 @@ def requested_range(range_header: str | None, if_range: str | None,
             raise Unsatisfiable()
         return max(0, size - suffix), size - 1
     first = int(match[1])
-    last = int(match[2]) if match[2] else size - 1
-    if last < first:
+    if match[2] and int(match[2]) < first:
         return None  # invalid: ignored
     if first >= size:
         raise Unsatisfiable()
+    last = int(match[2]) if match[2] else size - 1
     return first, min(last, size - 1)
 
 

@@ -13,6 +13,7 @@ endpoint implements VM Import. docs/aws.md lists the IAM setup the checks here e
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 from contextlib import AsyncExitStack
@@ -44,6 +45,17 @@ IMPORT_FORMATS = {"vmdk": "VMDK", "vhd": "VHD"}
 _RETRIES = {"max_attempts": 5, "mode": "standard"}
 
 
+@functools.cache
+def _boto_session() -> boto3.session.Session:
+    # One session for every client: building one loads botocore's data files (slow).
+    return boto3.session.Session()
+
+
+@functools.cache
+def ec2_regions() -> frozenset[str]:
+    return frozenset(_boto_session().get_available_regions("ec2"))
+
+
 def _error(e: ClientError) -> tuple[str, str, int]:
     err = e.response.get("Error", {})
     status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
@@ -72,7 +84,7 @@ class AwsProvider(ComputeProvider):
     # --- clients ---------------------------------------------------------------------
 
     def _boto(self, service: str):
-        return boto3.session.Session().client(
+        return _boto_session().client(
             service, region_name=self.region, endpoint_url=self.endpoint,
             config=Config(retries=_RETRIES))
 
@@ -110,8 +122,7 @@ class AwsProvider(ComputeProvider):
     async def preflight(self, disk_format: str) -> None:
         if disk_format not in self.formats:
             raise ProviderError(f"EC2 imports VMDK or VHD disks, not {disk_format}")
-        regions = boto3.session.Session().get_available_regions("ec2")
-        if self.region not in regions:
+        if self.region not in ec2_regions():
             raise ProviderError(f"'{self.region}' is not an EC2 region: set "
                                 "RECLO_RECOVERY__AWS_REGION to the region to recover into")
         await self._check_role()
