@@ -16,12 +16,13 @@ def builders() -> dict[str, Builder]:
     from services.auth.app import build as auth
     from services.backup.app import build as backup
     from services.gateway.app import build as gateway
+    from services.instances.app import build as instances
     from services.recovery.app import build as recovery
     from services.scheduler.app import build as scheduler
 
     # The gateway last: it starts once the services it fronts listen.
     return {"auth": auth, "backup": backup, "scheduler": scheduler, "recovery": recovery,
-            "gateway": gateway}
+            "instances": instances, "gateway": gateway}
 
 
 def names() -> list[str]:

@@ -7,6 +7,7 @@ from the environment only; nothing here has a default secret.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
@@ -145,7 +146,52 @@ class RecoverySettings(ServiceSettings):
 
 
 class InstancesSettings(ServiceSettings):
-    pass
+    # --- aws provider (docs/aws.md "Instances") ---
+    # EC2 API endpoint (moto in development and tests); unset: AWS's own for the region
+    # (botocore also honours AWS_ENDPOINT_URL).
+    ec2_endpoint: str | None = None
+    # Region of the recovery environment; unset: RECLO_S3_REGION.
+    region: str | None = None
+    # The subnet recovered machines launch into, without public addresses.
+    subnet_id: str | None = None
+    # The subnet of the WireGuard gateway: one with a route to the internet, in the same
+    # VPC as subnet_id; unset: subnet_id itself.
+    gateway_subnet_id: str | None = None
+    # Image of the gateway: Debian 12 or Ubuntu 22.04+ with cloud-init (docs/vpn.md).
+    gateway_image_id: str | None = None
+    gateway_instance_type: str = "t3.micro"
+    # Instance type of a recovered machine.
+    instance_type: str = "t3.medium"
+    # Who may send packets to the gateway's WireGuard port. WireGuard answers no packet
+    # without a known peer's key, so the whole internet is the default.
+    vpn_client_cidr: IPv4Network = IPv4Network("0.0.0.0/0")
+    # A recovered machine that is still pending after this long has failed to launch.
+    launch_timeout_seconds: float = Field(default=900.0, gt=0)
+    # How often pending machines and starting gateways are looked at.
+    poll_seconds: float = Field(default=5.0, gt=0)
+
+    # --- VPN (docs/vpn.md) ---
+    # Addresses inside the tunnel: the gateway has the first, peers the following ones.
+    vpn_subnet: IPv4Network = IPv4Network("10.77.0.0/24")
+    vpn_port: int = Field(default=51820, gt=0, lt=65536)
+    # Keeps the client's NAT mapping open so the gateway can reach it (WireGuard's advice).
+    vpn_keepalive_seconds: int = Field(default=25, ge=0, le=65535)
+    # Local provider: where clients reach this host's WireGuard gateway (host:port).
+    local_vpn_endpoint: str = "127.0.0.1:51820"
+    # Local provider: networks behind the local gateway that clients route into the tunnel
+    # (a bridge for QEMU machines, say); the VPN subnet is always routed.
+    local_routed_cidrs: list[IPv4Network] = Field(default_factory=list)
+
+    # --- cleanup (the seed's FreeInstances job) ---
+    # Stopped machines are terminated, and their images deleted, after this many days.
+    stopped_retention_days: float = Field(default=14.0, gt=0)
+
+    # --- local provider: QEMU ---
+    # Start local machines under QEMU (needs qemu-system-x86_64 and an image file path).
+    qemu_enabled: bool = False
+    qemu_binary: str = "qemu-system-x86_64"
+    qemu_memory_mib: int = Field(default=2048, ge=128)
+    qemu_cpus: int = Field(default=2, ge=1)
 
 
 class SchedulerSettings(ServiceSettings):
