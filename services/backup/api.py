@@ -104,13 +104,15 @@ async def _agent_host(session: AsyncSession, call: Call) -> HostRow | None:
 async def _own_session(session: AsyncSession, call: Call, lock: bool = False
                        ) -> tuple[BackupRow, HostRow]:
     """The agent's own backup named in the path, else 404 (never 403: ids of others'
-    backups are not confirmed to exist)."""
-    query = (select(BackupRow, HostRow).join(HostRow, HostRow.id == BackupRow.host_id)
-             .where(BackupRow.id == call.param("backup_id"), BackupRow.user_id == call.user_id,
-                    HostRow.name == _agent_host_name(call)))
+    backups are not confirmed to exist). `lock`: the backup row only (MariaDB has no
+    FOR UPDATE OF), so sessions of one host don't queue behind each other."""
+    backup_id = call.param("backup_id")
     if lock:
-        query = query.with_for_update()
-    found = (await session.execute(query)).first()
+        await session.execute(select(BackupRow.id).where(BackupRow.id == backup_id).with_for_update())
+    found = (await session.execute(
+        select(BackupRow, HostRow).join(HostRow, HostRow.id == BackupRow.host_id)
+        .where(BackupRow.id == backup_id, BackupRow.user_id == call.user_id,
+               HostRow.name == _agent_host_name(call)))).first()
     if found is None:
         raise not_found("no such backup")
     return found[0], found[1]
@@ -303,10 +305,11 @@ def _encode_key_cursor(key: str) -> str:
 
 def _decode_key_cursor(cursor: str) -> str:
     try:
-        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        key = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_",
+                               validate=True).decode("ascii")
     except (binascii.Error, ValueError):
         raise bad_request("the cursor is not one this API gave out") from None
-    if not domain.is_list_prefix(key):
+    if not key or not domain.is_list_prefix(key):
         raise bad_request("the cursor is not one this API gave out")
     return key
 

@@ -38,9 +38,11 @@ async def insert_ignoring_duplicates(session: AsyncSession, table: Table, rows: 
 
 
 async def lock_host(session: AsyncSession, host_id: str) -> HostRow | None:
-    """The host row, locked until the transaction ends: commits and garbage collection of
-    one host take turns (SQLite's single writer does the same by itself)."""
-    return await session.scalar(select(HostRow).where(HostRow.id == host_id).with_for_update())
+    """The host row, locked until the transaction ends (and read afresh: what an earlier
+    unlocked read of this session saw may be stale): commits and garbage collection of one
+    host take turns (SQLite's single writer does the same by itself)."""
+    return await session.scalar(select(HostRow).where(HostRow.id == host_id).with_for_update()
+                                .execution_options(populate_existing=True))
 
 
 async def referenced_packs(session: AsyncSession, host_id: str, pack_ids: Sequence[str]) -> set[str]:

@@ -1,9 +1,7 @@
 """An agent reaches only its own user's and host's repository and sessions; a user only
-their own hosts and backups. Two users, two hosts each side, one host name shared."""
+their own hosts and backups. Two users, three hosts, one host name used by both."""
 
 from __future__ import annotations
-
-import pytest
 
 from tests.backup.support import backup_folder, make_tree
 from tests.harness import Api
@@ -66,18 +64,6 @@ async def test_agents_and_users_stay_in_their_own_prefix(world, tmp_path):
     assert keys and all(k.split("/")[1] + "/" == prefix for k in keys)
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/api/v1/repository/download-urls", {"keys": ["../../other/host/config"]}),
-    ("/api/v1/repository/download-urls", {"keys": ["/abs/config"]}),
-    ("/api/v1/repository/download-urls", {"keys": ["data/ab/" + "a" * 63 + "/../config"]}),
-])
-async def test_keys_that_leave_the_prefix_are_refused(world, path, body):
-    eve = await world.user("eve")
-    api = as_agent(world, await world.agent_key(eve, "host"))
-    status, problem, kind = await api.call("POST", path, json=body)
-    assert status == 422 and kind.startswith("application/problem+json"), problem
-
-
 async def test_traversal_in_upload_keys_and_listing_prefixes_is_refused(world):
     fay = await world.user("fay")
     api = as_agent(world, await world.agent_key(fay, "host"))
@@ -90,6 +76,10 @@ async def test_traversal_in_upload_keys_and_listing_prefixes_is_refused(world):
     for prefix in ("..", "../", "%2e%2e/", "a.b"):
         status, problem, _ = await api.call("GET", f"/api/v1/repository/objects?prefix={prefix}")
         assert status == 422, prefix
+    for key in ("../../other/host/config", "/abs/config", "data/ab/" + "a" * 63 + "/../config"):
+        status, problem, kind = await api.call("POST", "/api/v1/repository/download-urls",
+                                               json={"keys": [key]})
+        assert status == 422 and kind.startswith("application/problem+json"), key
 
 
 async def test_callers_use_only_their_own_kind_of_routes(world):

@@ -16,8 +16,14 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
+def mode():
+    # The local store belongs to the embedded mode (S3 checks its own signatures); the
+    # database plays no part in these routes.
+    return "embedded"
+
+
+@pytest.fixture
 def settings(mode, tmp_path, unique):
-    # Both database modes, always with the local store (S3 checks its own signatures).
     return settings_for(mode, tmp_path, unique, backup=BackupSettings(store="local"))
 
 
