@@ -66,13 +66,14 @@ def build(settings: Settings, bus: Bus, key: bytes) -> ServiceRuntime:
         settings=settings,
         bus=bus,
         key=key,
-        routes=[api.routes, objects.routes],
+        routes=[api.routes],
         handlers=handlers.EVENT_HANDLERS,
         metadata=tables.metadata,
         migrations=MIGRATIONS,
     )
     service = Backup(settings.backup, runtime, open_bucket_store(settings, key))
     runtime.context = service
+    objects.add_routes(runtime.app)
 
     async def garbage_collector() -> None:
         await gc.collector(service)

@@ -185,3 +185,16 @@ async def test_a_failed_session_is_recorded_and_announced(world):
     assert hosts["items"][0]["state"] == "failing"
     await eventually(lambda: len(seen) == 1)
     assert seen[0].payload["reason"] == "disk unreadable" and seen[0].payload["backup_id"] == session["id"]
+
+
+async def test_the_openapi_document_has_the_backup_routes(world):
+    status, doc, _ = await Api(world.http, world.base).call("GET", "/api/v1/openapi.json")
+    assert status == 200
+    paths = doc["paths"]
+    assert {"/api/v1/backups", "/api/v1/backups/{backup_id}/upload-urls",
+            "/api/v1/backups/{backup_id}/commit", "/api/v1/backups/{backup_id}/fail",
+            "/api/v1/repository/objects", "/api/v1/repository/download-urls",
+            "/api/v1/repository/forget", "/api/v1/hosts", "/api/v1/hosts/{host_id}",
+            "/api/v1/hosts/{host_id}/forget", "/api/v1/hosts/{host_id}/retention"} <= set(paths)
+    assert paths["/api/v1/backups/{backup_id}/commit"]["post"]["x-reclo-callers"] == ["agent"]
+    assert not [p for p in paths if ":" in p]  # every template is a plain OpenAPI one
