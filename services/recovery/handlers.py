@@ -35,10 +35,11 @@ async def remember_backup(ctx: Context, event: BackupUploaded) -> None:
 
 
 async def take_requested(ctx: Context, event: RecoveryRequested) -> None:
-    """A worker with room takes the new task. One requested with a passphrase is already
-    held by the worker that received the request (it alone has the passphrase)."""
-    taken = await ctx.service.worker.claim(event.recovery_id)
-    log.info("recovery requested", recovery_id=event.recovery_id, taken=taken)
+    """A worker with room takes the new task (once this handler's transaction is done). One
+    requested with a passphrase is already held by the worker that received the request:
+    it alone has the passphrase."""
+    worker = ctx.service.worker
+    worker.after_commit(ctx.session, lambda: worker.claim(event.recovery_id))
 
 
 async def reconcile(ctx: Context, event: RecoveriesReconcileDue) -> None:
@@ -46,10 +47,7 @@ async def reconcile(ctx: Context, event: RecoveriesReconcileDue) -> None:
     sweep: tasks nobody holds (never taken, or their worker died) are taken by this worker
     and continue from their last step; failed ones still to be cleaned up are cleaned."""
     worker = ctx.service.worker
-    taken = await worker.claim_due()
-    await worker.sweep_scratch()
-    if taken:
-        log.info("recoveries resumed", count=len(taken))
+    worker.after_commit(ctx.session, worker.sweep)
 
 
 async def fail_timed_out(ctx: Context, event: RecoveriesTimeoutDue) -> None:

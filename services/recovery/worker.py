@@ -21,8 +21,9 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy import event as sa_event
@@ -39,6 +40,8 @@ log = get_logger(__name__)
 
 # Failed tasks whose leftovers one sweep removes: the rest wait for the next sweep.
 CLEANUPS_PER_SWEEP = 20
+# Unlocked candidates looked at per free slot: others' sweeps may take some meanwhile.
+CANDIDATES_PER_SLOT = 4
 
 
 def claimable(now: datetime):
@@ -61,6 +64,7 @@ class Worker:
         self.runs: dict[str, asyncio.Task] = {}
         self.slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._interrupted: set[str] = set()
+        self._chores: set[asyncio.Task] = set()
         # Runs that are removing a failed task's leftovers: its failed state is expected.
         self.cleaning: set[str] = set()
 
@@ -90,24 +94,33 @@ class Worker:
 
     async def claim_due(self) -> list[str]:
         """The reconcile sweep: tasks whose holder is gone (or that nobody took yet), as many
-        as this worker has room for, plus failed ones still to be cleaned up."""
+        as this worker has room for, plus failed ones still to be cleaned up (a few quick
+        calls each: they need no free slot)."""
         now = utcnow()
         taken: list[str] = []
         async with self.db.transaction(read_committed=True) as session:
-            base = select(RecoveryRow).where(claimable(now)).order_by(RecoveryRow.created_at)
-            rows: list[RecoveryRow] = []
-            if self.capacity():
-                rows += (await session.scalars(self._locking(
-                    base.where(RecoveryRow.state.in_(domain.WORKING)).limit(self.capacity())
-                ))).all()
-            # Cleaning up is a few quick calls: it needs no free slot.
-            rows += (await session.scalars(self._locking(
-                base.where(RecoveryRow.state == domain.FAILED).limit(CLEANUPS_PER_SWEEP)
-            ))).all()
-            for row in rows:
-                if row.id not in self.runs:
-                    self.take(row, now)
-                    taken.append(row.id)
+            for states, room in ((domain.WORKING, self.capacity()),
+                                 ((domain.FAILED,), CLEANUPS_PER_SWEEP)):
+                if room == 0:
+                    continue
+                # Candidates first, unlocked; then each locked alone by its key. One locking
+                # query with ORDER BY … LIMIT would lock every row it sorts (InnoDB sorts
+                # after locking), leaving nothing for the other workers to skip to.
+                candidates = (await session.scalars(
+                    select(RecoveryRow.id).where(claimable(now), RecoveryRow.state.in_(states))
+                    .order_by(RecoveryRow.created_at).limit(room * CANDIDATES_PER_SLOT))).all()
+                got = 0
+                for recovery_id in candidates:
+                    if got == room:
+                        break
+                    if recovery_id in self.runs:
+                        continue
+                    row = await session.scalar(self._locking(select(RecoveryRow).where(
+                        RecoveryRow.id == recovery_id, claimable(now))))
+                    if row is not None:
+                        self.take(row, now)
+                        taken.append(row.id)
+                        got += 1
         for recovery_id in taken:
             self.launch(recovery_id)
         return taken
@@ -141,6 +154,34 @@ class Worker:
             return
         self.runs[recovery_id] = asyncio.create_task(self._run(recovery_id),
                                                      name=f"recovery:{recovery_id}")
+
+    def after_commit(self, session: AsyncSession,
+                     work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``work`` in its own task once the caller's transaction commits: an event
+        handler must not wait on a second transaction inside its own (SQLite has a single
+        writer), nor hold its transaction open for slow work. Lost with a crash between the
+        commit and the run, which the next reconcile sweep makes up for."""
+        sa_event.listen(session.sync_session, "after_commit",
+                        lambda _s: self._spawn(work()), once=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._chores.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("worker chore failed; the reconcile sweep makes up for it",
+                            error=str(t.exception()) or type(t.exception()).__name__)
+
+        task.add_done_callback(done)
+
+    async def sweep(self) -> None:
+        """The reconcile sweep of this worker: take what nobody holds, tidy the scratch."""
+        taken = await self.claim_due()
+        await self.sweep_scratch()
+        if taken:
+            log.info("recoveries taken by the sweep", count=len(taken))
 
     def launch_after_commit(self, session: AsyncSession, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -219,7 +260,7 @@ class Worker:
         try:
             await self.keep_leases()
         finally:
-            runs = list(self.runs.values())
+            runs = list(self.runs.values()) + list(self._chores)
             for task in runs:
                 task.cancel()
             for task in runs:

@@ -4,7 +4,6 @@ and a reading of what recovery publishes."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import subprocess
@@ -99,10 +98,11 @@ async def image_backup(stack, user_id: str, disk: Path, **options) -> BackupRef:
 
 
 async def backup_of(stack, user_id: str, sources: list[Source], *, is_image: bool = True,
-                    **options) -> BackupRef:
+                    writer: Settings | None = None, **options) -> BackupRef:
+    """``writer``: the settings the agent's side writes with (another S3 endpoint, say)."""
     host_id = uuid.uuid4().hex
-    snapshot = await write_backup(stack.settings, stack.key, user_id, host_id, sources,
-                                  **options)
+    snapshot = await write_backup(writer or stack.settings, stack.key, user_id, host_id,
+                                  sources, **options)
     backup_id = await announce_backup(stack.bus, user_id=user_id, host_id=host_id,
                                       snapshot_id=snapshot, is_image=is_image)
     await known_to_recovery(stack, backup_id)
@@ -181,3 +181,66 @@ async def download(base: str, token: str, recovery_id: str, dest: Path, *,
                     out.write(piece)
                     got += len(piece)
             return response
+
+
+class Lifetimes:
+    """Stacks a test starts, stops (as a process dies) and starts again on the same data;
+    everything they created (MariaDB databases, RabbitMQ queues) goes at the end."""
+
+    def __init__(self) -> None:
+        self.stacks: list = []
+        self.stopped: set[int] = set()
+
+    async def start(self, settings: Settings, names: list[str]):
+        from services.embedded import Stack
+
+        stack = Stack(settings, names)
+        self.stacks.append(stack)
+        await stack.migrate()
+        await stack.start(gateway_port=0, embedded=True)
+        stack.base_url = f"http://127.0.0.1:{stack.gateway_port}" if "gateway" in names else None
+        return stack
+
+    async def stop(self, stack) -> None:
+        if id(stack) not in self.stopped:
+            self.stopped.add(id(stack))
+            await stack.stop()
+
+    async def close(self) -> None:
+        from shared.db import Database
+        from tests.harness import delete_queues
+
+        for stack in self.stacks:
+            await self.stop(stack)
+        seen: set[str] = set()
+        for stack in self.stacks:
+            for name in stack.runtimes:
+                url = stack.settings.database_url_for(name)
+                if url in seen or url.startswith("sqlite"):
+                    continue
+                seen.add(url)
+                await Database(url).drop_database()
+        for stack in self.stacks:
+            await delete_queues(stack.settings, list(stack.runtimes))
+
+
+def kms_key() -> tuple[str, object]:
+    """A KMS key on moto, and the wrap function the agent uses to add a KMS key slot."""
+    import boto3
+
+    from tests import infra
+
+    kms = boto3.client("kms", region_name="us-east-1", endpoint_url=infra.s3_endpoint())
+    arn = kms.create_key(Description="reclo test")["KeyMetadata"]["Arn"]
+
+    def wrap(key_id: str, data: bytes) -> bytes:
+        return kms.encrypt(KeyId=key_id, Plaintext=data)["CiphertextBlob"]
+
+    return arn, wrap
+
+
+async def recovery_row(stack, recovery_id: str):
+    from services.recovery.tables import RecoveryRow
+
+    async with stack.runtimes["recovery"].db.sessions() as session:
+        return await session.get(RecoveryRow, recovery_id)
