@@ -253,6 +253,10 @@ async def commit_backup(call: Call) -> Backup:
             {"backup_id": backup.id, "pack_id": p, "host_id": host.id} for p in packs])
         backup.status = "complete"
         backup.snapshot_id = body.snapshot_id
+        if body.kind is not None:
+            backup.kind = body.kind
+        if body.parent_snapshot_id is not None or backup.kind == "full":
+            backup.parent_snapshot_id = body.parent_snapshot_id
         backup.is_image = body.is_image
         backup.stats = body.stats.model_dump_json()
         backup.size_bytes = sum(uploads.values())

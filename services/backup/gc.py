@@ -87,8 +87,16 @@ async def collect(service, *, now: datetime | None = None) -> Report:
                 claimed = await session.execute(
                     update(HostRow).where(HostRow.id == host_id, HostRow.gc_due_at == marked_at)
                     .values(gc_due_at=None))
-            if claimed.rowcount == 1:
+            if claimed.rowcount != 1:
+                continue  # another replica took it
+            try:
                 report.hosts.append(await collect_host(service, host_id, now=now))
+            except Exception:
+                # Due again, so the next wake-up retries it; the other hosts go on.
+                log.exception("garbage collection of a host failed", host_id=host_id)
+                async with service.db.transaction() as session:
+                    await session.execute(update(HostRow).where(
+                        HostRow.id == host_id, HostRow.gc_due_at.is_(None)).values(gc_due_at=utcnow()))
 
 
 async def collect_host(service, host_id: str, *, now: datetime | None = None) -> HostReport:

@@ -110,6 +110,11 @@ class BackupCommit(BaseModel):
     packs: list[str] = Field(default_factory=list, max_length=1_000_000)
     is_image: bool
     stats: SnapshotStats
+    # What the backup turned out to be, when it differs from what the session was opened
+    # as (an incremental without a usable parent becomes a full; the parent may be chosen
+    # only while backing up).
+    kind: BackupKind | None = None
+    parent_snapshot_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class BackupFail(BaseModel):

@@ -92,6 +92,7 @@ async def backup_folder(store: RemoteStore, source: Path, *, kind: str = "full",
     s = result.stats
     backup = await store.commit(BackupCommit(
         snapshot_id=result.snapshot_id, packs=packs, is_image=False,
+        kind=result.snapshot.kind, parent_snapshot_id=result.snapshot.parent,
         stats=SnapshotStats(files=s.files, dirs=s.dirs, bytes=s.bytes, new_bytes=s.new_bytes,
                             chunks=s.chunks, new_chunks=s.new_chunks,
                             duration_seconds=s.duration_s, warnings=s.warnings)))

@@ -46,6 +46,7 @@ async def test_backup_commit_list_and_restore_byte_identical(world, tmp_path):
     (source / "sub" / "new file.txt").write_text("added later")
     second, result2, _, _ = await backup_folder(agent, source, kind="incremental")
     assert second.kind == "incremental" and second.size_bytes < backup.size_bytes
+    assert second.parent_snapshot_id == result.snapshot_id  # chosen by the archiver
     after = describe(source)
     for snapshot_id, tree, target in ((result.snapshot_id, before, tmp_path / "r1"),
                                       (result2.snapshot_id, after, tmp_path / "r2")):
@@ -93,8 +94,9 @@ async def test_an_interrupted_backup_resumes_without_uploading_again(world, tmp_
 
     resumed = DyingStore(world.base, key, packs=1000)
     world.stores.append(resumed)
-    backup, result, packs, _ = await backup_folder(resumed, source)
-    assert backup.status == "complete"
+    # Asked for an incremental, the archiver finds no parent and makes a full: the commit says so.
+    backup, result, packs, _ = await backup_folder(resumed, source, kind="incremental")
+    assert backup.status == "complete" and backup.kind == "full" and backup.parent_snapshot_id is None
     # The packs of the killed session are reused, not uploaded again.
     assert not set(resumed.pack_puts) & set(dying.pack_puts)
     assert set(dying.pack_puts) <= {f"data/{p[:2]}/{p}" for p in packs}
