@@ -238,6 +238,10 @@ async def commit_backup(call: Call) -> Backup:
         backup, host = await _own_session(session, call, lock=True)
         _require_uploading(backup)
         await lock_host(session, host.id)  # garbage collection of this host waits
+        now_presigned = set(await session.scalars(
+            select(UploadRow.key).where(UploadRow.backup_id == backup.id)))
+        if now_presigned != set(uploads):
+            raise conflict("the session was given more upload URLs while committing; commit again")
         # Packs reused from older backups that a kept backup still references were checked
         # when that backup committed and can't be collected while we hold the lock; any
         # other (adopted from an interrupted session, or unreferenced since) is checked now.
