@@ -155,7 +155,8 @@ async def _delete_packs(service, store, host: HostRow, cutoff: datetime, report:
         packs = {info.key: info for info in page if domain.pack_id_of(info.key)}
         doomed: list[str] = []
         async with service.db.transaction() as session:
-            await lock_host(session, host.id)
+            if not await _still_has_backups(session, host.id):
+                return  # the host or its catalogue went away meanwhile: keep everything
             if packs:
                 ids = {domain.pack_id_of(k): k for k in packs}
                 keep = {domain.pack_key(p) for p in await referenced_packs(session, host.id, list(ids))}
@@ -172,6 +173,14 @@ async def _delete_packs(service, store, host: HostRow, cutoff: datetime, report:
     report.storage_bytes = total
     async with service.db.transaction() as session:
         await session.execute(update(HostRow).where(HostRow.id == host.id).values(storage_bytes=total))
+
+
+async def _still_has_backups(session, host_id: str) -> bool:
+    """Locks the host row; True if the host still exists with a complete backup."""
+    if await lock_host(session, host_id) is None:
+        return False
+    return bool(await session.scalar(select(func.count()).select_from(BackupRow).where(
+        BackupRow.host_id == host_id, BackupRow.status == "complete")))
 
 
 async def _delete_indexes(service, store, host: HostRow, report: HostReport) -> None:
@@ -198,7 +207,8 @@ async def _delete_indexes(service, store, host: HostRow, report: HostReport) -> 
         if not doomed:
             continue
         async with service.db.transaction() as session:
-            await lock_host(session, host.id)
+            if not await _still_has_backups(session, host.id):
+                return
             # An index uploaded by a session still open describes packs it may yet commit.
             busy = await keys_in_open_sessions(session, host.id, [f"{domain.INDEX_PREFIX}{i}" for i in doomed])
             doomed = [i for i in doomed if f"{domain.INDEX_PREFIX}{i}" not in busy]

@@ -202,7 +202,8 @@ async def test_the_catalogue_is_rebuilt_from_the_bucket_alone(world, tmp_path):
     failed, _ = await quick_backup(z, commit=False)
     await z.call("POST", f"/api/v1/backups/{failed['id']}/fail", json={"reason": "x"})
     await ann.call("POST", f"/api/v1/hosts/{quick[0][0]['host_id']}/forget", json={"keep_last": 2})
-    await eventually(lambda: _gone(world, ann, quick[0][0]["host_id"], f"catalog/{quick[0][0]['id']}.json"))
+    forgotten_pack = pack_keys(quick[0][1])[0]  # deleted after the record and the snapshot
+    await eventually(lambda: _gone(world, ann, quick[0][0]["host_id"], forgotten_pack))
 
     before = {u.user_id: await _catalogue(u) for u in (ann, ben)}
     packs_before = await _pack_refs(world)
