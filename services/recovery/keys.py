@@ -101,6 +101,6 @@ async def open_repository(store: ObjectStore, *, passphrase: str | None,
         raise CannotOpen("the backup's repository is no longer in the object store") from None
     except FormatError as e:
         raise CannotOpen(domain.damaged_reason(str(e))) from None
-    except (ClientError, BotoCoreError, OSError) as e:
-        raise CannotOpen(f"the object store could not be read: {e}") from None
+    # An object store that can't be reached is not a reason to fail: the error propagates
+    # and the task is tried again by the next sweep.
 

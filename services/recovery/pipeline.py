@@ -26,6 +26,7 @@ import asyncio
 import errno
 import shutil
 import time
+import traceback
 import uuid
 
 from sqlalchemy import update
@@ -58,6 +59,12 @@ IMPORT_SPAN = (0, 80)
 DIGEST_SPAN = (80, 100)
 FORGOTTEN = ("the backup's snapshot is no longer in its repository: it may have been "
              "forgotten by the retention policy")
+
+
+def code_path(error: BaseException) -> str:
+    """Where an error came from, as source lines only: a logged traceback with local
+    variables (structlog's default) could carry a passphrase out of a frame."""
+    return "".join(traceback.format_exception(error)).strip()[-4000:]
 
 
 class Stop(Exception):
@@ -266,6 +273,7 @@ class Run:
 
     async def _fail(self, reason: str) -> None:
         log.info("recovery failed", recovery_id=self.id, reason=reason)
+        self.worker.cleaning.add(self.id)  # the lease keeper must not stop what follows
         try:
             await self._save(state=domain.FAILED, failure_reason=reason[:1000],
                              cleanup_pending=True, finished_at=utcnow(),
@@ -306,7 +314,7 @@ class Run:
     async def _retry_later(self, error: Exception) -> None:
         text = str(error) or type(error).__name__
         log.error("recovery interrupted by an error", recovery_id=self.id, error=text,
-                  attempt=self.row.attempts, exc_info=error)
+                  attempt=self.row.attempts, traceback=code_path(error))
         if self.row.attempts >= MAX_ATTEMPTS:
             await self._fail(f"the recovery was interrupted {self.row.attempts} times; the "
                              f"last error: {text}"[:1000])

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.recovery import domain
 from services.recovery.keys import PassphraseVault
-from services.recovery.pipeline import Run
+from services.recovery.pipeline import Run, code_path
 from services.recovery.tables import RecoveryRow
 from shared.events import utcnow
 from shared.logs import get_logger
@@ -196,7 +196,8 @@ class Worker:
 
     def interrupt(self, recovery_id: str) -> None:
         task = self.runs.get(recovery_id)
-        if task is not None and not task.done():
+        # Once only: a second cancel could cut short the clean-up the first one started.
+        if task is not None and not task.done() and recovery_id not in self._interrupted:
             self._interrupted.add(recovery_id)
             task.cancel()
 
@@ -208,12 +209,13 @@ class Worker:
             await Run(self.service, self, recovery_id).execute(self.slots)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("recovery run crashed; the reconcile sweep resumes it",
-                          recovery_id=recovery_id)
+        except Exception as error:
+            log.error("recovery run crashed; the reconcile sweep resumes it",
+                      recovery_id=recovery_id, traceback=code_path(error))
         finally:
             self.runs.pop(recovery_id, None)
             self._interrupted.discard(recovery_id)
+            self.cleaning.discard(recovery_id)
 
     # --- leases ------------------------------------------------------------------------
 

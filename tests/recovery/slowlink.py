@@ -22,13 +22,18 @@ class SlowLink:
         self.url = ""
 
     async def start(self) -> SlowLink:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        """Listen (again on the same port after ``stop``: an outage, then the line back)."""
+        port = int(self.url.rsplit(":", 1)[1]) if self.url else 0
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port,
+                                                  reuse_address=True)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
 
     async def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
         if self._server is not None:
             self._server.close()
+            self._server = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -6,6 +6,7 @@ download is still under way when the test acts:
   completes it (both stacks), with the customer's key from KMS;
 - without KMS, the passphrase died with the process: the task fails saying so;
 - a task cancelled while downloading stops, and its partial disk is removed;
+- an S3 outage mid-download does not fail the task: it is tried again once S3 is back;
 - two workers on one MariaDB database never hold one task at once."""
 
 from __future__ import annotations
@@ -187,3 +188,33 @@ async def test_a_task_cancelled_while_downloading_stops_and_leaves_nothing(
         later = [e for e in observer.envelopes if e.type == "RecoveryProgressed"
                  and e.payload["recovery_id"] == recovery_id]
         assert all(e.occurred_at <= row.updated_at for e in later)
+
+
+async def test_an_object_store_outage_is_waited_out(tmp_path, unique, slow_s3, lifetimes):
+    settings = settings_of("embedded", tmp_path, unique, slow_s3)
+    disk = make_disk(tmp_path / "source", size_mib=16, data_mib=6)
+    stack = await lifetimes.start(settings, SERVICES)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, stack.base_url)
+        user_id = await user(api, f"owner-{unique}")
+        backup = await backup_in_s3(stack, user_id, disk, kms=kms_key())
+        status, created, _ = await api.call("POST", "/api/v1/recoveries", json={
+            "backup_id": backup.backup_id, "target": "local"})
+        assert status == 201, created
+        recovery_id = created["id"]
+        await downloading(stack, recovery_id, chunks=1)
+
+        await slow_s3.stop()  # S3 goes away mid-download
+
+        async def waiting():
+            row = await recovery_row(stack, recovery_id)
+            return row if row.state_message.startswith("retrying after an error") else None
+
+        row = await eventually(waiting, timeout=30)
+        assert row.state == domain.DOWNLOADING and row.failure_reason is None
+        await slow_s3.start()
+        await sweep(stack)
+        ready = await wait_state(api, recovery_id, ["finishing", "failed"])
+        assert ready["state"] == "finishing", ready["failure_reason"]
+        assert ready["image_sha256"] == sha256_of(disk)
+        assert (await recovery_row(stack, recovery_id)).attempts == 2
