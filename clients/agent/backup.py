@@ -6,8 +6,8 @@
 2. Open a backup session on the server (`POST /api/v1/backups`); remember it in the
    state file until it is closed, so a run that is killed is closed by the next one.
 3. Run the pre commands; one that fails fails the backup with its output.
-4. Forget index entries whose pack the service has deleted (freshness.py), then back
-   up (shared.format.Archiver): packs, their index files, then the snapshot. A new
+4. Back up (shared.format.Archiver; the index left out entries of packs the service
+   deleted, freshness.py): packs, their index files, then the snapshot. A new
    repository on the server is created here, inside this first session.
 5. Commit with the snapshot id, the packs it references and its stats, or report the
    failure (`POST .../fail`) with the reason. Post commands run in either case.
@@ -24,20 +24,21 @@ import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from shared.api.backup import BackupCommit, BackupStart, SnapshotStats, SourceSpec
 from shared.format import FULL, INCREMENTAL, Archiver, Snapshot, Source
 
 from . import __version__, hooks
 from .config import IMAGE, AgentConfig, SourceConfig
 from .exits import AgentError, UsageError
-from .freshness import drop_missing_packs
 from .packrefs import PackReferences, RecordingRepository
 from .progress import Reporter
 from .schedule import kind_for
 from .state import StateFile
 from .target import NoRepository, Target
+
+if TYPE_CHECKING:
+    from shared.api.backup import SnapshotStats
 
 # Closing a session after a failure must not hang the agent when the network is gone.
 FAIL_REPORT_TIMEOUT = 30.0
@@ -109,6 +110,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
     state = StateFile(cfg.state_dir)
     backup_id = None
     if target.remote is not None:
+        from shared.api.backup import BackupStart, SourceSpec
+
         start = BackupStart(kind=kind, parent_snapshot_id=parent,
                             sources=[SourceSpec(path=p, type=k) for p, k in paths], agent_version=__version__)
         backup_id = (await target.remote.start_backup(start)).id
@@ -127,9 +130,9 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if repo is None:
             reporter.status(f"creating the repository at {target.description}")
             repo = await RecordingRepository.init(target.store, passphrase, uploads_in_flight=cfg.upload.concurrency)
-        dropped = await drop_missing_packs(repo)
-        if dropped:
-            reporter.status(f"{len(dropped)} pack(s) were deleted by retention; their data is stored again if needed")
+        if target.gone_packs:
+            reporter.status(f"{len(target.gone_packs)} indexed pack(s) were deleted by retention; "
+                            "what they held is stored again if needed")
         references = repo.references = PackReferences(repo) if target.is_server else None
         archiver = Archiver(repo, host=cfg.host, tags=request.tags, excludes=cfg.excludes,
                             progress=reporter.progress)
@@ -138,6 +141,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         warnings.extend(result.warnings)
         packs: list[str] = []
         if target.remote is not None and references is not None:
+            from shared.api.backup import BackupCommit
+
             packs = references.packs()
             await target.remote.commit(BackupCommit(
                 snapshot_id=result.snapshot_id, packs=packs,
@@ -152,7 +157,7 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         warnings.extend(await _post_commands(cfg, succeeded_pre, ok, reporter))
     if backup_id is not None:
         await _close_stale_sessions(target, state, backup_id)
-    return BackupOutcome(result.snapshot_id, result.snapshot, warnings, backup_id, len(packs), len(dropped))
+    return BackupOutcome(result.snapshot_id, result.snapshot, warnings, backup_id, len(packs), len(target.gone_packs))
 
 
 async def _kind_and_parent(repo: RecordingRepository | None, host: str, paths: list[tuple[str, str]],
@@ -170,6 +175,8 @@ async def _kind_and_parent(repo: RecordingRepository | None, host: str, paths: l
 
 
 def _api_stats(snapshot: Snapshot, warnings: int) -> SnapshotStats:
+    from shared.api.backup import SnapshotStats
+
     s = snapshot.stats
     return SnapshotStats(files=s.files + s.images, dirs=s.dirs, bytes=s.bytes, new_bytes=s.stored_bytes,
                          chunks=s.chunks, new_chunks=s.new_chunks, duration_seconds=s.duration_s,

@@ -28,16 +28,18 @@ import socket
 import sys
 from pathlib import Path
 
-from shared.api.backup import RetentionPolicy
 from shared.format import Checker, Repository, RepositoryExists, Restorer
 
 from . import __version__, config as configuration, exits, secretfile
 from .backup import BackupRequest, take_backup
 from .config import FOLDER, IMAGE, AgentConfig, SourceConfig
 from .exits import AgentError, ConfigError, UsageError
+from .freshness import filter_gone_packs
 from .progress import Reporter, human_bytes, reporter_for
-from .server import Server
 from .target import NoRepository, open_target
+
+# Modules that only some commands need (aiohttp, pydantic models, rich) are imported by
+# those commands: a folder backup started by cron should not pay for the HTTP client.
 
 # A passphrase guards every byte of every backup and cannot be reset: refuse trivial ones.
 MIN_PASSPHRASE = 8
@@ -177,6 +179,8 @@ async def cmd_register(cfg: AgentConfig, args, reporter: Reporter) -> int:
         if not sys.stdin.isatty():
             raise UsageError("set RECLO_PASSWORD, or run register on a terminal to type the password")
         password = getpass.getpass(f"Password of {args.username} on {args.server}: ")
+    from .server import Server
+
     host = args.host or (cfg.host if cfg.exists else socket.gethostname())
     server_url = args.server.rstrip("/")
     async with Server(server_url) as server:
@@ -332,6 +336,7 @@ async def cmd_check(cfg: AgentConfig, args, reporter: Reporter) -> int:
             raise UsageError("--read-data-subset takes a percentage such as 10%")
     async with _target(cfg, args) as target:
         repo = await target.open_repository(_passphrase(cfg), load_index=False)
+        index = await filter_gone_packs(repo)  # the checker loads it: packs retention deleted are not damage
         reporter.status("checking the repository" + (" and reading its data" if args.read_data or subset else ""))
         result = await Checker(repo).check(read_data=args.read_data, subset_percent=subset)
     for w in result.warnings:
@@ -340,7 +345,7 @@ async def cmd_check(cfg: AgentConfig, args, reporter: Reporter) -> int:
            "blobs_verified": result.blobs_verified,
            "problems": [{"kind": p.kind, "message": p.message, "pack": p.pack_id, "paths": p.paths,
                          "affected": p.affected} for p in result.problems],
-           "warnings": [str(w) for w in result.warnings]}
+           "warnings": [str(w) for w in result.warnings], "packs_deleted_by_retention": len(index.skipped)}
     text = (f"{result.snapshots} snapshots, {result.packs} packs, {result.packs_read} read, "
             f"{result.blobs_verified} blobs verified: ")
     if result.ok:
@@ -351,6 +356,10 @@ async def cmd_check(cfg: AgentConfig, args, reporter: Reporter) -> int:
 
 
 async def cmd_forget(cfg: AgentConfig, args, reporter: Reporter) -> int:
+    from shared.api.backup import RetentionPolicy
+
+    from .server import Server
+
     policy = RetentionPolicy(keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
                              keep_monthly=args.keep_monthly)
     if not any((policy.keep_last, policy.keep_daily, policy.keep_weekly, policy.keep_monthly)):

@@ -52,10 +52,11 @@ class HookFailed(AgentError):
 def code_for(error: BaseException) -> tuple[int, str]:
     """The exit code and one-line message for any error a command may end with."""
     import asyncio
-
-    import aiohttp
+    import sys
 
     from shared.format import errors as fe
+
+    aiohttp = sys.modules.get("aiohttp")  # not loaded: the error cannot be one of its own
 
     if isinstance(error, AgentError):
         return error.code, str(error)
@@ -73,7 +74,8 @@ def code_for(error: BaseException) -> tuple[int, str]:
             return AUTH, f"the server refused the agent key: {error} (revoked? run `reclo-agent register` again)"
         if status in (429, 502, 503, 504):
             return UNREACHABLE, f"the server cannot serve now: {error}"
-    if isinstance(error, (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)):
+    network = (asyncio.TimeoutError, ConnectionError) + ((aiohttp.ClientConnectionError,) if aiohttp else ())
+    if isinstance(error, network):
         return UNREACHABLE, f"cannot reach the server: {error.__class__.__name__}: {error}"
     if isinstance(error, fe.FormatError):
         return FAILED, str(error)

@@ -14,17 +14,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress as Bar,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from shared.format import Progress
 
 # JSON progress lines at most this often: a line a second is plenty for a dashboard and
@@ -100,9 +89,11 @@ class TerminalReporter(Reporter):
     """A rich progress bar: files, bytes, rate, ETA; warnings printed above it."""
 
     def __init__(self) -> None:
+        from rich.console import Console  # only a terminal needs rich
+
         super().__init__()
         self.console = Console(stderr=True)
-        self._bar: Bar | None = None
+        self._bar = None
         self._task = None
 
     def __exit__(self, *exc) -> None:
@@ -110,7 +101,17 @@ class TerminalReporter(Reporter):
             self._bar.stop()
             self._bar = None
 
-    def _ensure(self) -> Bar:
+    def _ensure(self):
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress as Bar,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         if self._bar is None:
             self._bar = Bar(
                 TextColumn("[bold]{task.description}"),

@@ -15,18 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from shared.format import LocalFolderStore, ObjectStore, RepositoryNotFound
 
 from .config import AgentConfig, repository_folder
 from .exits import ConfigError, UsageError
+from .freshness import load_present_index
 
 
 class NoRepository(UsageError):
     """The store holds no repository (yet)."""
 from .packrefs import DeclaringStore, RecordingRepository
-from .retrying import RetryingStore
 from .throttle import PacedSession, ThrottledStore, TokenBucket
 
 if TYPE_CHECKING:
@@ -39,6 +37,7 @@ class Target:
     store: ObjectStore  # what the repository reads and writes through
     remote: RemoteStore | None = None  # the server's store, for the backup session
     folder: Path | None = None
+    gone_packs: set[str] = field(default_factory=set)  # indexed, but deleted by retention
     _closers: list = field(default_factory=list)
 
     @property
@@ -54,12 +53,17 @@ class Target:
 
     async def open_repository(self, passphrase: str, *, upload_concurrency: int = 2,
                               load_index: bool = True) -> RecordingRepository:
+        """Open it; with load_index, index entries of packs that are gone are left out
+        (freshness.py)."""
         try:
-            return await RecordingRepository.open(self.store, passphrase, load_index=load_index,
+            repo = await RecordingRepository.open(self.store, passphrase, load_index=False,
                                                   uploads_in_flight=upload_concurrency)
         except RepositoryNotFound:
             raise NoRepository(f"there is no repository at {self.description} yet: "
-                             "run `reclo-agent init`, then a first backup") from None
+                               "run `reclo-agent init`, then a first backup") from None
+        if load_index:
+            self.gone_packs = await load_present_index(repo)
+        return repo
 
 
 def open_target(cfg: AgentConfig, agent_key: str | None, *, repository: str | None = None) -> Target:
@@ -77,7 +81,10 @@ def open_target(cfg: AgentConfig, agent_key: str | None, *, repository: str | No
                           "(or set repository = \"file:///...\" for a local folder)")
     if not agent_key:
         raise ConfigError("this agent has no agent key yet: run `reclo-agent register` first")
-    from .remote_store import TRANSFER_TIMEOUT, RemoteStore  # the folder mode does without
+    import aiohttp  # the folder mode does without the HTTP client
+
+    from .remote_store import TRANSFER_TIMEOUT, RemoteStore
+    from .retrying import RetryingStore
 
     http = aiohttp.ClientSession(timeout=TRANSFER_TIMEOUT)
     session = PacedSession(http, bucket) if bucket is not None else http
