@@ -70,6 +70,8 @@ def build(settings: Settings, bus: Bus, key: bytes) -> ServiceRuntime:
         handlers=handlers.EVENT_HANDLERS,
         metadata=tables.metadata,
         migrations=MIGRATIONS,
+        # A commit carries the snapshot's pack list; the gateway bounds every other body.
+        max_body_bytes=settings.gateway.max_object_bytes,
     )
     service = Backup(settings.backup, runtime, open_bucket_store(settings, key))
     runtime.context = service

@@ -47,8 +47,16 @@ LARGE_BODY_SEGMENTS = frozenset({"objects"})
 
 
 def body_limit(path: str, default: int, large: int) -> int:
-    segment = path[len(API_PREFIX):].split("/", 1)[0] if path.startswith(API_PREFIX) else ""
-    return large if segment in LARGE_BODY_SEGMENTS else default
+    """Backup objects and a backup's commit (its pack list: 66 bytes a pack, ~2 MiB per
+    TiB of snapshot) may be large; everything else is small JSON."""
+    if not path.startswith(API_PREFIX):
+        return default
+    parts = path[len(API_PREFIX):].split("/")
+    if parts[0] in LARGE_BODY_SEGMENTS:
+        return large
+    if len(parts) == 3 and parts[0] == "backups" and parts[2] == "commit":
+        return large
+    return default
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -38,3 +38,13 @@ def test_cache_honours_ttl_token_expiry_and_forgetting():
     assert cache.get("a") is None and cache.get("c") == who  # bounded size
     cache.forget("c")
     assert cache.get("c") is None
+
+
+def test_large_bodies_only_for_objects_and_commits():
+    from services.gateway.domain import body_limit
+
+    assert body_limit("/api/v1/objects/b/k", 10, 99) == 99
+    assert body_limit("/api/v1/backups/abc/commit", 10, 99) == 99
+    assert body_limit("/api/v1/backups/abc/upload-urls", 10, 99) == 10
+    assert body_limit("/api/v1/auth/register", 10, 99) == 10
+    assert body_limit("/elsewhere", 10, 99) == 10
