@@ -56,18 +56,23 @@ def _monotonic_deadline(expires_at: datetime | None) -> float | None:
     return asyncio.get_running_loop().time() + (expires_at - utcnow()).total_seconds()
 
 
-async def forward(gateway, request: web.Request, service: str,
-                  identity: Identity) -> web.StreamResponse:
+async def forward(gateway, request: web.Request, service: str, identity: Identity, *,
+                  path_qs: str | None = None,
+                  default_headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Streams the request to ``service`` and its answer back. ``path_qs`` sends it to
+    another path (a portal download link); ``default_headers`` are added to the answer
+    where the service did not set them."""
+    path_qs = path_qs or request.path_qs
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
     headers["X-Request-ID"] = request[REQUEST_ID]
-    headers.update(sign(identity, request.method, request.path_qs, gateway.key))
+    headers.update(sign(identity, request.method, path_qs, gateway.key))
     body = request.content if request.body_exists else None
     limit = body_limit(request.path, gateway.max_body, gateway.max_object_body)
     if request.content_length is not None and request.content_length > limit:
         raise Problem(413, "Body too large", "the request body exceeds the limit")
     try:
         upstream = await gateway.http.request(
-            request.method, gateway.urls[service] + request.path_qs, headers=headers,
+            request.method, gateway.urls[service] + path_qs, headers=headers,
             data=_limited(body, limit) if body is not None else None,
             allow_redirects=False,
         )
@@ -83,6 +88,8 @@ async def forward(gateway, request: web.Request, service: str,
         for name, value in upstream.headers.items():
             if name.lower() not in NOT_FORWARDED and name.lower() != "x-request-id":
                 response.headers.add(name, value)
+        for name, value in (default_headers or {}).items():
+            response.headers.setdefault(name, value)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)

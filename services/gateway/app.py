@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from services.gateway import api
+from services.gateway import api, portal
 from services.gateway.domain import UPSTREAMS, TokenCache
 from shared.api.auth import Introspection
 from shared.bus import Bus
@@ -126,6 +126,8 @@ def build(settings: Settings, bus: Bus, key: bytes,
         max_body_bytes=settings.gateway.max_body_bytes,
     )
     runtime.context = Gateway(settings, key, urls)
+    # The portal's own routes first: a few /api/v1 paths are answered by the gateway.
+    portal.install(runtime)
     runtime.app.router.add_route("*", "/api/v1/{tail:.*}", api.proxy)
     runtime.app.on_cleanup.append(lambda _app: runtime.context.close())
     return runtime
