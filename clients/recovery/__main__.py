@@ -1,0 +1,3 @@
+from clients.recovery.cli import main
+
+main()
