@@ -67,7 +67,8 @@ async def request_recovery(call: Call) -> Recovery:
         raise not_found("no such backup")
     if not backup.is_image:
         raise Problem(422, "Not an image backup", domain.NO_IMAGE)
-    passphrase = body.passphrase.get_secret_value() if body.passphrase is not None else None
+    # The passphrase stays a SecretStr here: never a plain local a traceback could show.
+    passphrase = body.passphrase
     if passphrase is None and not (
             service.kms_unwrap() is not None
             and await has_kms_slot(service.backup_store(backup.user_id, backup.host_id))):

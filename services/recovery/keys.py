@@ -14,6 +14,7 @@ import json
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import SecretStr
 
 from services.recovery import domain
 from shared.format import (
@@ -35,16 +36,19 @@ class CannotOpen(Exception):
 
 
 class PassphraseVault:
-    """Passphrases by recovery id, in this process's memory only."""
+    """Passphrases by recovery id, in this process's memory only. Held as SecretStr, whose
+    repr is masked: a logged traceback that shows local variables (structlog's JSON
+    renderer does) shows stars, not the passphrase."""
 
     def __init__(self) -> None:
-        self._secrets: dict[str, str] = {}
+        self._secrets: dict[str, SecretStr] = {}
 
-    def put(self, recovery_id: str, passphrase: str) -> None:
+    def put(self, recovery_id: str, passphrase: SecretStr) -> None:
         self._secrets[recovery_id] = passphrase
 
     def get(self, recovery_id: str) -> str | None:
-        return self._secrets.get(recovery_id)
+        secret = self._secrets.get(recovery_id)
+        return secret.get_secret_value() if secret is not None else None
 
     def forget(self, recovery_id: str) -> None:
         self._secrets.pop(recovery_id, None)

@@ -135,7 +135,10 @@ class Observer:
         return self
 
     def of(self, recovery_id: str, event_type: str | None = None) -> list[dict]:
-        return [e.payload | {"type": e.type} for e in self.envelopes
+        """Payloads (with their type) in the order they were made: the outbox relay may
+        publish the events of one batch concurrently, so arrival order is not theirs."""
+        ordered = sorted(self.envelopes, key=lambda e: e.occurred_at)
+        return [e.payload | {"type": e.type} for e in ordered
                 if e.payload.get("recovery_id") == recovery_id
                 and (event_type is None or e.type == event_type)]
 

@@ -24,6 +24,7 @@ from tests.recovery.helpers import (
     user,
     wait_state,
 )
+from tests.support import eventually
 
 SERVICES = ["auth", "recovery", "gateway"]
 # Publish progress often enough that a small disk still shows a few steps.
@@ -107,6 +108,7 @@ async def test_a_local_recovery_gives_back_the_disk_byte_for_byte(mode, tmp_path
         assert done["total_progress"] == 100 and done["instance_id"] == "i-0123456789"
         assert done["finished_at"] is not None
 
+        await eventually(lambda: observer.of(recovery_id, "RecoveryCompleted"))
         events = observer.of(recovery_id)
         assert events[-1]["type"] == "RecoveryCompleted"
         assert_orderly(events)
