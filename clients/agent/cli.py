@@ -262,6 +262,8 @@ def _replace(cfg: AgentConfig, **changes) -> AgentConfig:
 def cmd_service_host(cfg: AgentConfig, args, reporter: Reporter) -> int:
     from .windows import service
 
+    if cfg.log_file is None:  # a service has no console: log next to the configuration
+        cfg = _replace(cfg, log_file=cfg.path.parent / "logs" / "agent.log")
     return service.host(lambda stop: _daemon(cfg, args, stop))
 
 
