@@ -244,8 +244,8 @@ async def _close_stale_sessions(target: Target, state: StateFile, current: str) 
         try:
             await asyncio.wait_for(
                 target.remote.api("POST", f"/api/v1/backups/{backup_id}/fail",
-                                  body={"reason": "interrupted (the agent stopped); "
-                                                  f"resumed by backup {current}"}),
+                                  body={"reason": "did not finish (the agent was stopped or lost the "
+                                                  f"server); resumed by backup {current}"}),
                 FAIL_REPORT_TIMEOUT)
         except Exception as e:
             if getattr(e, "status", None) not in (404, 409):  # gone or already closed: forget it

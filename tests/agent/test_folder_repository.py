@@ -72,6 +72,9 @@ async def test_full_incremental_restore_and_check(agent, tmp_path):
     r = await agent("check", "--read-data", "--json")
     assert r.code == 0, r
     assert r.result["ok"] and r.result["snapshots"] == 2 and r.result["packs_read"] == r.result["packs"] > 0
+    r = await agent("check", "--read-data-subset", "50%", "--json")
+    assert r.code == 0, r
+    assert 0 < r.result["packs_read"] < r.result["packs"]
 
     # The weekly full reads every file again, and stores nothing twice.
     r = await agent("backup", "--full", "--json")

@@ -119,7 +119,7 @@ async def test_killed_backup_resumes_without_uploading_again_what_arrived(agent,
     assert [b["snapshot_id"] for b in complete] == [r.result["snapshot"]]
     # The killed run's session was closed by the run that resumed it.
     [killed] = [b for b in backups if b["id"] != r.result["backup_id"]]
-    assert killed["status"] == "failed" and "interrupted" in killed["failure_reason"]
+    assert killed["status"] == "failed" and "did not finish" in killed["failure_reason"]
     assert r.result["backup_id"] in killed["failure_reason"]
     r = await agent("check", "--json")
     assert r.code == 0 and r.result["ok"], r
