@@ -38,12 +38,13 @@ class Instances:
         Stopping the service stops the local machines and closes the cloud clients."""
         try:
             while True:
+                # Sleep first: nothing launched by this process is due yet at its start.
+                await asyncio.sleep(self.settings.poll_seconds)
                 try:
                     await lifecycle.watch_pending(self)
                     await environments.watch_provisioning(self)
                 except Exception as exc:  # the database away, say: try again next round
                     log.warning("reconcile sweep failed", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(self.settings.poll_seconds)
         finally:
             for provider in self.providers.values():
                 await provider.close()

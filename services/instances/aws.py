@@ -191,7 +191,7 @@ class Ec2Provider:
         # An environment made before keeps its gateway (a dead one is replaced by a new
         # generation of the environment, with a new token).
         gateway_id = env.gateway_instance_id or await self._find(
-            {domain.TAG_ENVIRONMENT: env.token})
+            vpc, {domain.TAG_ENVIRONMENT: env.token})
         if gateway_id is None:
             result = await self._call(
                 "run_instances", ImageId=s.gateway_image_id, InstanceType=s.gateway_instance_type,
@@ -305,13 +305,13 @@ class Ec2Provider:
     # --- machines --------------------------------------------------------------------
 
     async def launch(self, spec: LaunchSpec, env: Environment) -> tuple[str, Observed]:
-        existing = await self._find({domain.TAG_RECOVERY: spec.recovery_id,
-                                     domain.TAG_ROLE: domain.ROLE_MACHINE})
+        if env.vpc_id is None or env.machine_group_id is None or not self.settings.subnet_id:
+            raise ProviderError("the recovery environment has no network")
+        existing = await self._find(env.vpc_id, {domain.TAG_RECOVERY: spec.recovery_id,
+                                                 domain.TAG_ROLE: domain.ROLE_MACHINE})
         if existing is not None:
             log.info("machine found, not launched again", instance=existing)
             return existing, await self.observe(existing)
-        if env.machine_group_id is None or not self.settings.subnet_id:
-            raise ProviderError("the recovery environment has no network")
         tags = _tags({"Name": f"reclo-recovery-{spec.recovery_id}",
                       domain.TAG_USER: spec.user_id, domain.TAG_RECOVERY: spec.recovery_id,
                       domain.TAG_ROLE: domain.ROLE_MACHINE})
@@ -330,8 +330,10 @@ class Ec2Provider:
         log.info("machine launched", instance=instance["InstanceId"])
         return instance["InstanceId"], self._observed(instance)
 
-    async def _find(self, tags: dict[str, str]) -> str | None:
-        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
+    async def _find(self, vpc: str, tags: dict[str, str]) -> str | None:
+        """A live instance of the VPC with these tags, if there is one."""
+        filters = [{"Name": "vpc-id", "Values": [vpc]}]
+        filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
         filters.append({"Name": "instance-state-name", "Values": LIVE_EC2_STATES})
         found = await self._call("describe_instances", Filters=filters)
         ids = sorted(i["InstanceId"] for r in found["Reservations"] for i in r["Instances"])

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.instances import domain
-from services.instances.compute import ComputeProvider, Environment, ProviderError
+from services.instances.compute import ComputeProvider, Environment, Gateway, ProviderError
 from services.instances.tables import EnvironmentRow, InstanceRow, PeerRow
 from services.instances.vpn import ClientConfig, Peer, allocate, client_conf
 from shared.events import utcnow
@@ -122,9 +122,16 @@ async def refresh(session: AsyncSession, provider: ComputeProvider, row: Environ
                   check_ready: bool = False) -> None:
     """Look at a provisioning gateway once: ready when its key is out, failed when it died
     or took too long. With ``check_ready``, a ready one is checked for being alive still."""
-    if row.state != domain.ENV_PROVISIONING and not (check_ready and row.state == domain.ENV_READY):
+    watched = (domain.ENV_PROVISIONING, domain.ENV_READY) if check_ready else (
+        domain.ENV_PROVISIONING,)
+    if row.state not in watched:
         return
     gateway = await provider.gateway(as_environment(row), key=row.state != domain.ENV_READY)
+    record(row, gateway)
+
+
+def record(row: EnvironmentRow, gateway: Gateway) -> None:
+    """What a look at the gateway found, onto its environment."""
     now = utcnow()
     if row.state == domain.ENV_READY:
         if gateway.failed:
@@ -186,19 +193,22 @@ def peer_conf(env: EnvironmentRow, peer: PeerRow, subnet: IPv4Network,
 async def watch_provisioning(service) -> None:
     """Look once at every gateway still being made (the reconcile sweep)."""
     async with service.db.sessions() as session:
-        ids = (await session.scalars(select(EnvironmentRow.id).where(
+        rows = (await session.scalars(select(EnvironmentRow).where(
             EnvironmentRow.state == domain.ENV_PROVISIONING))).all()
-    for env_id in ids:
+    for seen in rows:
+        env_id = seen.id
         try:
+            # Asked outside any transaction: no lock is held while the provider answers.
+            gateway = await service.providers[seen.provider].gateway(as_environment(seen))
             async with service.db.transaction() as session:
                 query = select(EnvironmentRow).where(
                     EnvironmentRow.id == env_id,
                     EnvironmentRow.state == domain.ENV_PROVISIONING)
-                if service.db.supports_row_locks:  # another replica is looking already
+                if service.db.supports_row_locks:  # another replica is recording it
                     query = query.with_for_update(skip_locked=True)
                 row = await session.scalar(query)
                 if row is not None:
-                    await refresh(session, service.providers[row.provider], row)
+                    record(row, gateway)
         except Exception as exc:  # one gateway's trouble doesn't stop the others
             log.warning("vpn gateway not checked", environment_id=env_id,
                         error=str(exc) or type(exc).__name__)

@@ -176,32 +176,39 @@ async def clean_up(session: AsyncSession, service, scheduled_for, emit: Emit) ->
 # --- the reconcile sweep: machines on their way up ---------------------------------------
 
 
+# Machines looked at per round of the sweep, oldest first.
+WATCH_BATCH = 100
+
+
 async def watch_pending(service) -> None:
     """Look once at every machine the provider is still starting: record it running (and
     send ``InstanceReady`` the first time), or failed when it died or took too long."""
     async with service.db.sessions() as session:
-        ids = (await session.scalars(
-            select(InstanceRow.id).where(InstanceRow.state == domain.PENDING)
-            .order_by(InstanceRow.updated_at).limit(100))).all()
-    for instance_id in ids:
+        pending = (await session.execute(
+            select(InstanceRow.id, InstanceRow.provider, InstanceRow.provider_instance_id)
+            .where(InstanceRow.state == domain.PENDING,
+                   InstanceRow.provider_instance_id.is_not(None))
+            .order_by(InstanceRow.updated_at).limit(WATCH_BATCH))).all()
+    for instance_id, provider, provider_instance_id in pending:
         try:
-            await _watch_one(service, instance_id)
+            # Asked outside any transaction: no lock is held while the provider answers.
+            observed = await service.providers[provider].observe(provider_instance_id)
+            await _record(service, instance_id, observed)
         except Exception as exc:  # one machine's trouble doesn't stop the others
             log.warning("pending instance not checked", instance_id=instance_id,
                         error=str(exc) or type(exc).__name__)
 
 
-async def _watch_one(service, instance_id: str) -> None:
+async def _record(service, instance_id: str, observed: Observed) -> None:
     async with service.db.transaction() as session:
         query = select(InstanceRow).where(InstanceRow.id == instance_id,
                                           InstanceRow.state == domain.PENDING)
-        if service.db.supports_row_locks:  # another replica is looking at it already
+        if service.db.supports_row_locks:  # another replica is recording it already
             query = query.with_for_update(skip_locked=True)
         row = await session.scalar(query)
-        if row is None or row.provider_instance_id is None:
+        if row is None:  # moved on meanwhile (stopped, terminated, or by another replica)
             return
         provider = service.providers[row.provider]
-        observed = await provider.observe(row.provider_instance_id)
 
         async def emit(event: Event) -> None:
             await service.outbox.add(session, event)

@@ -7,7 +7,7 @@ from ipaddress import IPv4Network
 
 import aiohttp
 
-from services.instances import domain, gateway
+from services.instances import domain, gateway, lifecycle
 from services.instances.compute import LaunchSpec
 from services.instances.environments import as_environment, current
 from shared.events import ImportCompleted
@@ -52,6 +52,9 @@ async def test_a_local_import_becomes_a_running_instance_once(mode, tmp_path, un
             assert (item["state"], item["provider"], item["recovery_id"]) == (
                 "running", "local", event.recovery_id)
             assert item["vpn_state"] == "ready"
+            # QEMU is off unless asked for: no machine disk was made, no process started.
+            assert settings.instances.qemu_enabled is False
+            assert not (tmp_path / "data" / "instances" / "machines").exists()
 
             # The same message again is skipped by the inbox; the same import announced
             # anew (another event id) finds the machine and answers again.
@@ -184,7 +187,7 @@ async def test_aws_refusal_is_the_launch_failure_reason(tmp_path, unique, networ
     ami, _ = network.image("machine")
     async with running_stack(settings, ["instances"]) as (stack, _):
         received = await listen(stack)
-        await publish(stack, ImportCompleted(recovery_id=f"rec-{unique}", user_id="u1",
+        await publish(stack, ImportCompleted(recovery_id=f"rec-{unique}", user_id=f"u{unique}",
                                              provider="aws", image_ref=ami))
         (failed,) = await eventually(lambda: of_type(received, "InstanceLaunchFailed"))
         assert failed["reason"].startswith("InvalidSubnetID.NotFound:")
@@ -193,3 +196,33 @@ async def test_aws_refusal_is_the_launch_failure_reason(tmp_path, unique, networ
         # The recovery failed: its AMI is not left behind.
         assert network.ec2.describe_images(Filters=[
             {"Name": "image-id", "Values": [ami]}])["Images"] == []
+
+
+async def test_a_machine_that_dies_before_running_fails_the_launch(tmp_path, unique, network):
+    """The sweep (run by hand here: its own loop is slowed down) finds a pending machine
+    gone: the launch fails with the reason, and its AMI is released."""
+    settings = settings_for("embedded", tmp_path, unique,
+                            instances=network.settings(poll_seconds=3600))
+    ami, snapshot = network.image("machine")
+    async with running_stack(settings, ["instances"]) as (stack, _):
+        received = await listen(stack)
+        await publish(stack, ImportCompleted(recovery_id=f"rec-{unique}", user_id=f"u{unique}",
+                                             provider="aws", image_ref=ami))
+        await eventually(lambda: rows_in_state(stack, "pending"))
+        (machine,) = network.instances(**{"reclo:role": "machine"})
+        network.ec2.terminate_instances(InstanceIds=[machine["InstanceId"]])
+
+        await lifecycle.watch_pending(stack.runtimes["instances"].context)
+        (failed,) = await eventually(lambda: of_type(received, "InstanceLaunchFailed"))
+        assert failed["reason"].startswith("the machine did not start:")
+        assert of_type(received, "InstanceReady") == []
+        (row,) = await rows(stack)
+        assert row.state == "failed" and row.image_released_at is not None
+        assert network.ec2.describe_images(Filters=[
+            {"Name": "image-id", "Values": [ami]}])["Images"] == []
+        # Nothing of the user's is left running: the gateway went too.
+        assert network.instances() == []
+
+
+async def rows_in_state(stack, state: str) -> bool:
+    return [r.state for r in await rows(stack)] == [state]
