@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field, field_validator
 
 InstanceState = Literal["pending", "running", "stopped", "terminated", "failed"]
 VpnState = Literal["provisioning", "ready", "failed", "retired"]
-Provider = Literal["aws", "local"]
 
 # A WireGuard key is 32 bytes, written as 44 characters of standard base64.
 KEY_BYTES = 32
@@ -68,7 +67,8 @@ def with_private_key(conf: str, private_key: str) -> str:
 class Instance(BaseModel):
     id: str
     recovery_id: str
-    provider: Provider
+    # "aws" or "local" (a failed launch keeps the name it was asked for, whatever it was).
+    provider: str
     state: InstanceState
     # Where the machine answers inside the recovery network (through the VPN); None until
     # it runs, and for local machines.

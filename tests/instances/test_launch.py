@@ -71,15 +71,22 @@ async def test_a_local_import_becomes_a_running_instance_once(mode, tmp_path, un
 
 async def test_an_unknown_provider_fails_the_launch(tmp_path, unique):
     settings = settings_for("embedded", tmp_path, unique)
-    async with running_stack(settings, ["instances"]) as (stack, _):
+    async with running_stack(settings, SERVICES) as (stack, base), \
+            aiohttp.ClientSession() as http:
+        api = Api(http, base)
+        user = await sign_up(api, f"ann{unique}")
         received = await listen(stack)
-        await publish(stack, ImportCompleted(recovery_id="r1", user_id="u1", provider="gcp",
+        await publish(stack, ImportCompleted(recovery_id="r1", user_id=user, provider="gcp",
                                              image_ref="x"))
         (failed,) = await eventually(lambda: of_type(received, "InstanceLaunchFailed"))
-        assert failed == {"recovery_id": "r1", "user_id": "u1",
+        assert failed == {"recovery_id": "r1", "user_id": user,
                           "reason": "unknown compute provider 'gcp'"}
         (row,) = await rows(stack)
         assert row.state == "failed" and row.failure_reason == failed["reason"]
+        status, page, _ = await api.call("GET", "/api/v1/instances")
+        (item,) = page["items"]
+        assert (item["state"], item["provider"], item["failure_reason"], item["vpn_state"]) == (
+            "failed", "gcp", failed["reason"], None)
 
 
 async def test_local_with_qemu_enabled_but_missing_fails_clearly(tmp_path, unique):
