@@ -77,8 +77,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def _fetch(api: Api, recovery_id: str, part: Path, on_progress: OnProgress) -> int | None:
-    """One attempt: appends what the server sends to ``part``; returns the image's size."""
+async def _fetch(api: Api, recovery_id: str, part: Path, on_progress: OnProgress,
+                 started: list[int]) -> int | None:
+    """One attempt: appends what the server sends to ``part``; returns the image's size.
+    Appends to ``started`` where the server's answer begins (0: the whole image)."""
     meta = _read_meta(part)
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Accept": "application/octet-stream"}
@@ -89,9 +91,15 @@ async def _fetch(api: Api, recovery_id: str, part: Path, on_progress: OnProgress
     async with api.open("GET", f"/recoveries/{seg(recovery_id)}/image", headers=headers,
                         timeout=DOWNLOAD_TIMEOUT, ok=(416,)) as response:
         if response.status == 416:
+            total_text = response.headers.get("Content-Range", "").rpartition("/")[2]
+            total = int(total_text) if total_text.isdigit() else offset
+            if offset > total:  # longer than the image: not a piece of it, start over
+                part.unlink()
+                _meta_path(part).unlink(missing_ok=True)
+                return await _fetch(api, recovery_id, part, on_progress, started)
             # Nothing after `offset`: the part file already holds the whole image.
-            total = response.headers.get("Content-Range", "").rpartition("/")[2]
-            return int(total) if total.isdigit() else offset
+            started.append(offset)
+            return total
         if response.status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if not match or int(match.group(1)) != offset:
@@ -101,6 +109,7 @@ async def _fetch(api: Api, recovery_id: str, part: Path, on_progress: OnProgress
         else:
             offset, mode = 0, "wb"
             total = response.content_length
+        started.append(offset)
         _write_meta(part, {"etag": response.headers.get("ETag"), "size": total})
         done = offset
         on_progress(done, total)
@@ -125,11 +134,11 @@ async def download(api: Api, recovery_id: str, dest: Path, on_progress: OnProgre
         raise RecoverError(f"{target} exists already: remove it or choose another name",
                            REFUSED)
     part = target.with_name(target.name + ".part")
-    resumed_from = part.stat().st_size if part.exists() else 0
+    started: list[int] = []  # where each answer began; the first tells if we resumed
     attempt = 0
     while True:
         try:
-            total = await _fetch(api, recovery_id, part, on_progress)
+            total = await _fetch(api, recovery_id, part, on_progress, started)
             break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError,
                 Unreachable) as exc:
@@ -153,4 +162,4 @@ async def download(api: Api, recovery_id: str, dest: Path, on_progress: OnProgre
     os.replace(part, target)
     with contextlib.suppress(OSError):
         _meta_path(part).unlink()
-    return Downloaded(target, size, digest, resumed_from)
+    return Downloaded(target, size, digest, started[0] if started else 0)
