@@ -1,5 +1,12 @@
 import pytest
 
+from tests import infra
+from tests.recovery.slowlink import SlowLink
+
+# A small disk's data (~8 MiB with its filesystem's) takes about four seconds through the
+# slow line: time to act mid-download.
+SLOW_LINE = 2 << 20
+
 
 @pytest.fixture
 def aws_credentials(monkeypatch):
@@ -8,3 +15,11 @@ def aws_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+async def slow_s3(aws_credentials):
+    """moto behind a slow line: what recovery reads from S3 trickles in."""
+    link = await SlowLink(infra.s3_endpoint(), SLOW_LINE).start()
+    yield link
+    await link.stop()

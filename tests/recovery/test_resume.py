@@ -33,21 +33,10 @@ from tests.recovery.helpers import (
     user,
     wait_state,
 )
-from tests.recovery.slowlink import SlowLink
 from tests.support import eventually
 
 SERVICES = ["auth", "recovery", "gateway"]
 LEASE = 1.0
-# A small disk's data (~8 MiB with the filesystem's) takes about four seconds through the
-# slow line: time to act mid-download.
-SLOW_LINE = 2 << 20
-
-
-@pytest.fixture
-async def slow_s3(aws_credentials):
-    link = await SlowLink(infra.s3_endpoint(), SLOW_LINE).start()
-    yield link
-    await link.stop()
 
 
 @pytest.fixture
