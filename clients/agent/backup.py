@@ -72,6 +72,8 @@ class BackupOutcome:
             "stored_bytes": s.stored_bytes,
             "hole_bytes": s.hole_bytes,
             "duration_seconds": s.duration_s,
+            "packs_referenced": self.packs,  # server only: what the commit told the service to keep
+            "packs_deleted_by_retention": self.dropped_packs,  # index entries left out (freshness.py)
             "warnings": self.warnings,
         }
 

@@ -85,6 +85,9 @@ async def test_register_backup_incremental_restore_check_forget(agent, server, t
     assert r.result["kind"] == "full" and r.result["stored_bytes"] < 3 * MiB  # the kept incremental's data
 
 
+# Embedded only, to keep the suite short: the process is what is tested here (SIGKILL, the
+# state file, the next run); resuming through S3 is tests/backup/test_sessions.py's, in both modes.
+@pytest.mark.parametrize("mode", ["embedded"])
 async def test_killed_backup_resumes_without_uploading_again_what_arrived(agent, server, tmp_path, unique):
     src = tmp_path / "big"
     src.mkdir()
