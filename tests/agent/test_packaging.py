@@ -7,7 +7,6 @@ import configparser
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from .conftest import ROOT
 
