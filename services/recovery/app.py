@@ -61,9 +61,6 @@ class Recovery:
         self._kms: KmsUnwrap | None = None
         self.worker = Worker(self)
 
-    def provider(self, target: str) -> ComputeProvider:
-        return self.providers[target]
-
     def backup_store(self, user_id: str, host_id: str) -> ObjectStore:
         """A host's repository: ``<user id>/<host id>/`` in the backup bucket."""
         return self.bucket.scoped(f"{user_id}/{host_id}/")

@@ -118,8 +118,8 @@ class Run:
             await self._retry_later(error)
 
     async def _advance(self) -> None:
-        while True:
-            state = self.row.state  # type: ignore[union-attr]
+        while self.row is not None:
+            state = self.row.state
             if state == domain.PENDING:
                 await self._begin()
             elif state == domain.DOWNLOADING:
@@ -135,7 +135,7 @@ class Run:
 
     async def _begin(self) -> None:
         try:
-            await self.service.provider(self.row.target).preflight(self.row.format)
+            await self._provider().preflight(self.row.format)
         except ProviderError as e:
             raise Failure(str(e)) from None
         await self._enter(domain.DOWNLOADING, domain.ASSEMBLE, "reading the backup")
@@ -170,7 +170,7 @@ class Run:
             message = "uploading the disk" if row.target == "aws" else "keeping the image"
             await self._progress(steps[domain.STAGE][0], message, force=True)
             try:
-                staged = await self.service.provider(row.target).stage(
+                staged = await self._provider().stage(
                     self._image_task(), image, self._reporter(steps[domain.STAGE], message))
             except ProviderError as e:
                 raise Failure(str(e)) from None
@@ -233,7 +233,7 @@ class Run:
 
     async def _import(self) -> None:
         row = self.row
-        provider = self.service.provider(row.target)
+        provider = self._provider()
         import_ref = row.import_ref
         try:
             if import_ref is None:
@@ -381,6 +381,12 @@ class Run:
     def _progressed(self, state: str, total: int, progress: int, message: str) -> Event:
         return RecoveryProgressed(recovery_id=self.id, user_id=self.row.user_id, state=state,
                                   total_progress=total, state_progress=progress, message=message)
+
+    def _provider(self):
+        provider = self.service.providers.get(self.row.target)
+        if provider is None:  # the settings changed since the request
+            raise Failure(f"recovery to {self.row.target} is no longer configured on this server")
+        return provider
 
     def _image_task(self) -> ImageTask:
         row = self.row

@@ -248,7 +248,8 @@ class Worker:
                                               RecoveryRow.lease_owner == self.id)
                     .values(lease_until=domain.lease_expiry(now, self.settings.lease_seconds)))
         for row in rows:
-            lost = row.lease_owner != self.id
+            # Released by the run itself (finishing, cleaned up) is not lost.
+            lost = row.lease_owner is not None and row.lease_owner != self.id
             changed = row.state == domain.FAILED and row.id not in self.cleaning
             if lost or changed:
                 log.info("stopping a run", recovery_id=row.id, lost_lease=lost, state=row.state)
