@@ -87,10 +87,20 @@ async def page(context):
     page.problems = problems
     yield page
     assert problems.items == [], problems.items
+    if not page.is_closed():
+        await assert_rendered_well(page)
+
+
+async def assert_rendered_well(page: Page) -> None:
+    """Nothing on screen that only a wrongly rendered value shows."""
+    shown = await page.locator("body").inner_text()
+    for sign in ("[object ", "undefined", "NaN", "Traceback"):
+        assert sign not in shown, (sign, shown[:2000])
 
 
 async def shot(page: Page, name: str) -> Path:
     """A screenshot kept as a test artifact (test-artifacts/screenshots, not committed)."""
+    await assert_rendered_well(page)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)

@@ -3,7 +3,7 @@
 // gateway's event stream (or by polling), never by reloading the page.
 
 import { get, post, seg } from '../api.js';
-import { bytes, clear, duration, h, time, when } from '../dom.js';
+import { append, bytes, clear, duration, h, time, when } from '../dom.js';
 import { watch } from '../live.js';
 import { busy, confirmDialog, errorBox, heading, notify } from '../ui.js';
 
@@ -118,12 +118,12 @@ export async function render(main, { id }) {
     const target = recovery.target === 'aws'
       ? `AWS${recovery.instance_type ? ` (${recovery.instance_type})` : ''}`
       : `Local ${String(recovery.format || '').toUpperCase()} image`;
-    facts.append(
+    append(facts, [
       h('dt', {}, 'Server'), h('dd', {}, recovery.host),
       h('dt', {}, 'Target'), h('dd', {}, target),
       h('dt', {}, 'Started'), h('dd', {}, time(recovery.created_at)),
       recovery.disk_bytes ? [h('dt', {}, 'Disk'), h('dd', {}, bytes(recovery.disk_bytes))] : null,
-      recovery.finished_at ? [h('dt', {}, 'Finished'), h('dd', {}, time(recovery.finished_at))] : null);
+      recovery.finished_at ? [h('dt', {}, 'Finished'), h('dd', {}, time(recovery.finished_at))] : null]);
   }
 
   let drawnOutcome = '';
