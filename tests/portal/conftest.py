@@ -36,9 +36,14 @@ async def stack(settings):
 
 
 @pytest.fixture
-async def api(stack):
+async def http():
     async with aiohttp.ClientSession() as session:
-        yield Api(session, stack.base_url)
+        yield session
+
+
+@pytest.fixture
+async def api(stack, http):
+    return Api(http, stack.base_url)
 
 
 @pytest.fixture

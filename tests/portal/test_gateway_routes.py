@@ -13,6 +13,7 @@ import pytest
 from services.gateway.portal import HUB, links, static
 from shared.events import RecoveryCompleted, RecoveryProgressed, envelope_for
 from shared.http.identity import Identity
+from tests.harness import MODES, Api, running_stack, settings_for
 from tests.recovery_client.support import PASSPHRASE, image_backup, known_to_recovery
 from tests.support import eventually
 
@@ -134,7 +135,18 @@ async def read_events(session, url, token, limit_seconds=60.0):
     return events
 
 
-async def test_live_stream_is_the_owners_alone(stack, api, tmp_path, unique):
+@pytest.fixture(params=MODES)
+async def any_stack(request, tmp_path, unique):
+    """The stack on SQLite with the in-process bus, and on MariaDB with RabbitMQ (where the
+    gateway's transient queue is a real exclusive, auto-deleted queue)."""
+    async with running_stack(settings_for(request.param, tmp_path, unique)) as (stack, base):
+        stack.base_url = base
+        yield stack
+
+
+async def test_live_stream_is_the_owners_alone(any_stack, http, tmp_path, unique):
+    stack = any_stack
+    api = Api(http, stack.base_url)
     username, backup_id = await _owner_with_recovery(stack, api, tmp_path, unique)
     owner_token = api.token
     recovery = await _start(api, backup_id)

@@ -9,7 +9,8 @@ export const title = 'Recoveries';
 
 export async function render(main) {
   main.append(heading('Recoveries'));
-  const recoveries = await all('/recoveries', 400);
+  // The API lists oldest first; the latest matters most here.
+  const recoveries = (await all('/recoveries', 400)).reverse();
   main.append(table('Recoveries', ['Server', 'Target', 'State', 'Progress', 'Started'],
     recoveries.map((r) => [
       h('a', { href: `/app/recoveries/${encodeURIComponent(r.id)}` }, r.host),
