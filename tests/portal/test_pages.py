@@ -2,6 +2,8 @@
 downloads page, keyboard use, a phone's width, and two accounts that never see each
 other's servers, backups, recoveries or keys."""
 
+from pathlib import Path
+
 from playwright.async_api import expect
 
 from tests.portal.conftest import PHONE, shot, sign_in, sign_up
@@ -69,8 +71,13 @@ async def test_downloads_page_names_this_server(page, stack):
     for name in ("Agent on Linux", "Agent on Windows Server", "Recovery Manager"):
         await expect(page.get_by_role("heading", name=name)).to_be_visible()
     text = await page.locator("main").inner_text()
-    assert f"--server {stack.base_url}" in text
-    assert "reclo-agent" in text and "reclo-recover login" in text
+    assert text.count(f"--server {stack.base_url}") == 3
+    # The exact commands of docs/agent.md, with this server's address.
+    agent_doc = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    for command in ("/opt/reclo/bin/reclo-agent init", "systemctl enable --now reclo-agent",
+                    "Start-Service ReCloAgent", "-m clients.agent init"):
+        assert command in text and command in agent_doc, command
+    assert "reclo-recover login" in text
     await shot(page, "downloads")
 
 
