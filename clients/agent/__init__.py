@@ -12,7 +12,6 @@ Read in this order:
     daemon       `run`: keeps the schedule, logs JSON lines (jsonlog)
     progress     progress bar, JSON lines, or quiet
     packrefs     which packs a snapshot and an index file reference (for the service's GC)
-    freshness    index entries of packs the service deleted are not trusted
     throttle     the upload bandwidth limit; retrying: riding out a flaky network
     hooks        pre/post commands; state: what the agent remembers between runs
     windows/     VSS shadow copies and the Windows service host

@@ -7,7 +7,7 @@
    state file until it is closed, so a run that is killed is closed by the next one.
 3. Run the pre commands; one that fails fails the backup with its output.
 4. Back up (shared.format.Archiver; the index left out entries of packs the service
-   deleted, freshness.py): packs, their index files, then the snapshot. A new
+   deleted, docs/format.md §12): packs, their index files, then the snapshot. A new
    repository on the server is created here, inside this first session.
 5. Commit with the snapshot id, the packs it references and its stats, or report the
    failure (`POST .../fail`) with the reason. Post commands run in either case.
@@ -73,7 +73,7 @@ class BackupOutcome:
             "hole_bytes": s.hole_bytes,
             "duration_seconds": s.duration_s,
             "packs_referenced": self.packs,  # server only: what the commit told the service to keep
-            "packs_deleted_by_retention": self.dropped_packs,  # index entries left out (freshness.py)
+            "packs_deleted_by_retention": self.dropped_packs,  # index entries left out (docs/format.md §12)
             "warnings": self.warnings,
         }
 

@@ -34,7 +34,6 @@ from . import __version__, config as configuration, exits, secretfile
 from .backup import BackupRequest, take_backup
 from .config import FOLDER, IMAGE, AgentConfig, SourceConfig
 from .exits import AgentError, ConfigError, UsageError
-from .freshness import filter_gone_packs
 from .progress import Reporter, human_bytes, reporter_for
 from .target import NoRepository, open_target
 
@@ -338,7 +337,6 @@ async def cmd_check(cfg: AgentConfig, args, reporter: Reporter) -> int:
             raise UsageError("--read-data-subset takes a percentage such as 10%")
     async with _target(cfg, args) as target:
         repo = await target.open_repository(_passphrase(cfg), load_index=False)
-        index = await filter_gone_packs(repo)  # the checker loads it: packs retention deleted are not damage
         reporter.status("checking the repository" + (" and reading its data" if args.read_data or subset else ""))
         result = await Checker(repo).check(read_data=args.read_data, subset_percent=subset)
     for w in result.warnings:
@@ -347,7 +345,7 @@ async def cmd_check(cfg: AgentConfig, args, reporter: Reporter) -> int:
            "blobs_verified": result.blobs_verified,
            "problems": [{"kind": p.kind, "message": p.message, "pack": p.pack_id, "paths": p.paths,
                          "affected": p.affected} for p in result.problems],
-           "warnings": [str(w) for w in result.warnings], "packs_deleted_by_retention": len(index.skipped)}
+           "warnings": [str(w) for w in result.warnings], "packs_deleted_by_retention": len(repo.gone_packs)}
     text = (f"{result.snapshots} snapshots, {result.packs} packs, {result.packs_read} read, "
             f"{result.blobs_verified} blobs verified: ")
     if result.ok:

@@ -19,7 +19,6 @@ from shared.format import LocalFolderStore, ObjectStore, RepositoryNotFound
 
 from .config import AgentConfig, repository_folder
 from .exits import ConfigError, UsageError
-from .freshness import load_present_index
 
 
 class NoRepository(UsageError):
@@ -53,8 +52,8 @@ class Target:
 
     async def open_repository(self, passphrase: str, *, upload_concurrency: int = 2,
                               load_index: bool = True) -> RecordingRepository:
-        """Open it; with load_index, index entries of packs that are gone are left out
-        (freshness.py)."""
+        """Open it; with load_index, the index without entries of packs that are gone
+        (retention's garbage collection; the format leaves them out, docs/format.md §12)."""
         try:
             repo = await RecordingRepository.open(self.store, passphrase, load_index=False,
                                                   uploads_in_flight=upload_concurrency)
@@ -62,7 +61,8 @@ class Target:
             raise NoRepository(f"there is no repository at {self.description} yet: "
                                "run `reclo-agent init`, then a first backup") from None
         if load_index:
-            self.gone_packs = await load_present_index(repo)
+            await repo.load_index()
+            self.gone_packs = repo.gone_packs
         return repo
 
 

@@ -178,6 +178,9 @@ class Repository:
         self.pack_size = pack_size
         self.uploads_in_flight = uploads_in_flight
         self.index = Index()
+        # Packs that index files name but the store no longer holds (deleted by retention's
+        # garbage collection, docs/format.md §12): their entries are not trusted.
+        self.gone_packs: set[str] = set()
         self.file_chunker = FileChunker(config.chunker)
         self.image_chunker = ImageChunker(config.image_chunk_size)
         self._loaded_index_files: set[str] = set()
@@ -276,8 +279,15 @@ class Repository:
     # --- index ------------------------------------------------------------------------
 
     async def load_index(self, *, strict: bool = True) -> list[FormatError]:
-        """Read index files not read yet. Strict: raise on a bad one; else return the problems."""
+        """Read index files not read yet. Strict: raise on a bad one; else return the problems.
+
+        Entries of packs the store no longer holds are left out (and their packs noted in
+        ``gone_packs``): garbage collection deletes packs but cannot rewrite the sealed
+        index, and a chunk stored again in a newer pack must be found there. A pack lost
+        by accident still shows: the chunks only it held are in no index, which restore and
+        check report with the file named."""
         keys = [k async for k in self.store.list(INDEX_PREFIX) if _object_id(k) not in self._loaded_index_files]
+        present = set(await self.list_packs()) if keys else set()
         problems: list[FormatError] = []
 
         async def load(key: str) -> None:
@@ -289,7 +299,10 @@ class Repository:
                 problems.append(e if isinstance(e, CorruptObject) else CorruptObject(key, str(e)))
                 return
             for p in packs:
-                self.index.add_pack(p)
+                if p.id in present:
+                    self.index.add_pack(p)
+                else:
+                    self.gone_packs.add(p.id)
             self._loaded_index_files.add(_object_id(key))
 
         await _bounded_gather([load(k) for k in keys], _FETCH_CONCURRENCY)
