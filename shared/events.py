@@ -186,6 +186,8 @@ class ImportCompleted(Event):
     user_id: str
     provider: str
     image_ref: str
+    # The machine size the customer asked for (aws); absent: the configured default.
+    instance_type: str | None = None
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ _SHARED_PROCESSORS = [
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
+    # Tracebacks as plain text, never with local variables: those would print passphrases,
+    # tokens and keys that happened to be in scope into the logs.
     structlog.processors.format_exc_info,
 ]
 
@@ -28,9 +30,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     if not isinstance(numeric, int):
         numeric = logging.INFO
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.processors.dict_tracebacks, renderer]
-        if fmt == "json"
-        else [*_SHARED_PROCESSORS, renderer],
+        processors=[*_SHARED_PROCESSORS, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

@@ -50,7 +50,8 @@ async def launch(session: AsyncSession, service, event: ImportCompleted, emit: E
     row = InstanceRow(
         id=domain.new_id(), user_id=event.user_id, recovery_id=event.recovery_id,
         provider=event.provider, image_ref=event.image_ref, state=domain.PENDING,
-        instance_type=service.settings.instance_type if event.provider == "aws" else None,
+        instance_type=(event.instance_type or service.settings.instance_type)
+        if event.provider == "aws" else None,
         created_at=now, updated_at=now)
     if provider is None:
         await _failed(session, row, f"unknown compute provider {event.provider!r}", emit)

@@ -265,7 +265,8 @@ class Run:
             image_sha256=facts.sha256 if facts else None,
             events=[ImportCompleted(recovery_id=self.id, user_id=row.user_id,
                                     provider=row.target,
-                                    image_ref=provider.shared_ref(status.image_ref))])
+                                    image_ref=provider.shared_ref(status.image_ref),
+                                    instance_type=row.instance_type)])
         await asyncio.to_thread(shutil.rmtree, self.work_dir, True)
         self.worker.vault.forget(self.id)
 

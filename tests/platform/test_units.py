@@ -100,3 +100,24 @@ def test_settings_from_environment(monkeypatch):
     assert s.auth.session_ttl_seconds == 60
     assert s.bus.retry_delays == (0.5, 2.0)
     assert s.port_for("gateway") == 9000
+
+
+def test_logged_tracebacks_carry_no_local_variables(capsys):
+    import logging
+
+    from shared.logs import configure_logging, get_logger
+
+    configure_logging("info", "json")
+
+    def fail():
+        passphrase = "hunter2-do-not-log"  # noqa: F841 - a secret in scope
+        raise ValueError("boom")
+
+    for emit in (get_logger().exception, logging.getLogger("lib").exception):
+        try:
+            fail()
+        except ValueError:
+            emit("failed")
+    err = capsys.readouterr().err
+    assert err.count("ValueError: boom") == 2
+    assert "hunter2" not in err
