@@ -36,6 +36,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from clients.recovery import config, exits, vpn
 from clients.recovery.client import Api, seg
@@ -81,9 +82,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     return table
 
 
-def _plain(value: Any):
-    from rich.text import Text
-
+def _plain(value: Any) -> Text:
     return Text("" if value is None else str(value))
 
 
