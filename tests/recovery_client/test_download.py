@@ -19,8 +19,12 @@ async def test_resuming_rules(local_stack, recover, http, unique, tmp_path):
     await recover("login", "--server", stack.base_url, "--username", username)
     backup = (await recover("backups", "--json")).json()[0]
     await known_to_recovery(stack, backup["id"])
-    recovery = (await recover("start", backup["id"], "--target", "local", "--wait",
-                              "--json")).lines()[-1]
+    # On a terminal's terms: bars and stage lines on stderr, the outcome in words on stdout.
+    started = await recover("start", backup["id"], "--target", "local", "--wait")
+    assert "State: complete" in started.stdout and "SHA-256" in started.stdout
+    assert "✓ reading the backup, building the disk" in started.stderr
+    recovery = (await recover("recoveries", "--json")).json()[-1]
+    assert (await recover("status", recovery["id"], "--wait", "--json")).json()["state"] == "complete"
     image = disk.read_bytes()  # a raw image is the disk itself
     assert recovery["image_sha256"] == hashlib.sha256(image).hexdigest()
     async with http.get(f"{stack.base_url}/api/v1/recoveries/{recovery['id']}/image",
