@@ -215,10 +215,12 @@ async def cmd_status(args) -> int:
     async with await _api() as api:
         recovery = await api.call("GET", f"/recoveries/{seg(args.recovery)}")
         if args.wait and recovery["state"] not in FINAL_STATES:
-            recovery = await _wait(api, recovery, args.json)
-    if args.json:
-        print(json.dumps(recovery, indent=None if args.wait else 2))
-    else:
+            recovery = await _wait(api, recovery, args.json)  # JSON lines, as start --wait
+        elif args.wait and args.json:
+            print(json_line(recovery), flush=True)
+    if args.json and not args.wait:
+        _print_json(recovery)
+    elif not args.json:
         for line in _describe(recovery):
             out.print(line, markup=False)
     return exits.FAILED if args.wait and recovery["state"] == "failed" else exits.OK

@@ -24,7 +24,8 @@ async def test_resuming_rules(local_stack, recover, http, unique, tmp_path):
     assert "State: complete" in started.stdout and "SHA-256" in started.stdout
     assert "✓ reading the backup, building the disk" in started.stderr
     recovery = (await recover("recoveries", "--json")).json()[-1]
-    assert (await recover("status", recovery["id"], "--wait", "--json")).json()["state"] == "complete"
+    waited = (await recover("status", recovery["id"], "--wait", "--json")).lines()
+    assert len(waited) == 1 and waited[0]["state"] == "complete"
     image = disk.read_bytes()  # a raw image is the disk itself
     assert recovery["image_sha256"] == hashlib.sha256(image).hexdigest()
     async with http.get(f"{stack.base_url}/api/v1/recoveries/{recovery['id']}/image",
