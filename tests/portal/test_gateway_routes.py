@@ -218,6 +218,17 @@ async def test_image_links_and_server_made_vpn_configs(stack, api, tmp_path, uni
     status, problem, _ = await api.call("GET", f"/downloads/{old}", token="")
     assert status == 403 and "expired" in problem["detail"]
 
+    # A recovery that failed has no image to link to.
+    failed = await _start(api, backup_id, passphrase="not the passphrase")
+
+    async def ended():
+        _, found, _ = await api.call("GET", f"/api/v1/recoveries/{failed['id']}")
+        return found["state"] == "failed"
+    await eventually(ended, timeout=60, interval=0.2)
+    status, problem, _ = await api.call(
+        "POST", f"/api/v1/portal/recoveries/{failed['id']}/image-link")
+    assert status == 409 and problem["detail"] == "this recovery has no image to download"
+
     # The server-made VPN configuration: a key pair for this answer only, never cached.
     _, instances, _ = await api.call("GET", "/api/v1/instances")
     instance = instances["items"][0]

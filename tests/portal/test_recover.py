@@ -191,3 +191,27 @@ async def test_progress_falls_back_to_polling(page, stack, api, tmp_path, unique
     assert await page.evaluate("window.__samePage") is True
     assert await page.evaluate("window.__modes") == ["polling"]
     await shot(page, "recovery-polling")
+
+
+async def test_a_target_the_server_does_not_offer_is_refused_in_words(page, stack, api, tmp_path,
+                                                                    unique):
+    username = f"aws-{unique}"
+    await api.register_and_login(username)
+    await image_backup(tmp_path, stack.base_url, username)
+    _, backups, _ = await api.call("GET", "/api/v1/backups")
+    await known_to_recovery(stack, backups["items"][0]["id"])
+    await sign_in(page, username)
+    await page.get_by_role("heading", name="Dashboard").wait_for()
+    await page.goto(f"/app/recover/{backups['items'][0]['id']}")
+    await page.get_by_label("A running machine in AWS").check()
+    await page.get_by_label("Instance type").select_option("m6i.large")
+    await page.get_by_role("button", name="Review").click()
+    await expect(page.locator("#review-title + p")).to_contain_text(
+        "as a new machine in AWS (m6i.large)")
+    await page.get_by_role("button", name="Start the recovery").click()
+    # The embedded stack recovers only to local images: the service says so, in words.
+    await expect(page.get_by_role("alert")).to_contain_text("recovery to aws is not configured")
+    await expect(page.get_by_role("button", name="Review")).to_be_visible()
+    _, recoveries, _ = await api.call("GET", "/api/v1/recoveries")
+    assert recoveries["items"] == []
+    await shot(page, "recover-refused")
