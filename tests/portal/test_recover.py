@@ -53,7 +53,8 @@ def private_key_in(conf: str) -> str:
     return lines[0]
 
 
-async def recover_locally(page, stack, api, tmp_path, unique, *, disk_format="VMDK"):
+async def recover_locally(page, stack, api, tmp_path, unique, *, disk_format="VMDK",
+                          passphrase=PASSPHRASE):
     """Signs in, finds the host and its backup, starts a local recovery; returns the
     backup, the disk the agent backed up and the requests the page made from then on."""
     username = f"web-{unique}"
@@ -82,12 +83,12 @@ async def recover_locally(page, stack, api, tmp_path, unique, *, disk_format="VM
     await page.get_by_label("A disk image to download").check()
     await expect(page.get_by_label("Instance type")).to_be_hidden()
     await page.get_by_label(disk_format, exact=False).check()
-    await page.get_by_label("Backup passphrase (only if asked)").fill(PASSPHRASE)
+    await page.get_by_label("Backup passphrase (only if asked)").fill(passphrase)
     await shot(page, "recover-target")
     await page.get_by_role("button", name="Review").click()
     await expect(page.get_by_role("heading", name="Confirm")).to_be_focused()
     await expect(page.locator("#review-title + p")).to_contain_text(
-        f"as a {disk_format} disk image to download")
+        f"as a {disk_format.upper()} disk image to download")
     await shot(page, "recover-confirm")
     documents = []
     page.on("request", lambda r: documents.append(r.url) if r.resource_type == "document" else None)
@@ -215,3 +216,19 @@ async def test_a_target_the_server_does_not_offer_is_refused_in_words(page, stac
     _, recoveries, _ = await api.call("GET", "/api/v1/recoveries")
     assert recoveries["items"] == []
     await shot(page, "recover-refused")
+
+
+async def test_a_failed_recovery_says_why_in_plain_words(page, stack, api, tmp_path, unique):
+    await recover_locally(page, stack, api, tmp_path, unique, disk_format="Raw",
+                          passphrase="not the passphrase")
+    await expect(page.locator("#recovery-state")).to_have_text("Failed", timeout=60_000)
+    failure = page.locator("#recovery-failure")
+    await expect(failure).to_have_attribute("role", "alert")
+    await expect(failure.get_by_role("heading", name="The recovery failed")).to_be_visible()
+    await expect(failure).to_contain_text("passphrase")
+    await expect(page.locator("#recovery-announce")).to_contain_text("The recovery failed")
+    await expect(page.locator("#recovery-cancel")).to_be_hidden()
+    assert await page.evaluate("window.__samePage") is True
+    await shot(page, "recovery-failed")
+    await failure.get_by_role("link", name="Try again").click()
+    await expect(page.get_by_role("heading", name="Recover fileserver-01")).to_be_visible()

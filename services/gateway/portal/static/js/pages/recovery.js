@@ -93,7 +93,8 @@ export async function render(main, { id }) {
     total.set(recovery.total_progress ?? 0);
     current.set(recovery.state_progress ?? 0,
       FINAL.has(recovery.state) ? 'This stage' : `This stage (${recovery.state})`);
-    message.textContent = recovery.message || '';
+    // After a failure the last status message is stale; the reason below says it all.
+    message.textContent = recovery.state === 'failed' ? '' : (recovery.message || '');
     cancel.hidden = FINAL.has(recovery.state);
     failure.hidden = recovery.state !== 'failed';
     clear(failure);
