@@ -9,7 +9,6 @@ from pathlib import Path
 from clients.agent.remote_store import RemoteStore
 from shared.api.backup import BackupCommit, BackupStart, SnapshotStats, SourceSpec
 from shared.format import Archiver, Repository, RepositoryNotFound, Restorer
-from shared.format.index import Index, IndexedPack
 from shared.format.repository import pack_key
 from tests.format.conftest import FAST_KDF, PASSPHRASE, TEST_PACK_SIZE
 
@@ -50,34 +49,6 @@ async def snapshot_packs(repo: Repository, snapshot_id: str) -> list[str]:
     return sorted(packs)
 
 
-class PresentPacksIndex(Index):
-    """An index that, while `present` is set (loading), takes no entries for other packs."""
-
-    def __init__(self, present: set[str]) -> None:
-        super().__init__()
-        self.present: set[str] | None = present
-        self.skipped: set[str] = set()
-
-    def add_pack(self, pack: IndexedPack) -> None:
-        if self.present is None or pack.id in self.present:
-            super().add_pack(pack)
-        else:
-            self.skipped.add(pack.id)
-
-
-async def open_without_gone_packs(store) -> Repository:
-    """The agent's rule after garbage collection (docs/format.md): list data/ when opening
-    the repository and take no index entries for packs that are gone, so a backup never
-    deduplicates against them and a restore finds a blob where it still is (a blob can be in
-    an old, deleted pack and in a newer one)."""
-    present = {key.rsplit("/", 1)[-1] async for key in store.list("data/")}
-    repo = await Repository.open(store, PASSPHRASE, pack_size=TEST_PACK_SIZE, load_index=False)
-    repo.index = index = PresentPacksIndex(present)
-    await repo.load_index()
-    index.present = None  # packs this backup uploads are added as usual
-    return repo
-
-
 async def backup_folder(store: RemoteStore, source: Path, *, kind: str = "full",
                         host: str = "server", commit: bool = True, repo: Repository | None = None):
     """One backup session: start, back up with the format package, commit the snapshot and
@@ -100,7 +71,7 @@ async def backup_folder(store: RemoteStore, source: Path, *, kind: str = "full",
 
 
 async def restore(store: RemoteStore, snapshot_id: str, target: Path) -> None:
-    repo = await open_without_gone_packs(store)
+    repo = await Repository.open(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
     await Restorer(repo).restore(snapshot_id, target)
 
 
