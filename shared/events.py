@@ -180,6 +180,26 @@ class RecoveryCompleted(Event):
     instance_id: str | None = None
 
 
+class DrillPassed(Event):
+    """A recovery drill assembled a host's newest image backup and verified all of it."""
+
+    source = "recovery"
+    drill_id: str
+    user_id: str
+    host_id: str
+    backup_id: str
+    duration_seconds: float
+
+
+class DrillFailed(Event):
+    source = "recovery"
+    drill_id: str
+    user_id: str
+    host_id: str
+    backup_id: str
+    reason: str
+
+
 class ImportCompleted(Event):
     source = "recovery"
     recovery_id: str
@@ -270,6 +290,8 @@ CATALOG: dict[str, type[Event]] = {
         RecoveryProgressed,
         RecoveryFailed,
         RecoveryCompleted,
+        DrillPassed,
+        DrillFailed,
         ImportCompleted,
         InstanceReady,
         InstanceLaunchFailed,
