@@ -22,6 +22,7 @@ OWNERS: dict[str, str] = {
     # the URL's own signature is the credential).
     "objects": "backup",
     "recoveries": "recovery",
+    "drills": "recovery",
     "instances": "instances",
 }
 UPSTREAMS = tuple(dict.fromkeys(OWNERS.values()))
