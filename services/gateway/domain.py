@@ -15,6 +15,7 @@ API_PREFIX = "/api/v1/"
 OWNERS: dict[str, str] = {
     "auth": "auth",
     "agent-keys": "auth",
+    "notifications": "auth",
     "hosts": "backup",
     "backups": "backup",
     "repository": "backup",
