@@ -50,6 +50,37 @@ class AuthSettings(ServiceSettings):
     argon2_memory_kib: int = Field(default=65536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
 
+    # --- notifications (docs/notifications.md) ---
+    # Seconds before each retry of a delivery that failed; after the last, it is given up
+    # (`failed`, with the last error). A receiver down for a deploy gets the message within
+    # minutes; one down for half an hour still gets it.
+    notify_retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
+    # Deliveries in flight at once per auth replica; each is bounded by its timeout below,
+    # and one webhook URL or e-mail address has at most one of them.
+    notify_concurrency: int = Field(default=8, gt=0)
+    # How long one webhook POST (connect, send, answer) may take.
+    notify_webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long one SMTP conversation may take.
+    notify_smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How often the sender looks for due deliveries when nothing woke it (another replica's
+    # events, a retry scheduled by another replica).
+    notify_poll_seconds: float = Field(default=5.0, gt=0)
+    # After a secret rotation, webhooks are also signed with the old secret for this long,
+    # so a receiver can switch without losing messages; 0 ends the old one at once.
+    notify_secret_grace_seconds: float = Field(default=24 * 3600, ge=0)
+    # Webhooks to loopback, private, link-local (cloud metadata) addresses are refused, so
+    # a customer can't make ReClo probe its own network. Allow for a private deployment.
+    notify_allow_private_webhooks: bool = False
+    # SMTP relay for e-mail; unset: this server sends no e-mail (settings refuse one).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, gt=0, lt=65536)
+    # "starttls" (submission, port 587), "tls" (implicit TLS, port 465) or "none" (a relay
+    # on the same host or network only: the password would travel in clear).
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "ReClo <reclo@localhost>"
+
 
 class GatewaySettings(ServiceSettings):
     # How long a token's introspection result is trusted: revocation takes effect within it.
