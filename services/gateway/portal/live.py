@@ -146,6 +146,6 @@ async def stream_recovery(request: web.Request, gateway, hub: ProgressHub,
                 if envelope.type in FINAL_EVENTS:
                     break
             await response.write_eof()
-        except (ConnectionResetError, ConnectionError):
+        except ConnectionError:
             pass  # the page went away
         return response
