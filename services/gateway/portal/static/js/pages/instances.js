@@ -38,7 +38,7 @@ export async function render(main) {
     list.append(table('Instances', ['Machine', 'State', 'Address', 'VPN', 'Created', 'Actions'],
       instances.map((instance) => [
         h('span', {}, h('a', { href: `/app/recoveries/${encodeURIComponent(instance.recovery_id)}` },
-          instance.instance_type ? `${instance.provider} ${instance.instance_type}` : instance.provider),
+          instance.provider === 'aws' ? `AWS ${instance.instance_type || ''}`.trim() : 'Local machine'),
         h('br'), h('code', { class: 'small' }, instance.id)),
         h('span', { class: `badge instance-${instance.state}` }, STATE_WORDS[instance.state] || instance.state,
           instance.failure_reason ? `: ${instance.failure_reason}` : ''),
