@@ -1,12 +1,15 @@
-"""Auth's HTTP routes: thin, the rules are in domain.py."""
+"""Auth's HTTP routes: thin, the rules are in domain.py (and, for notifications, in the
+notifications package)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from services.auth import domain
-from services.auth.tables import TokenRow, UserRow
+from services.auth.notifications import destinations
+from services.auth.notifications import store as notification_store
+from services.auth.tables import NotificationDeliveryRow, TokenRow, UserRow
 from shared.api.auth import (
     AgentKey,
     AgentKeyCreated,
@@ -20,10 +23,17 @@ from shared.api.auth import (
     User,
 )
 from shared.api.common import Page, PageQuery
+from shared.api.notifications import (
+    DeliveriesQuery,
+    Delivery,
+    NotificationSettings,
+    NotificationSettingsRequest,
+    NotificationSettingsSaved,
+)
 from shared.events import utcnow
 from shared.http.problems import Problem, conflict, not_found, unauthorized
 from shared.http.routes import ANYONE, SERVICE, USER, USER_OR_AGENT, Call, Routes
-from shared.pagination import paginate
+from shared.pagination import decode_cursor, encode_cursor, paginate
 
 routes = Routes("auth")
 
@@ -187,3 +197,104 @@ async def _deactivate(auth, token_id: str | None, user_id: str, reason: str,
         result = await session.execute(query)
     return result.rowcount == 1
 
+
+
+# ---------------------------------------------------------------------------------------
+# notifications (docs/notifications.md)
+# ---------------------------------------------------------------------------------------
+
+notification_routes = Routes("notifications")
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(422, "Invalid request", message,
+                   errors=[{"location": ["body", field], "message": message,
+                            "type": "value_error"}])
+
+
+def _delivery(row: NotificationDeliveryRow) -> Delivery:
+    return Delivery(id=row.id, event_id=row.event_id, event_type=row.event_type,
+                    channel=row.channel, target=row.target, state=row.state,
+                    attempts=row.attempts, last_error=row.last_error,
+                    created_at=row.created_at, finished_at=row.finished_at,
+                    next_attempt_at=row.next_attempt_at
+                    if row.state in ("pending", "sending") else None)
+
+
+@notification_routes.get("/api/v1/notifications/settings", allow=USER,
+                         response=NotificationSettings)
+async def get_notification_settings(call: Call) -> NotificationSettings:
+    """Where and what the caller is told (the signing secret itself is never shown again)."""
+    async with call.service.db.sessions() as session:
+        row = await notification_store.load(session, call.user_id)
+    return notification_store.view(row, utcnow())
+
+
+@notification_routes.route("PUT", "/api/v1/notifications/settings", allow=USER,
+                           body=NotificationSettingsRequest, response=NotificationSettingsSaved)
+async def put_notification_settings(call: Call) -> NotificationSettingsSaved:
+    """Replace the caller's notification settings; a new webhook's signing secret is in
+    the answer, once."""
+    auth = call.service
+    body: NotificationSettingsRequest = call.body
+    url = email = None
+    try:
+        if body.webhook_url is not None:
+            url = destinations.webhook_url(
+                body.webhook_url, allow_private=auth.settings.notify_allow_private_webhooks)
+    except destinations.InvalidDestination as exc:
+        raise _invalid("webhook_url", str(exc)) from None
+    try:
+        if body.email is not None:
+            email = destinations.email_address(body.email)
+    except destinations.InvalidDestination as exc:
+        raise _invalid("email", str(exc)) from None
+    if email is not None and not auth.sender.mailer.configured:
+        raise _invalid("email", "this server sends no e-mail (it has no SMTP relay configured)")
+    now = utcnow()
+    async with auth.db.transaction() as session:
+        row, secret = await notification_store.replace(
+            session, call.user_id, webhook_url=url, email=email, events=body.events, now=now)
+    view = notification_store.view(row, now)
+    return NotificationSettingsSaved(**view.model_dump(), webhook_secret=secret)
+
+
+@notification_routes.post("/api/v1/notifications/settings/rotate-secret", allow=USER,
+                          response=NotificationSettingsSaved, errors=(409,))
+async def rotate_webhook_secret(call: Call) -> NotificationSettingsSaved:
+    """A new webhook signing secret, in the answer once; the old one keeps signing for the
+    grace period (RECLO_AUTH__NOTIFY_SECRET_GRACE_SECONDS)."""
+    auth = call.service
+    now = utcnow()
+    async with auth.db.transaction() as session:
+        rotated = await notification_store.rotate(
+            session, call.user_id, now=now, grace_seconds=auth.settings.notify_secret_grace_seconds)
+    if rotated is None:
+        raise conflict("no webhook is set, so there is no secret to rotate")
+    row, secret = rotated
+    view = notification_store.view(row, now)
+    return NotificationSettingsSaved(**view.model_dump(), webhook_secret=secret)
+
+
+@notification_routes.get("/api/v1/notifications/deliveries", allow=USER,
+                         query=DeliveriesQuery, response=Page[Delivery])
+async def list_deliveries(call: Call) -> Page[Delivery]:
+    """The caller's notification deliveries, newest first (`state=` to filter)."""
+    query: DeliveriesQuery = call.query
+    statement = select(NotificationDeliveryRow).where(
+        NotificationDeliveryRow.user_id == call.user_id)
+    if query.state is not None:
+        statement = statement.where(NotificationDeliveryRow.state == query.state)
+    if query.cursor:
+        created, row_id = decode_cursor(query.cursor)
+        statement = statement.where(tuple_(NotificationDeliveryRow.created_at,
+                                           NotificationDeliveryRow.id) < tuple_(created, row_id))
+    statement = statement.order_by(NotificationDeliveryRow.created_at.desc(),
+                                   NotificationDeliveryRow.id.desc()).limit(query.limit + 1)
+    async with call.service.db.sessions() as session:
+        rows = (await session.scalars(statement)).all()
+    cursor = None
+    if len(rows) > query.limit:
+        rows = rows[:query.limit]
+        cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return Page[Delivery](items=[_delivery(r) for r in rows], next_cursor=cursor)

@@ -1,5 +1,5 @@
-"""Composition root of auth: its settings, database, password hasher, throttle, routes and
-handlers, wired into a runtime."""
+"""Composition root of auth: its settings, database, password hasher, throttle, notification
+sender, routes and handlers, wired into a runtime."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from services.auth import api, handlers, tables
 from services.auth.domain import LoginThrottle
+from services.auth.notifications.delivery import Sender
 from shared.bus import Bus
 from shared.runtime import ServiceRuntime
 from shared.settings import AuthSettings, Settings
@@ -38,6 +39,8 @@ class Auth:
         )
         # Verified against when the username is unknown, so both cases take as long.
         self._decoy_hash = self.hasher.hash("decoy password, never a real one")
+        # Sends notification deliveries in the background (runtime.background).
+        self.sender = Sender(settings, runtime.db)
 
     async def hash_password(self, password: str) -> str:
         return await asyncio.to_thread(self.hasher.hash, password)
@@ -59,10 +62,11 @@ def build(settings: Settings, bus: Bus, key: bytes) -> ServiceRuntime:
         settings=settings,
         bus=bus,
         key=key,
-        routes=[api.routes],
+        routes=[api.routes, api.notification_routes],
         handlers=handlers.EVENT_HANDLERS,
         metadata=tables.metadata,
         migrations=MIGRATIONS,
     )
     runtime.context = Auth(settings.auth, runtime)
+    runtime.background.append(runtime.context.sender.run)
     return runtime

@@ -1,11 +1,23 @@
-"""Auth's event handlers."""
+"""Auth's event handlers: session expiry, and turning the events a customer cares about
+into notification deliveries (docs/notifications.md)."""
 
 from __future__ import annotations
 
 from sqlalchemy import update
 
+from services.auth.notifications import delivery
 from services.auth.tables import TokenRow
-from shared.events import TokensExpiryDue, utcnow
+from shared.events import (
+    BackupFailed,
+    BackupOverdue,
+    DrillFailed,
+    Event,
+    InstanceReady,
+    RecoveryCompleted,
+    RecoveryFailed,
+    TokensExpiryDue,
+    utcnow,
+)
 from shared.inbox import Context
 from shared.logs import get_logger
 
@@ -24,6 +36,21 @@ async def deactivate_expired_sessions(ctx: Context, event: TokensExpiryDue) -> N
     log.info("expired sessions deactivated", count=result.rowcount)
 
 
+async def notify(ctx: Context, event: Event) -> None:
+    """Record the messages this event makes for its user; the background sender sends
+    them. Nothing here waits on a receiver, so a dead webhook never holds up the bus."""
+    rows = await delivery.record(ctx.session, ctx.envelope, event, now=utcnow())
+    if rows:
+        ctx.service.sender.wake_after_commit(ctx.session)
+
+
 EVENT_HANDLERS = {
     TokensExpiryDue: deactivate_expired_sessions,
+    # What each says: services/auth/notifications/messages.py (KINDS).
+    BackupFailed: notify,
+    BackupOverdue: notify,
+    RecoveryFailed: notify,
+    RecoveryCompleted: notify,
+    InstanceReady: notify,
+    DrillFailed: notify,
 }

@@ -1,0 +1,199 @@
+"""Events reach the customer's webhook and mailbox, signed and with the right content;
+receivers that are down are retried then given up with a record; a slow receiver delays
+nobody else. Both modes: embedded (SQLite, in-process bus) and MariaDB with RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+
+from shared.events import BackupFailed, BackupOverdue, DrillFailed, InstanceReady, RecoveryCompleted
+from tests.notifications.conftest import TEST_DELAYS, publish
+from tests.support import eventually
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    """A receiver's check, written from docs/notifications.md alone."""
+    parts = [p.split("=", 1) for p in header.split(",")]
+    timestamp = next(v for k, v in parts if k == "t")
+    if abs(time.time() - int(timestamp)) > 300:
+        return False
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body,
+                        hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, v) for k, v in parts if k == "v1")
+
+
+async def deliveries(api, **query):
+    path = "/api/v1/notifications/deliveries"
+    if query:
+        path += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+    status, body, _ = await api.call("GET", path)
+    assert status == 200, body
+    return body["items"]
+
+
+async def test_webhook_gets_signed_json(stack, new_api, webhooks):
+    alice = await new_api("alice")
+    status, saved, _ = await alice.call("PUT", "/api/v1/notifications/settings",
+                                        json={"webhook_url": webhooks.on("/alice")})
+    assert status == 200, saved
+    secret = saved["webhook_secret"]
+    assert secret.startswith("whsec_")
+
+    envelope = await publish(stack, BackupFailed(
+        user_id=alice.user_id, host_id="h1", host="fileserver-01", backup_id="b1",
+        reason="the disk was full"))
+
+    await eventually(lambda: webhooks.hooks("/alice"))
+    hook = webhooks.hooks("/alice")[0]
+    assert hook.headers["Content-Type"] == "application/json"
+    assert verify(secret, hook.body, hook.headers["X-Reclo-Signature"])
+    assert not verify("whsec_someone-else", hook.body, hook.headers["X-Reclo-Signature"])
+    assert hook.headers["X-Reclo-Event"] == "BackupFailed"
+    doc = json.loads(hook.body)
+    assert doc == {
+        "type": "BackupFailed",
+        "id": str(envelope.id),
+        "occurred_at": envelope.occurred_at.isoformat().replace("+00:00", "Z"),
+        "data": {"host_id": "h1", "host": "fileserver-01", "backup_id": "b1",
+                 "reason": "the disk was full"},
+    }
+
+    async def delivered():
+        items = await deliveries(alice)
+        return items and items[0]["state"] == "delivered" and items[0]
+
+    item = await eventually(delivered)
+    assert item["channel"] == "webhook" and item["attempts"] == 1
+    assert item["event_id"] == str(envelope.id) and item["event_type"] == "BackupFailed"
+    assert item["target"] == webhooks.url("/alice") and item["finished_at"]
+    assert hook.headers["X-Reclo-Delivery"] == item["id"]
+
+
+async def test_email_gets_the_right_content(stack, new_api, smtp):
+    bob = await new_api("bob")
+    status, saved, _ = await bob.call("PUT", "/api/v1/notifications/settings",
+                                      json={"email": "bob@example.com"})
+    assert status == 200, saved
+    assert saved["webhook_secret"] is None  # no webhook, no secret
+
+    last = datetime(2025, 3, 1, 4, 0, tzinfo=UTC)
+    envelope = await publish(stack, BackupOverdue(
+        user_id=bob.user_id, host_id="h2", host="db-02", last_backup_at=last,
+        allowed_age_hours=26))
+
+    await eventually(lambda: smtp.to("bob@example.com"))
+    mail = smtp.to("bob@example.com")[0]
+    assert mail.mail_from == "alerts@reclo.test"
+    assert mail.message["Subject"] == "[ReClo] No recent backup of db-02"
+    assert mail.message["From"] == "ReClo <alerts@reclo.test>"
+    assert mail.message["To"] == "bob@example.com"
+    assert mail.message["Auto-Submitted"] == "auto-generated"
+    text = mail.message.get_content()
+    assert "db-02 has not completed a backup since 2025-03-01T04:00:00Z" in text
+    assert "more than 26 hours" in text
+    assert f"Event id: {envelope.id}" in text
+    assert "Host id: h2" in text
+
+    async def delivered():
+        items = await deliveries(bob)
+        return items and items[0]["state"] == "delivered"
+
+    await eventually(delivered)
+
+
+async def test_both_channels_and_only_chosen_events(stack, new_api, webhooks, smtp):
+    carol = await new_api("carol")
+    status, saved, _ = await carol.call(
+        "PUT", "/api/v1/notifications/settings",
+        json={"webhook_url": webhooks.on("/carol"), "email": "carol@example.com",
+              "events": ["InstanceReady", "DrillFailed"]})
+    assert status == 200, saved
+    assert saved["events"] == ["InstanceReady", "DrillFailed"] and not saved["all_events"]
+
+    # Not chosen: nothing is recorded or sent.
+    await publish(stack, RecoveryCompleted(user_id=carol.user_id, recovery_id="r0"))
+    await publish(stack, InstanceReady(user_id=carol.user_id, instance_id="i1",
+                                       recovery_id="r1", address="10.77.0.2"))
+    await eventually(lambda: webhooks.hooks("/carol") and smtp.to("carol@example.com"))
+    assert json.loads(webhooks.hooks("/carol")[0].body)["data"] == {
+        "instance_id": "i1", "recovery_id": "r1", "address": "10.77.0.2"}
+    mail = smtp.to("carol@example.com")[0]
+    assert mail.message["Subject"] == "[ReClo] Recovered machine i1 is ready"
+
+    async def both_delivered():
+        items = await deliveries(carol)
+        return len(items) == 2 and {i["state"] for i in items} == {"delivered"} and items
+
+    items = await eventually(both_delivered)
+    assert {i["channel"] for i in items} == {"webhook", "email"}
+    assert {i["event_type"] for i in items} == {"InstanceReady"}
+    assert len(webhooks.hooks("/carol")) == 1  # RecoveryCompleted was not sent
+
+
+async def test_receiver_down_is_retried_then_given_up(stack, new_api, webhooks, smtp):
+    dave = await new_api("dave")
+    # A port nothing listens on: connection refused at every attempt.
+    status, saved, _ = await dave.call(
+        "PUT", "/api/v1/notifications/settings",
+        json={"webhook_url": "http://127.0.0.1:9/hook"})
+    assert status == 200, saved
+    erin = await new_api("erin")
+    failing = webhooks.on("/erin", status=503)
+    await erin.call("PUT", "/api/v1/notifications/settings", json={"webhook_url": failing})
+
+    await publish(stack, DrillFailed(user_id=dave.user_id, drill_id="d1", host_id="h1",
+                                     backup_id="b1", reason="pack 3f… is corrupt"))
+    await publish(stack, DrillFailed(user_id=erin.user_id, drill_id="d2", host_id="h2",
+                                     backup_id="b2", reason="pack 3f… is corrupt"))
+
+    async def failed(api):
+        items = await deliveries(api)
+        return items and items[0]["state"] == "failed" and items[0]
+
+    attempts = len(TEST_DELAYS) + 1
+    down = await eventually(lambda: failed(dave))
+    assert down["attempts"] == attempts
+    assert "could not connect" in down["last_error"]
+    assert down["finished_at"] and down["next_attempt_at"] is None
+    refusing = await eventually(lambda: failed(erin))
+    assert refusing["attempts"] == attempts
+    assert refusing["last_error"] == "the receiver answered HTTP 503 Service Unavailable"
+    hooks = webhooks.hooks("/erin")
+    assert len(hooks) == attempts  # tried, retried, then left alone
+    # Each retry waited at least its backoff delay.
+    gaps = [b.at - a.at for a, b in zip(hooks, hooks[1:], strict=False)]
+    assert all(gap >= delay * 0.9 for gap, delay in zip(gaps, TEST_DELAYS, strict=True))
+    status, listed, _ = await dave.call("GET", "/api/v1/notifications/deliveries?state=failed")
+    assert [i["id"] for i in listed["items"]] == [down["id"]]
+    await asyncio.sleep(0.3)
+    assert len(webhooks.hooks("/erin")) == attempts
+
+
+async def test_slow_webhook_does_not_delay_another_users_email(stack, new_api, webhooks, smtp):
+    slow = await new_api("slow")
+    # Longer than the webhook timeout (2 s): every attempt hangs until it is cut off.
+    await slow.call("PUT", "/api/v1/notifications/settings",
+                    json={"webhook_url": webhooks.on("/slow", delay=10)})
+    quick = await new_api("quick")
+    await quick.call("PUT", "/api/v1/notifications/settings",
+                     json={"email": "quick@example.com"})
+
+    for n in range(5):  # a backlog for the slow receiver
+        await publish(stack, BackupFailed(user_id=slow.user_id, host_id="h", host="slow-host",
+                                          reason=f"failure {n}"))
+    await eventually(lambda: webhooks.hooks("/slow"))
+    sent_at = asyncio.get_running_loop().time()
+    await publish(stack, RecoveryCompleted(user_id=quick.user_id, recovery_id="r9"))
+
+    await eventually(lambda: smtp.to("quick@example.com"), timeout=5)
+    mail = smtp.to("quick@example.com")[0]
+    # Well within the slow receiver's timeout: its hanging requests held nothing up.
+    assert mail.at - sent_at < 1.5
+    assert mail.message["Subject"] == "[ReClo] Recovery r9 is complete"
+    # The slow receiver is still being waited on, one request at a time.
+    assert len(webhooks.hooks("/slow")) == 1
