@@ -1,22 +1,23 @@
-"""Recovery's HTTP routes: thin; the rules are in domain.py, the work in the worker."""
+"""Recovery's HTTP routes: thin; the rules are in domain.py, the work in the worker (and
+the drills' in drills.py)."""
 
 from __future__ import annotations
 
 import re
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, tuple_
 
 from services.recovery import domain
 from services.recovery.download import send_file
 from services.recovery.keys import has_kms_slot
-from services.recovery.tables import RecoverableBackupRow, RecoveryRow
+from services.recovery.tables import DrillRow, RecoverableBackupRow, RecoveryRow
 from shared.api.common import Page, PageQuery
-from shared.api.recovery import Recovery, RecoveryRequest
+from shared.api.recovery import Drill, DrillsQuery, Recovery, RecoveryRequest
 from shared.events import RecoveryFailed, RecoveryRequested, utcnow
 from shared.http.problems import Problem, conflict, not_found
 from shared.http.routes import USER, Call, Routes
-from shared.pagination import paginate
+from shared.pagination import decode_cursor, encode_cursor, paginate
 
 routes = Routes("recovery")
 
@@ -156,3 +157,48 @@ async def download_image(call: Call):
     host = _UNSAFE_FILENAME.sub("-", row.host).strip("-.") or "disk"
     filename = f"{host}-{row.created_at:%Y%m%d-%H%M}.{domain.EXTENSIONS[row.format]}"
     return await send_file(call.request, path, identity=row.id, filename=filename)
+
+
+# --- drills ---------------------------------------------------------------------------------
+
+
+def drill_model(row: DrillRow) -> Drill:
+    return Drill(
+        id=row.id, host_id=row.host_id, host=row.host, backup_id=row.backup_id,
+        snapshot_id=row.snapshot_id, scheduled_for=row.scheduled_for, state=row.state,
+        ok=row.ok, reason=row.reason, disk_bytes=row.disk_bytes, data_bytes=row.data_bytes,
+        chunks_verified=row.chunks if row.state == domain.DRILL_PASSED else None,
+        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        duration_seconds=row.duration_seconds)
+
+
+@routes.get("/api/v1/drills", allow=USER, query=DrillsQuery, response=Page[Drill])
+async def list_drills(call: Call) -> Page[Drill]:
+    """The caller's recovery drills, newest first (of one host with `host=`, id or name)."""
+    query: DrillsQuery = call.query
+    statement = select(DrillRow).where(DrillRow.user_id == call.user_id)
+    if query.host is not None:
+        statement = statement.where(or_(DrillRow.host_id == query.host,
+                                        DrillRow.host == query.host))
+    if query.cursor:
+        created, row_id = decode_cursor(query.cursor)
+        statement = statement.where(tuple_(DrillRow.created_at, DrillRow.id)
+                                    < tuple_(created, row_id))
+    statement = statement.order_by(DrillRow.created_at.desc(), DrillRow.id.desc())
+    async with call.service.db.sessions() as session:
+        rows = (await session.scalars(statement.limit(query.limit + 1))).all()
+    cursor = None
+    if len(rows) > query.limit:
+        rows = rows[:query.limit]
+        cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return Page[Drill](items=[drill_model(r) for r in rows], next_cursor=cursor)
+
+
+@routes.get("/api/v1/drills/{drill_id}", allow=USER, response=Drill, errors=(404,))
+async def get_drill(call: Call) -> Drill:
+    """One drill: the backup it tried, when, how long, and its outcome with the reason."""
+    async with call.service.db.sessions() as session:
+        row = await session.get(DrillRow, call.param("drill_id"))
+    if row is None or row.user_id != call.user_id:
+        raise not_found("no such drill")
+    return drill_model(row)

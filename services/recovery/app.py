@@ -1,11 +1,12 @@
 """Composition root of recovery: settings, database, the backup bucket it reads, the
-compute providers of the configured targets, the KMS client and the worker."""
+compute providers of the configured targets, the KMS client, the worker and the drills."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from services.recovery import api, handlers, tables
+from services.recovery.drills import Drills
 from services.recovery.keys import kms_unwrapper
 from services.recovery.providers import ComputeProvider
 from services.recovery.providers.aws import AwsProvider
@@ -60,6 +61,7 @@ class Recovery:
         self._aws_endpoint = self.settings.aws_endpoint or settings.s3_endpoint
         self._kms: KmsUnwrap | None = None
         self.worker = Worker(self)
+        self.drills = Drills(self, self.worker.id)
 
     def backup_store(self, user_id: str, host_id: str) -> ObjectStore:
         """A host's repository: ``<user id>/<host id>/`` in the backup bucket."""
@@ -94,5 +96,6 @@ def build(settings: Settings, bus: Bus, key: bytes) -> ServiceRuntime:
                        build_providers(settings))
     runtime.context = service
     runtime.background.append(service.worker.run)
+    runtime.background.append(service.drills.run)
     runtime.app.on_cleanup.append(lambda _app: service.close())
     return runtime

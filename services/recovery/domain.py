@@ -184,3 +184,38 @@ def _size(n: int) -> str:
             return f"{n / factor:.1f} {unit}"
     return f"{n} bytes"
 
+
+
+# --- drills ---------------------------------------------------------------------------------
+
+# A drill waits (pending), is run by one worker under a lease (running) and ends passed,
+# failed (the backup would not have become a disk: DrillFailed) or skipped (it could not
+# be tried without the customer: no alarm, nothing was proven either way).
+DRILL_PENDING = "pending"
+DRILL_RUNNING = "running"
+DRILL_PASSED = "passed"
+DRILL_FAILED = "failed"
+DRILL_SKIPPED = "skipped"
+DRILL_OUTCOMES = {DRILL_PASSED: True, DRILL_FAILED: False, DRILL_SKIPPED: None}
+
+# Drills assemble in this folder under the scratch folder (recovery ids are hex, so no
+# task's folder is ever named so); the recovery worker's scratch sweep leaves it alone.
+DRILLS_SCRATCH = "drills"
+
+DRILL_NEEDS_KMS = "skipped: needs the passphrase (enable server-side recovery with KMS)"
+DRILL_NO_KMS_HERE = ("skipped: needs the passphrase (server-side recovery with KMS is not "
+                     "enabled on this server)")
+
+
+def drill_retry_reason(error: str) -> str:
+    return f"waiting to try again after a problem on ReClo's side: {error}"
+
+
+def drill_gave_up_reason(attempts: int, last: str) -> str:
+    return (f"the drill could not be completed in {attempts} attempts (a problem on ReClo's "
+            f"side, not necessarily the backup's); the last error: {last}")
+
+
+def assembled_differs_reason(offset: int) -> str:
+    return (f"the assembled disk differs from the backup at disk offset {offset}: the "
+            f"recovery worker's scratch disk returned other bytes than were written")

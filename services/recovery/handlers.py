@@ -1,13 +1,14 @@
 """Recovery's event handlers. They only record and claim; the long work runs in the
-worker's own tasks (worker.py, pipeline.py)."""
+worker's own tasks (worker.py, pipeline.py) and the drills' (drills.py)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from services.recovery import domain
+from services.recovery import domain, drills
 from services.recovery.tables import RecoverableBackupRow, RecoveryRow
 from shared.events import (
+    BackupsVerifyDue,
     BackupUploaded,
     InstanceLaunchFailed,
     InstanceReady,
@@ -48,6 +49,17 @@ async def reconcile(ctx: Context, event: RecoveriesReconcileDue) -> None:
     and continue from their last step; failed ones still to be cleaned up are cleaned."""
     worker = ctx.service.worker
     worker.after_commit(ctx.session, worker.sweep)
+    # Drills whose worker died (their lease lapsed), or that waited for a free slot.
+    worker.after_commit(ctx.session, ctx.service.drills.sweep)
+
+
+async def schedule_drills(ctx: Context, event: BackupsVerifyDue) -> None:
+    """The weekly drill: one per host, of its newest image backup, once per tick however
+    often it is delivered; run in the background after this transaction commits."""
+    added = await drills.schedule(ctx.session, event.scheduled_for,
+                                  str(ctx.envelope.correlation_id))
+    log.info("drills scheduled", count=added, scheduled_for=event.scheduled_for.isoformat())
+    ctx.service.worker.after_commit(ctx.session, ctx.service.drills.sweep)
 
 
 async def fail_timed_out(ctx: Context, event: RecoveriesTimeoutDue) -> None:
@@ -99,6 +111,7 @@ EVENT_HANDLERS = {
     RecoveryRequested: take_requested,
     RecoveriesReconcileDue: reconcile,
     RecoveriesTimeoutDue: fail_timed_out,
+    BackupsVerifyDue: schedule_drills,
     InstanceReady: complete,
     InstanceLaunchFailed: launch_failed,
 }

@@ -1,5 +1,6 @@
-"""The tables recovery owns: ``recovery`` (the seed's, one row per task) and
-``recoverable_backups`` (what ``BackupUploaded`` told it exists), plus outbox and inbox.
+"""The tables recovery owns: ``recovery`` (the seed's, one row per task),
+``recoverable_backups`` (what ``BackupUploaded`` told it exists) and ``drills`` (the weekly
+proof that each host's newest image backup still becomes a disk), plus outbox and inbox.
 
 A task's row is its whole state machine: the state and the step inside it, progress, the
 references to what it created (an object in the import bucket, an import task, an AMI or a
@@ -7,7 +8,16 @@ local image) so a failure can remove them, and the lease of the worker running i
 passphrase a request may bring is never stored, here or anywhere.
 """
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, MetaData, String
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -93,6 +103,48 @@ class RecoverableBackupRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     completed_at = mapped_column(UTCDateTime, nullable=False)
     received_at = mapped_column(UTCDateTime, nullable=False)
+
+
+class DrillRow(Base):
+    """One recovery drill: a host's newest image backup assembled in scratch, verified and
+    thrown away (drills.py). One per host per ``BackupsVerifyDue`` tick, whoever handles
+    the tick and however often it is delivered: the unique key says so."""
+
+    __tablename__ = "drills"
+    __table_args__ = (
+        UniqueConstraint("host_id", "scheduled_for", name="uq_drills_host_tick"),
+        Index("ix_drills_user_created", "user_id", "created_at", "id"),
+        Index("ix_drills_state_lease", "state", "lease_until"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(FOREIGN_ID))
+    host_id: Mapped[str] = mapped_column(String(FOREIGN_ID))
+    host: Mapped[str] = mapped_column(String(255))
+    backup_id: Mapped[str] = mapped_column(String(FOREIGN_ID))
+    snapshot_id: Mapped[str] = mapped_column(String(SHA256_HEX))
+    # The tick that asked for it: with host_id, what makes a drill happen once.
+    scheduled_for = mapped_column(UTCDateTime, nullable=False)
+    # domain.DRILL_*: pending, running, then passed, failed or skipped.
+    state: Mapped[str] = mapped_column(String(16))
+    # True passed, False failed; None while it runs, or skipped (nothing was proven).
+    ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Why it failed or was skipped, in plain words.
+    reason: Mapped[str | None] = mapped_column(String(REASON), nullable=True)
+    # What was verified: the disk's size, its bytes in stored chunks, the chunks.
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    data_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The worker running it and until when its claim holds; claims so far.
+    runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The tick's correlation id, carried by DrillPassed/DrillFailed.
+    correlation_id: Mapped[str] = mapped_column(String(36))
+    created_at = mapped_column(UTCDateTime, nullable=False)
+    started_at = mapped_column(UTCDateTime, nullable=True)
+    finished_at = mapped_column(UTCDateTime, nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Double, nullable=True)
 
 
 outbox = outbox_table(metadata)

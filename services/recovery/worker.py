@@ -277,7 +277,8 @@ class Worker:
         root = self.service.scratch_dir
         names = await asyncio.to_thread(lambda: [p.name for p in root.iterdir()]
                                         if root.is_dir() else [])
-        names = [n for n in names if n not in self.runs]
+        # The drills' folder is theirs to tidy (drills.py).
+        names = [n for n in names if n not in self.runs and n != domain.DRILLS_SCRATCH]
         if not names:
             return
         async with self.db.sessions() as session:

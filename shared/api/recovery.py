@@ -12,6 +12,11 @@ ends ``failed`` with a reason in plain words (docs/recovery.md):
 - ``POST /api/v1/recoveries/{id}/cancel`` stops one that is not finished;
 - ``GET /api/v1/recoveries/{id}/image`` downloads a local image (resumable: Range requests
   answered 206 with Content-Range; ETag and If-Range).
+
+Recovery drills (weekly: each host's newest image backup assembled, verified, thrown away):
+
+- ``GET /api/v1/drills?host=`` (paginated, newest first) and ``GET /api/v1/drills/{id}``:
+  the backup drilled, when, how long, and ``passed``/``failed``/``skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -66,3 +71,35 @@ class Recovery(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+
+
+DrillState = Literal["pending", "running", "passed", "failed", "skipped"]
+
+
+class DrillsQuery(BaseModel):
+    host: str | None = Field(default=None, max_length=255, description="host id or name")
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class Drill(BaseModel):
+    id: str
+    host_id: str
+    host: str
+    backup_id: str
+    snapshot_id: str
+    # The weekly tick that asked for it.
+    scheduled_for: datetime
+    state: DrillState
+    # True passed, False failed; None while it runs or when it was skipped.
+    ok: bool | None = None
+    # Why it failed or was skipped, in plain words.
+    reason: str | None = None
+    # What was verified: the disk's size, its bytes in stored chunks, and those chunks.
+    disk_bytes: int | None = None
+    data_bytes: int | None = None
+    chunks_verified: int | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
