@@ -1,5 +1,6 @@
 """ReClo services as separate processes, the way a container runs them (`reclo serve NAME`),
-on the real MariaDB and RabbitMQ under names unique to one test, removed afterwards."""
+on the real MariaDB, RabbitMQ and S3 endpoint (moto) under names unique to one test, removed
+afterwards; and the whole topology (every service, the gateway in front)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import aio_pika
+import boto3
 import pymysql
+from botocore.config import Config
 from sqlalchemy.engine import make_url
 
+from services.registry import names
 from shared.settings import Settings
 from tests import infra
 
@@ -32,6 +36,8 @@ STOP_SECONDS = 20
 # moto accepts any credentials; these are its documented dummy values.
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1"}
+# S3's DeleteObjects takes at most this many keys per request.
+S3_DELETE_BATCH = 1000
 
 
 def free_port() -> int:
@@ -42,7 +48,9 @@ def free_port() -> int:
 
 class Deployment:
     """What the processes of one test share: the database prefix, the queue prefix, the
-    signing key, and the S3 endpoint; like one compose project or one namespace."""
+    buckets, the signing key, and the S3 endpoint; like one compose project or one
+    namespace. Each process has its own data folder under ``data_dir``, as each container
+    has its own volume."""
 
     def __init__(self, unique: str, data_dir: Path) -> None:
         self.database_url = infra.mariadb_url()
@@ -52,10 +60,13 @@ class Deployment:
         self.queue_prefix = f"t{unique}"
         # Its own exchange too, so no other test's events reach these processes' queues.
         self.exchange = f"t{unique}.events"
+        # Bucket names are global to the endpoint: the defaults would mix tests' objects.
+        self.backup_bucket = f"t{unique}-client-backups"
+        self.import_bucket = f"t{unique}-imported-vms"
         self.data_dir = data_dir
         self.key = secrets.token_hex(32)
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, service: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECLO_")}
         env.update(MOTO_CREDENTIALS)
         env.update({
@@ -66,11 +77,26 @@ class Deployment:
             "RECLO_BUS__EXCHANGE": self.exchange,
             "RECLO_S3_ENDPOINT": self.s3_endpoint,
             "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "RECLO_BACKUP__BUCKET": self.backup_bucket,
+            "RECLO_RECOVERY__IMPORT_BUCKET": self.import_bucket,
+            # As docker-compose.yml: recovered disks are kept for download.
+            "RECLO_RECOVERY__TARGETS": '["local"]',
             "RECLO_INTERNAL_KEY": self.key,
-            "RECLO_DATA_DIR": str(self.data_dir),
+            "RECLO_DATA_DIR": str(self.data_dir / service),
             "RECLO_LOG_FORMAT": "json",
         })
         return env
+
+    def remove(self, services: Iterable[str]) -> None:
+        """Everything the processes made: databases, queues, the exchange, the buckets."""
+        services = list(services)
+        try:
+            self.drop_databases(services)
+            self.delete_queues(services)
+        finally:
+            self.delete_buckets()
+        assert self.databases() == set()
+        assert self.buckets() == set()
 
     def drop_databases(self, services: Iterable[str]) -> None:
         url = make_url(self.database_url)
@@ -129,6 +155,38 @@ class Deployment:
 
         asyncio.run(delete())
 
+    def s3(self):
+        return boto3.client("s3", endpoint_url=self.s3_endpoint,
+                            region_name=MOTO_CREDENTIALS["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                            config=Config(signature_version="s3v4",
+                                          s3={"addressing_style": "path"}))
+
+    def buckets(self) -> set[str]:
+        """This deployment's buckets that exist on the endpoint."""
+        mine = {self.backup_bucket, self.import_bucket}
+        return {b["Name"] for b in self.s3().list_buckets()["Buckets"]} & mine
+
+    def objects(self, bucket: str) -> list[str]:
+        keys = []
+        for page in self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def delete_buckets(self) -> None:
+        """Each bucket that exists: unfinished multipart uploads, objects, the bucket."""
+        s3 = self.s3()
+        for bucket in self.buckets():
+            for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+                s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                          UploadId=upload["UploadId"])
+            keys = self.objects(bucket)
+            for start in range(0, len(keys), S3_DELETE_BATCH):
+                s3.delete_objects(Bucket=bucket, Delete={
+                    "Objects": [{"Key": key} for key in keys[start:start + S3_DELETE_BATCH]]})
+            s3.delete_bucket(Bucket=bucket)
+
 
 class ServiceProcess:
     """One `reclo serve NAME --migrate`, its output in a log file."""
@@ -138,7 +196,7 @@ class ServiceProcess:
         self.name = name
         self.port = free_port()
         self.log_path = log_dir / f"{name}.log"
-        env = deployment.environment()
+        env = deployment.environment(name)
         env[f"RECLO_{name.upper()}__PORT"] = str(self.port)
         env[f"RECLO_{name.upper()}__HOST"] = "127.0.0.1"
         env.update(extra_env or {})
@@ -202,3 +260,34 @@ class ServiceProcess:
             except ValueError:
                 stray.append(line)
         return records, stray
+
+
+class Topology:
+    """Every registered service as its own process, the gateway started last and told where
+    each one listens (RECLO_<SERVICE>__URL): what docker-compose.yml and deploy/k8s run."""
+
+    def __init__(self, deployment: Deployment, log_dir: Path) -> None:
+        self.deployment = deployment
+        self.processes: dict[str, ServiceProcess] = {}
+        try:
+            for name in names():
+                if name != "gateway":
+                    self.processes[name] = ServiceProcess(name, deployment, log_dir)
+            for process in self.processes.values():
+                process.wait_for("/readyz")
+            where = {f"RECLO_{name.upper()}__URL": process.url
+                     for name, process in self.processes.items()}
+            self.processes["gateway"] = ServiceProcess("gateway", deployment, log_dir, where)
+            self.gateway.wait_for("/readyz")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def gateway(self) -> ServiceProcess:
+        return self.processes["gateway"]
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM to each, the gateway first (it came up last); their exit statuses."""
+        return {name: process.terminate()
+                for name, process in reversed(self.processes.items())}

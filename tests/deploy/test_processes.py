@@ -17,20 +17,10 @@ from tests.deploy.manifests import (
     REPO,
     WITHOUT_DATABASE,
     by_kind,
-    expected_services,
 )
-from tests.deploy.processes import Deployment, ServiceProcess
+from tests.deploy.processes import ServiceProcess
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def deployment(unique, tmp_path):
-    deployment = Deployment(unique, tmp_path / "data")
-    yield deployment
-    deployment.drop_databases(expected_services())
-    deployment.delete_queues(expected_services())
-    assert deployment.databases() == set()
 
 
 def _get(url: str) -> tuple[int, bytes]:
