@@ -3,15 +3,17 @@ and small readers of Kubernetes objects (label selectors, resource quantities)."
 
 from __future__ import annotations
 
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from services.registry import names
-from shared.settings import DEFAULT_PORTS
+from shared.settings import DEFAULT_PORTS, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -46,6 +48,29 @@ def port_of(service: str) -> int:
 
 def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def is_setting(variable: str) -> bool:
+    """Does ``RECLO_A__B`` name a field that Settings reads?"""
+    path = variable.removeprefix("RECLO_").lower().split("__")
+    model: type[BaseModel] = Settings
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        model = field.annotation if isinstance(field.annotation, type) else BaseModel
+    return True
+
+
+def settings_from(environment: dict[str, object], monkeypatch) -> Settings:
+    """The Settings a container builds from exactly this environment (no RECLO_* of the
+    test's own); raises pydantic's ValidationError as the container would fail to start."""
+    for variable in list(os.environ):
+        if variable.startswith("RECLO_"):
+            monkeypatch.delenv(variable)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, str(value))
+    return Settings()
 
 
 def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:

@@ -9,7 +9,6 @@ import hashlib
 import http.server
 import importlib.resources
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,17 +16,18 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
-from shared.settings import Settings
+from shared.objectstore import uses_s3
 from tests.deploy.manifests import (
     COMPOSE_FILE,
     REPO,
     WITHOUT_DATABASE,
     expected_services,
+    is_setting,
     load_compose,
     port_of,
+    settings_from,
 )
 
 SCHEMA_PIN = REPO / "deploy" / "schemas" / "compose-spec.sha256"
@@ -123,12 +123,14 @@ def test_start_order_is_enforced_by_conditions(compose):
     assert order[-1] == "gateway"
 
 
-def test_only_the_gateway_and_the_broker_ui_are_published_on_loopback(compose):
+def test_only_the_gateway_the_broker_ui_and_s3_are_published_on_loopback(compose):
+    """S3 too: agents on the developer's machine upload to it directly."""
     published = {name: svc["ports"] for name, svc in compose["services"].items()
                  if svc.get("ports")}
-    assert set(published) == {"gateway", "rabbitmq"}
+    assert set(published) == {"gateway", "rabbitmq", "moto"}
     assert published["gateway"] == ["127.0.0.1:8080:8080"]
     assert "127.0.0.1:15672:15672" in published["rabbitmq"]
+    assert published["moto"] == ["127.0.0.1:5000:5000"]
     for ports in published.values():
         assert all(p.startswith("127.0.0.1:") for p in ports)
 
@@ -145,37 +147,19 @@ def test_data_lives_in_named_volumes(compose):
     assert {"mariadb-data", "rabbitmq-data"} <= used
 
 
-def _is_setting(variable: str) -> bool:
-    """Does ``RECLO_A__B`` name a field that Settings reads?"""
-    path = variable.removeprefix("RECLO_").lower().split("__")
-    model: type[BaseModel] = Settings
-    for part in path:
-        field = model.model_fields.get(part)
-        if field is None:
-            return False
-        model = field.annotation if isinstance(field.annotation, type) else BaseModel
-    return True
-
-
 def test_configuration_is_only_environment_variables_that_exist(compose):
     for name, service in {**_reclo_services(compose),
                           ONE_SHOT: compose["services"][ONE_SHOT]}.items():
         assert "env_file" not in service and "configs" not in service, name
         for variable in service["environment"]:
-            assert _is_setting(variable) or variable in LIBRARY_VARIABLES, variable
-    assert not _is_setting("RECLO_AUTH__NO_SUCH_THING")
+            assert is_setting(variable) or variable in LIBRARY_VARIABLES, variable
+    assert not is_setting("RECLO_AUTH__NO_SUCH_THING")
 
 
 def test_the_environment_wires_each_service_to_its_own_database(compose, monkeypatch):
     """The settings a container builds from compose's environment: listening on every
     interface, its own database on the mariadb service, the others by their names."""
-    environment = compose["services"]["gateway"]["environment"]
-    for variable in list(os.environ):
-        if variable.startswith("RECLO_"):
-            monkeypatch.delenv(variable)
-    for variable, value in environment.items():
-        monkeypatch.setenv(variable, str(value))
-    settings = Settings()
+    settings = settings_from(compose["services"]["gateway"]["environment"], monkeypatch)
     for name in expected_services():
         assert settings.section(name).host == "0.0.0.0"
         assert settings.port_for(name) == port_of(name)
@@ -185,6 +169,34 @@ def test_the_environment_wires_each_service_to_its_own_database(compose, monkeyp
             url = make_url(settings.database_url_for(name))
             assert (url.host, url.database) == ("mariadb", f"reclo_{name}")
     assert make_url(settings.bus_url.get_secret_value()).host == "rabbitmq"
+
+
+def test_backups_and_recoveries_are_configured_for_development(compose, monkeypatch):
+    """Each service's own environment, read as its container reads it: backups in moto's
+    S3 under URLs the host's agents reach, local recoveries on the recovery volume, the
+    EC2 API on moto, and settings the recovery service reads from the backup's agree."""
+    services = compose["services"]
+    built = {name: settings_from(services[name]["environment"], monkeypatch)
+             for name in _reclo_services(compose)}
+    for name, settings in built.items():
+        assert uses_s3(settings), name
+        assert settings.s3_endpoint == "http://moto:5000", name
+    assert built["recovery"].backup == built["backup"].backup.model_copy(
+        update={"presign_endpoint": None})
+
+    presign = built["backup"].backup.presign_endpoint
+    host_port = presign.removeprefix("http://")
+    assert any(p.rsplit(":", 1)[0] == host_port for p in services["moto"]["ports"]), presign
+
+    recovery = built["recovery"].recovery
+    assert recovery.targets == ("local",) and recovery.kms_enabled is False
+    (volume,) = services["recovery"]["volumes"]
+    mount = Path(volume.split(":")[1])
+    for folder in (recovery.scratch_dir, recovery.images_dir):
+        assert folder.is_relative_to(mount), folder
+
+    instances = built["instances"].instances
+    assert instances.ec2_endpoint == "http://moto:5000" and not instances.qemu_enabled
 
 
 def test_development_values_are_marked_as_such():

@@ -10,24 +10,29 @@ import functools
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from shared.objectstore import uses_s3
 from tests.deploy import kustomize
 from tests.deploy.manifests import (
     CALLING_AWS,
     IMAGE_UID,
     KUSTOMIZATIONS,
     PLACEHOLDER,
+    REPO,
     WITHOUT_DATABASE,
     by_kind,
     containers,
     expected_services,
+    is_setting,
     pod_labels,
     port_of,
     quantity,
     selects,
+    settings_from,
 )
 
 # The oldest Kubernetes we support (docs/operations.md) and the newest the validator knows.
@@ -39,6 +44,12 @@ DNS_PORT = 53
 BUS_PORTS = {5672, 5671}
 DATABASE_PORT = 3306
 HTTPS_PORT = 443
+# ConfigMap keys that are not ReClo's settings but read by its libraries (botocore).
+LIBRARY_VARIABLES = {"AWS_REGION"}
+# The settings production must be given before its first deployment (docs/operations.md):
+# the recovery environment in the customer's AWS account, which no default can guess.
+PROD_PLACEHOLDERS = {"RECLO_INSTANCES__SUBNET_ID", "RECLO_INSTANCES__GATEWAY_SUBNET_ID",
+                     "RECLO_INSTANCES__GATEWAY_IMAGE_ID"}
 
 
 @functools.cache
@@ -366,6 +377,53 @@ def test_recovery_workers_scale_and_keep_a_budget(objects):
     assert "ephemeral" in scratch or "emptyDir" in scratch
     (container,) = pod["containers"]
     assert {"name": "scratch", "mountPath": "/var/lib/reclo"} in container["volumeMounts"]
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def _config(objects) -> dict[str, str]:
+    return by_kind(objects, "ConfigMap")["reclo-config"]["data"]
+
+
+def test_the_configmap_holds_only_settings_that_exist(objects, monkeypatch):
+    config = _config(objects)
+    for variable in config:
+        assert is_setting(variable) or variable in LIBRARY_VARIABLES, variable
+    settings_from(config, monkeypatch)  # and they parse, as a pod would read them
+
+
+def test_backups_are_in_s3_and_recovery_works_on_its_scratch_volume(objects, monkeypatch):
+    """In a cluster the pods share no disk: the backup store must be S3 (real AWS: no
+    endpoint), and the recovery worker's scratch and kept images on its scratch volume."""
+    settings = settings_from(_config(objects), monkeypatch)
+    assert uses_s3(settings) and settings.s3_endpoint is None
+    recovery = by_kind(objects, "Deployment")["recovery"]
+    (container,) = containers(recovery)
+    scratch = next(Path(m["mountPath"]) for m in container["volumeMounts"]
+                   if m["name"] == "scratch")
+    for folder in (settings.recovery.scratch_dir, settings.recovery.images_dir):
+        assert folder is not None and folder.is_relative_to(scratch), folder
+    # A local image is downloaded from the worker that keeps it: with the local target,
+    # there is only ever one.
+    if "local" in settings.recovery.targets:
+        assert by_kind(objects, "HorizontalPodAutoscaler")["recovery"]["spec"][
+            "maxReplicas"] == 1
+
+
+def test_each_overlay_recovers_to_its_target(monkeypatch):
+    dev = settings_from(_config(_render("ours", "dev")), monkeypatch)
+    assert dev.recovery.targets == ("local",)
+    prod_config = _config(_render("ours", "prod"))
+    prod = settings_from(prod_config, monkeypatch)
+    assert prod.recovery.targets == ("aws",)
+    # What only the operator knows is a placeholder, and the documentation says to fill it.
+    placeholders = {k for k, v in prod_config.items() if PLACEHOLDER in v}
+    assert placeholders == PROD_PLACEHOLDERS
+    operations = (REPO / "docs" / "operations.md").read_text()
+    for variable in placeholders:
+        assert f"`{variable}`" in operations, variable
+    assert not [k for k, v in _config(_render("ours", "dev")).items() if PLACEHOLDER in v]
 
 
 # --- overlays compared --------------------------------------------------------------------
