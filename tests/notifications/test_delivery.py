@@ -12,7 +12,8 @@ import time
 from datetime import UTC, datetime
 
 from shared.events import BackupFailed, BackupOverdue, DrillFailed, InstanceReady, RecoveryCompleted
-from tests.notifications.conftest import TEST_DELAYS, publish
+from tests.harness import Api, running_stack
+from tests.notifications.conftest import TEST_DELAYS, notify_settings, publish
 from tests.support import eventually
 
 
@@ -197,3 +198,77 @@ async def test_slow_webhook_does_not_delay_another_users_email(stack, new_api, w
     assert mail.message["Subject"] == "[ReClo] Recovery r9 is complete"
     # The slow receiver is still being waited on, one request at a time.
     assert len(webhooks.hooks("/slow")) == 1
+
+
+async def test_nothing_secret_in_messages(stack, new_api, webhooks, smtp):
+    """A failure reason that quotes credentials (a presigned URL, a key, a passphrase) is
+    scrubbed; the signing secret and the user's token never appear in a message."""
+    frank = await new_api("frank")
+    _, saved, _ = await frank.call("PUT", "/api/v1/notifications/settings", json={
+        "webhook_url": webhooks.on("/frank"), "email": "frank@example.com"})
+    secrets = {
+        saved["webhook_secret"],
+        frank.token,
+        "rca_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5",
+        "hunter2-passphrase",
+        "AKIAIOSFODNN7EXAMPLE",
+        "X-Amz-Signature=6d1c0ffee",
+        "s3cr3t-pw",
+    }
+    reason = ("upload to https://s3.example.com/reclo/u/h/data/ab?X-Amz-Signature=6d1c0ffee"
+              "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE failed; agent key "
+              "rca_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5 passphrase=hunter2-passphrase "
+              "Authorization: Bearer " + frank.token + " via https://bob:s3cr3t-pw@proxy.example")
+    await publish(stack, BackupFailed(user_id=frank.user_id, host_id="h1", host="files",
+                                      reason=reason))
+    await eventually(lambda: webhooks.hooks("/frank") and smtp.to("frank@example.com"))
+    body = webhooks.hooks("/frank")[0].body.decode()
+    mail = smtp.to("frank@example.com")[0].message.as_string()
+    for secret in secrets:
+        assert secret not in body, secret
+        assert secret not in mail, secret
+    reason_sent = json.loads(body)["data"]["reason"]
+    # What is not secret stays, so the message is still useful.
+    assert reason_sent.startswith("upload to https://s3.example.com/reclo/u/h/data/ab?[redacted]")
+    assert "failed; agent key [redacted] passphrase=[redacted]" in reason_sent
+    assert "proxy.example" in reason_sent
+    # The delivery list is the user's own, but holds no secret either.
+    _, listed, _ = await frank.call("GET", "/api/v1/notifications/deliveries")
+    assert saved["webhook_secret"] not in str(listed)
+
+
+async def test_settings_changes_apply_to_pending_deliveries(mode, tmp_path, unique, smtp,
+                                                            webhooks, http):
+    """A corrected URL gets the messages still pending; a removed webhook ends them."""
+    # Retries far enough apart for the user to change the settings in between.
+    settings = notify_settings(mode, tmp_path, unique, smtp.port,
+                               notify_retry_delays=(0.8, 0.8))
+    async with running_stack(settings, ["gateway", "auth"]) as (stack, base):
+        gina = Api(http, base)
+        await gina.register_and_login(f"gina{unique}")
+        _, me, _ = await gina.call("GET", "/api/v1/auth/me")
+        broken = webhooks.on("/gina-old", status=500)
+        await gina.call("PUT", "/api/v1/notifications/settings", json={"webhook_url": broken})
+        await publish(stack, RecoveryCompleted(user_id=me["id"], recovery_id="r1"))
+        await eventually(lambda: webhooks.hooks("/gina-old"))
+        fixed = webhooks.on("/gina-new")
+        await gina.call("PUT", "/api/v1/notifications/settings", json={"webhook_url": fixed})
+
+        async def finished(n):
+            items = await deliveries(gina)
+            done = [i for i in items if i["state"] in ("delivered", "failed")]
+            return len(done) == n and items
+
+        first = (await eventually(lambda: finished(1)))[0]
+        assert first["state"] == "delivered" and first["attempts"] == 2
+        assert first["target"] == fixed
+        assert len(webhooks.hooks("/gina-old")) == 1 and len(webhooks.hooks("/gina-new")) == 1
+
+        webhooks.on("/gina-new", status=500)
+        await publish(stack, RecoveryCompleted(user_id=me["id"], recovery_id="r2"))
+        await eventually(lambda: len(webhooks.hooks("/gina-new")) == 2)
+        await gina.call("PUT", "/api/v1/notifications/settings", json={})
+        items = await eventually(lambda: finished(2))
+        assert items[0]["state"] == "failed" and items[0]["attempts"] == 1  # not tried again
+        assert items[0]["last_error"] == "the webhook was removed from the settings"
+        assert len(webhooks.hooks("/gina-new")) == 2
