@@ -71,6 +71,8 @@ class AuthSettings(ServiceSettings):
     # Webhooks to loopback, private, link-local (cloud metadata) addresses are refused, so
     # a customer can't make ReClo probe its own network. Allow for a private deployment.
     notify_allow_private_webhooks: bool = False
+    # Delivered and failed deliveries are listed this long, then deleted.
+    notify_keep_days: float = Field(default=30.0, gt=0)
     # SMTP relay for e-mail; unset: this server sends no e-mail (settings refuse one).
     smtp_host: str | None = None
     smtp_port: int = Field(default=587, gt=0, lt=65536)

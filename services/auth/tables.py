@@ -82,6 +82,7 @@ class NotificationDeliveryRow(Base):
         UniqueConstraint("event_id", "channel", name="uq_notification_deliveries_event"),
         Index("ix_notification_deliveries_due", "state", "next_attempt_at"),
         Index("ix_notification_deliveries_user", "user_id", "created_at", "id"),
+        Index("ix_notification_deliveries_finished", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -148,3 +148,19 @@ async def test_two_running_replicas_send_each_delivery_once(auth_db, webhooks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await other_db.dispose()
+
+
+async def test_old_finished_deliveries_are_pruned(auth_db, webhooks):
+    settings, db = auth_db
+    ids = await add_deliveries(db, lambda n: webhooks.url("/z"), 4)
+    now = utcnow()
+    finished = {ids[0]: now - timedelta(days=31), ids[1]: now - timedelta(days=29),
+                ids[2]: None}  # ids[2] still pending, ids[3] pending too
+    async with db.transaction() as session:
+        for delivery_id, when in finished.items():
+            row = await session.get(NotificationDeliveryRow, delivery_id)
+            row.state, row.finished_at = ("failed", when) if when else ("pending", None)
+    assert await Sender(settings.auth, db).prune() == 1
+    async with db.sessions() as session:
+        left = set((await session.scalars(select(NotificationDeliveryRow.id))).all())
+    assert left == set(ids[1:])

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import event as sa_event, select, update
+from sqlalchemy import delete, event as sa_event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.auth.domain import new_id
@@ -53,6 +53,10 @@ CLAIM_LOOKAHEAD = 4
 # A database that keeps failing is retried no faster than this.
 MAX_IDLE_SECONDS = 60.0
 ERROR_MAX = 500
+# Finished deliveries older than the keep period are deleted this often, this many per
+# transaction (a short lock, whatever the backlog).
+PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_BATCH = 1000
 
 
 async def record(session: AsyncSession, envelope: Envelope, event: Event, *,
@@ -109,6 +113,8 @@ class Sender:
             "email": settings.notify_smtp_timeout_seconds + DEADLINE_MARGIN_SECONDS,
         }
         self.lease = timedelta(seconds=max(self.deadlines.values()) + LEASE_MARGIN_SECONDS)
+        self.keep = timedelta(days=settings.notify_keep_days)
+        self._pruned_at: float | None = None
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task] = {}
         self._busy: set[str] = set()
@@ -134,6 +140,7 @@ class Sender:
                 self._wake.clear()  # before reading, so a commit during the read wakes us
                 try:
                     await self.dispatch_due()
+                    await self._prune_when_due()
                     failures = 0
                 except Exception as exc:
                     failures += 1
@@ -177,6 +184,23 @@ class Sender:
             if not more:
                 break
         return started
+
+    async def _prune_when_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_SECONDS:
+            self._pruned_at = now
+            while await self.prune() == PRUNE_BATCH:
+                pass
+
+    async def prune(self) -> int:
+        """Delete one batch of deliveries that finished before the keep period."""
+        cutoff = self.clock() - self.keep
+        async with self.db.transaction() as session:
+            ids = (await session.scalars(
+                select(D.id).where(D.finished_at < cutoff).limit(PRUNE_BATCH))).all()
+            if ids:
+                await session.execute(delete(D).where(D.id.in_(ids)))
+        return len(ids)
 
     def _start(self, claim: Claim) -> None:
         task = asyncio.create_task(self._deliver(claim), name=f"notification:{claim.id}")

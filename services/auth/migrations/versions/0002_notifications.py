@@ -51,6 +51,8 @@ def upgrade() -> None:
                     ["state", "next_attempt_at"])
     op.create_index("ix_notification_deliveries_user", "notification_deliveries",
                     ["user_id", "created_at", "id"])
+    op.create_index("ix_notification_deliveries_finished", "notification_deliveries",
+                    ["finished_at"])
 
 
 def downgrade() -> None:
