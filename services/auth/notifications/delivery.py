@@ -177,11 +177,11 @@ class Sender:
         """Claim due deliveries into the free slots and start sending them."""
         started = 0
         while (free := self.concurrency - len(self._in_flight)) > 0:
-            claims, more = await self.claim(free)
+            claims, progressed = await self.claim(free)
             for claim in claims:
                 self._start(claim)
             started += len(claims)
-            if not more:
+            if not progressed:  # nothing due, or only what waits for a busy destination
                 break
         return started
 
@@ -218,7 +218,7 @@ class Sender:
 
     async def claim(self, limit: int) -> tuple[list[Claim], bool]:
         """Take up to ``limit`` due deliveries (one per destination); returns them and
-        whether any due row was looked at (so there may be more)."""
+        whether any row changed (claimed or given up), so that more may be due."""
         now = self.clock()
         async with self.db.transaction(read_committed=True) as session:
             query = (select(D).where(D.state.in_((PENDING, SENDING)), D.next_attempt_at <= now)
@@ -237,16 +237,19 @@ class Sender:
                 .where(NotificationSettingsRow.user_id.in_(owners)))).all()}
             claims: list[Claim] = []
             taken: set[str] = set()
+            given_up = 0
             for row in rows:
                 current = settings.get(row.user_id)
                 # Sent where the settings say now: a corrected URL gets the pending messages.
                 destination = _destination(current, row.channel)
                 if destination is None:
                     _give_up(row, now, f"the {row.channel} was removed from the settings")
+                    given_up += 1
                     continue
                 if row.attempts >= self.max_attempts:
                     # A sender died during the last attempt; its claim lapsed.
                     _give_up(row, now, row.last_error or "the last attempt did not finish")
+                    given_up += 1
                     continue
                 if len(claims) == limit or destination in taken or destination in self._busy:
                     continue
@@ -260,7 +263,7 @@ class Sender:
                     event_type=row.event_type, payload=row.payload, attempts=row.attempts,
                     secrets=tuple(store.signing_secrets(current, now))
                     if row.channel == "webhook" else ()))
-        return claims, True
+        return claims, bool(claims or given_up)
 
     # --- sending --------------------------------------------------------------------
 
