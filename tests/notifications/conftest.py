@@ -8,10 +8,13 @@ from tests.notifications.receivers import SmtpReceiver, WebhookReceiver
 
 # Retries after 50 ms then 100 ms: a receiver that is down is given up on within a second.
 TEST_DELAYS = (0.05, 0.1)
+# Long enough that "arrived while a slow webhook was still being waited on" holds on a
+# loaded machine; no test waits for it to run out.
+WEBHOOK_TIMEOUT = 5.0
 NOTIFY = {
     "notify_retry_delays": TEST_DELAYS,
     "notify_poll_seconds": 0.1,
-    "notify_webhook_timeout_seconds": 2.0,
+    "notify_webhook_timeout_seconds": WEBHOOK_TIMEOUT,
     "notify_smtp_timeout_seconds": 5.0,
     # The receivers are on 127.0.0.1, which the SSRF guard refuses by default.
     "notify_allow_private_webhooks": True,
