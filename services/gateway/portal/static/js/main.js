@@ -10,6 +10,7 @@ import * as downloads from './pages/downloads.js';
 import * as host from './pages/host.js';
 import * as instances from './pages/instances.js';
 import * as keys from './pages/keys.js';
+import * as notifications from './pages/notifications.js';
 import * as recover from './pages/recover.js';
 import * as recoveries from './pages/recoveries.js';
 import * as recovery from './pages/recovery.js';
@@ -25,6 +26,7 @@ const ROUTES = [
   { path: '/app/recoveries/:id', page: recovery },
   { path: '/app/instances', page: instances },
   { path: '/app/keys', page: keys },
+  { path: '/app/notifications', page: notifications },
   { path: '/app/downloads', page: downloads, open: true },
 ];
 

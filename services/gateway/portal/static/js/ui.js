@@ -1,6 +1,7 @@
 // Small pieces every page uses: the status line, error boxes, the confirmation dialog.
 
-import { append, clear, h } from './dom.js';
+import { ApiError } from './api.js';
+import { append, clear, h, showFieldErrors } from './dom.js';
 
 // The polite live region under the header: announced by screen readers, seen by everyone.
 export function notify(text) {
@@ -18,6 +19,20 @@ export function errorBox() {
     box.hidden = false;
   };
   return box;
+}
+
+// A refusal shown where it belongs: field errors beside their fields (the box then only
+// points at them, rather than saying it twice), anything else in the box.
+export function showRefusal(box, form, error) {
+  if (!(error instanceof ApiError)) {
+    box.show(error);  // the form's own checks marked their fields already
+  } else {
+    const unplaced = showFieldErrors(form, error.errors);
+    if (error.errors.length && !unplaced.length) box.show(new Error('Please correct the marked fields.'));
+    else box.show(unplaced.length ? [error.message, ...unplaced] : error);
+  }
+  const invalid = form.querySelector('[aria-invalid=true]');
+  if (invalid) invalid.focus();
 }
 
 // Runs `work` with the button disabled, so a double click does not start two recoveries.

@@ -1,9 +1,9 @@
 // Sign in and sign up. Errors are the API's own words (a wrong password reads "the
 // username or the password is wrong"), placed beside the field they concern.
 
-import { ApiError, post, session } from '../api.js';
+import { post, session } from '../api.js';
 import { field, h, showFieldErrors } from '../dom.js';
-import { busy, errorBox, heading, notify } from '../ui.js';
+import { busy, errorBox, heading, notify, showRefusal } from '../ui.js';
 
 // The API's bounds (shared/api/auth.py), so the form says it before the server does.
 const USERNAME_MAX = 64;
@@ -60,10 +60,8 @@ function wire(form, box, submit) {
       try {
         await submit();
       } catch (error) {
-        const unplaced = error instanceof ApiError ? showFieldErrors(form, error.errors) : [];
-        box.show(unplaced.length ? [error.message, ...unplaced] : error);
-        const invalid = form.querySelector('[aria-invalid=true]');
-        (invalid || form.elements.username).focus();
+        showRefusal(box, form, error);
+        if (!form.querySelector('[aria-invalid=true]')) form.elements.username.focus();
       }
     });
   });

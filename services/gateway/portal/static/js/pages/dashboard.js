@@ -19,9 +19,35 @@ export function stateBadge(state) {
 
 export const title = 'Dashboard';
 
+const DRILL_WORDS = { passed: 'Passed', failed: 'Failed', skipped: 'Skipped' };
+
+// Each host's newest finished recovery drill (the API lists them newest first). The
+// dashboard still shows if the drills cannot be read: their column says "—" then.
+async function lastDrills() {
+  let drills = [];
+  try {
+    drills = await all('/drills', 400);
+  } catch {
+    return new Map();
+  }
+  const last = new Map();
+  for (const drill of drills) {
+    if (DRILL_WORDS[drill.state] && !last.has(drill.host_id)) last.set(drill.host_id, drill);
+  }
+  return last;
+}
+
+export function drillCell(drill) {
+  if (!drill) return '—';
+  return h('span', {},
+    h('span', { class: `badge drill-${drill.state}`, title: drill.reason || '' }, DRILL_WORDS[drill.state]),
+    ' ', time(drill.finished_at || drill.created_at),
+    drill.reason ? h('span', { class: 'help drill-reason' }, h('br'), drill.reason) : null);
+}
+
 export async function render(main) {
   main.append(heading('Dashboard'));
-  const hosts = await all('/hosts');
+  const [hosts, drills] = await Promise.all([all('/hosts'), lastDrills()]);
   if (!hosts.length) {
     main.append(h('section', { class: 'card' },
       h('h2', {}, 'No servers yet'),
@@ -34,7 +60,8 @@ export async function render(main) {
   main.append(h('p', { class: 'summary' },
     failing.length
       ? `${failing.length} of ${hosts.length} servers need attention.`
-      : `All ${hosts.length} servers are backed up as scheduled.`));
+      : (hosts.length === 1 ? 'The server is backed up as scheduled.'
+        : `All ${hosts.length} servers are backed up as scheduled.`)));
   main.append(table('Protected servers',
     ['Server', 'State', 'Last backup', 'Next backup', 'Storage used', 'Backups', 'Last drill'],
     hosts.map((host) => [
@@ -44,8 +71,7 @@ export async function render(main) {
       time(host.next_backup_due),
       bytes(host.storage_bytes),
       String(host.backups ?? '—'),
-      // The API records no recovery drills yet (docs/portal.md).
-      host.last_drill_at ? time(host.last_drill_at) : '—',
+      drillCell(drills.get(host.id)),
     ])));
   return null;
 }

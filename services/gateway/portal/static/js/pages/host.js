@@ -3,7 +3,7 @@
 import { all, get, seg } from '../api.js';
 import { bytes, count, h, time, when } from '../dom.js';
 import { heading, table } from '../ui.js';
-import { stateBadge } from './dashboard.js';
+import { drillCell, stateBadge } from './dashboard.js';
 
 export const title = 'Backups';
 
@@ -28,14 +28,17 @@ export function recoverable(backup) {
 }
 
 export async function render(main, { id }) {
-  const [host, backups] = await Promise.all([get(`/hosts/${seg(id)}`),
-    all(`/backups?host=${seg(id)}`, 400)]);
+  const [host, backups, drills] = await Promise.all([get(`/hosts/${seg(id)}`),
+    all(`/backups?host=${seg(id)}`, 400),
+    get(`/drills?host=${seg(id)}&limit=5`).then((page) => page.items, () => [])]);
+  const drill = drills.find((d) => ['passed', 'failed', 'skipped'].includes(d.state));
   main.append(heading(`Backups of ${host.name}`));
   main.append(h('dl', { class: 'facts' },
     h('dt', {}, 'State'), h('dd', {}, stateBadge(host.state)),
     h('dt', {}, 'Last backup'), h('dd', {}, time(host.last_backup_at)),
     h('dt', {}, 'Next backup'), h('dd', {}, time(host.next_backup_due)),
-    h('dt', {}, 'Storage used'), h('dd', {}, bytes(host.storage_bytes))));
+    h('dt', {}, 'Storage used'), h('dd', {}, bytes(host.storage_bytes)),
+    h('dt', {}, 'Last drill'), h('dd', { id: 'last-drill' }, drillCell(drill))));
   main.append(table(`Backups of ${host.name}`,
     ['Date', 'Kind', 'Status', 'Size', 'What changed', 'Contents', ''],
     backups.map((backup) => [

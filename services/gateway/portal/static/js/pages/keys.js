@@ -1,8 +1,8 @@
 // Agent keys: one per server; shown once when minted, revocable.
 
-import { ApiError, all, del, post, seg } from '../api.js';
+import { all, del, post, seg } from '../api.js';
 import { clear, field, h, showFieldErrors, time } from '../dom.js';
-import { busy, confirmDialog, errorBox, heading, notify, table } from '../ui.js';
+import { busy, confirmDialog, errorBox, heading, notify, showRefusal, table } from '../ui.js';
 
 export const title = 'Agent keys';
 const HOST_MAX = 255;
@@ -65,8 +65,7 @@ export async function render(main) {
         form.reset();
         await refresh();
       } catch (error) {
-        const unplaced = error instanceof ApiError ? showFieldErrors(form, error.errors) : [];
-        box.show(unplaced.length ? [error.message, ...unplaced] : error);
+        showRefusal(box, form, error);
       }
     });
   });

@@ -1,8 +1,8 @@
 // Recover: the backup (chosen on the server's page, changeable here) → where to → confirm.
 
-import { ApiError, all, get, post, seg } from '../api.js';
+import { all, get, post, seg } from '../api.js';
 import { bytes, clear, field, h, showFieldErrors, uid, when } from '../dom.js';
-import { busy, errorBox, heading } from '../ui.js';
+import { busy, errorBox, heading, showRefusal } from '../ui.js';
 import { recoverable } from './host.js';
 
 export const title = 'Recover';
@@ -120,10 +120,9 @@ export async function render(main, { backup: backupId }, { navigate }) {
         const recovery = await post('/recoveries', body);
         await navigate(`/app/recoveries/${encodeURIComponent(recovery.id)}`);
       } catch (error) {
-        const unplaced = error instanceof ApiError ? showFieldErrors(form, error.errors) : [];
-        box.show(unplaced.length ? [error.message, ...unplaced] : error);
         review.hidden = true;
         form.hidden = false;
+        showRefusal(box, form, error);
         box.scrollIntoView({ block: 'nearest' });
       }
     }));
