@@ -90,6 +90,8 @@ async def forward(gateway, request: web.Request, service: str, identity: Identit
                 response.headers.add(name, value)
         for name, value in (default_headers or {}).items():
             response.headers.setdefault(name, value)
+        # Set before prepare(): the middleware's header would come too late for a stream.
+        response.headers["X-Request-ID"] = request[REQUEST_ID]
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)

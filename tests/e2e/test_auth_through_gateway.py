@@ -185,3 +185,14 @@ async def test_openapi_document_covers_the_surface(api):
     ref = login["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"]
     assert "429" in login["responses"]
+
+
+async def test_proxied_answers_carry_the_request_id(api):
+    async with api.session.get(api.base + "/api/v1/auth/me",
+                               headers={"X-Request-ID": "trace-me-123"}) as response:
+        assert response.status == 401
+        assert response.headers["X-Request-ID"] == "trace-me-123"
+    async with api.session.post(api.base + "/api/v1/auth/register",
+                                json={"username": "rid", "password": PASSWORD}) as response:
+        assert response.status == 201
+        assert len(response.headers["X-Request-ID"]) == 32
