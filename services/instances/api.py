@@ -146,8 +146,9 @@ async def add_vpn_peer(call: Call):
         raise Problem(503, "VPN not ready",
                       f"{env.failure_reason or 'the VPN gateway is starting'}; ask again shortly",
                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    # wg-quick names the interface after the file: at most 15 characters on Linux.
     result = VpnPeerCreated(peer=_peer(peer), config=conf,
-                            filename=f"reclo-{instance.id[:8]}-{peer.address}.conf")
+                            filename=f"rc-{instance.id[:12]}.conf")
     if created:
         return result
     return web.Response(status=200, text=result.model_dump_json(),

@@ -70,6 +70,7 @@ async def test_local_peers_get_a_conf_and_the_gateway_file_follows(mode, tmp_pat
             assert (peer["address"], peer["public_key"], peer["name"], peer["instance_id"]) == (
                 "10.77.0.2", publics[0], "laptop", instance)
             assert body["filename"].endswith(".conf")
+            assert len(body["filename"].removesuffix(".conf")) <= 15  # a Linux interface name
             (_, interface), (_, remote) = parse(body["config"])
             assert interface == {"Address": "10.77.0.2/32"}  # no private key: the client's
             folder = tmp_path / "data" / "instances" / "wireguard"
