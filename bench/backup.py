@@ -177,6 +177,11 @@ def run(args, work: Path) -> dict:
         for e in engines:
             e.close()
     results["load"]["at_end"] = os.getloadavg()
+    # In a shared working tree the code can change while the script waits for a quiet machine.
+    changed = {e.name: v for e in engines if (v := e.version()) != results["versions"][e.name]}
+    if changed:
+        results["versions_at_end"] = changed
+        print(f"versions changed during the run: {changed}")
     results["figures"] = {e.name: figures(results["engines"][e.name], results["dataset"]) for e in engines}
     results["table"] = table(results["figures"], [e.name for e in engines])
     print()

@@ -37,7 +37,8 @@ def plot(results: dict, path: Path) -> None:
 
     m, d = results["machine"], results["dataset"]
     fig.suptitle(f"{d['bytes'] / 2**20:.0f} MiB data set (make_dataset.py), {m['cpus']} cores, "
-                 f"page cache {results['cache']}, {results['started'][:10]}", fontsize=10)
+                 f"page cache {results['cache']}, load average {results['load']['at_start'][0]:.1f} at start, "
+                 f"{results['started'][:10]}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
