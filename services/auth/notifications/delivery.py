@@ -122,9 +122,6 @@ class Sender:
 
     # --- waking ---------------------------------------------------------------------
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def wake_after_commit(self, session: AsyncSession) -> None:
         """Send as soon as the handler's transaction commits (not before: the rows would
         not be visible yet)."""
@@ -135,8 +132,13 @@ class Sender:
 
     async def run(self) -> None:
         failures = 0
+        me = asyncio.current_task()
         try:
             while True:
+                # A cancellation that something below swallowed (Python 3.11's wait_for
+                # does when its awaitable finishes at the same moment) still stops us.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 self._wake.clear()  # before reading, so a commit during the read wakes us
                 try:
                     await self.dispatch_due()
@@ -147,8 +149,11 @@ class Sender:
                     if failures in (1, 10) or failures % 100 == 0:
                         log.warning("notification sender failed, will retry",
                                     error=str(exc) or type(exc).__name__, failures=failures)
+                # asyncio.timeout, not wait_for: wait_for can swallow the cancellation that
+                # stops the service when the wake-up comes at the same moment.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_seconds(failures))
+                    async with asyncio.timeout(self._idle_seconds(failures)):
+                        await self._wake.wait()
         finally:
             await self.stop()
 
