@@ -157,5 +157,8 @@ class Outbox:
             if published:
                 continue  # there may be more behind this batch
             backoff = min(self.poll_seconds * (2 ** min(failures, 5)), 30.0)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+            # cancellation that stop() sends when the wake comes at the same moment.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()

@@ -59,8 +59,10 @@ class Report:
 async def collector(service) -> None:
     """Background loop: collect when woken (after a forget commits) or every poll period."""
     while True:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(service.gc_wake.wait(), service.settings.gc_poll_seconds)
+        # asyncio.timeout, not wait_for (which can swallow a cancellation on Python 3.11).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(service.settings.gc_poll_seconds):
+                await service.gc_wake.wait()
         service.gc_wake.clear()
         try:
             await collect(service)
