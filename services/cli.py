@@ -31,7 +31,8 @@ def _logging(settings) -> None:
 
 
 async def _up(args) -> int:
-    from services.embedded import Stack, wait_for_signal
+    from services.embedded import Stack
+    from shared.runtime import wait_for_signal
 
     settings = _settings(args.data_dir)
     if args.port is not None:
@@ -52,7 +53,8 @@ async def _up(args) -> int:
 
 
 async def _serve(args) -> int:
-    from services.embedded import Stack, wait_for_signal
+    from services.embedded import Stack
+    from shared.runtime import wait_for_signal
 
     settings = _settings(args.data_dir)
     _logging(settings)

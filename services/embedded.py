@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 from collections.abc import Sequence
 
 from services.registry import builders
-from shared.bus import Bus, create_bus
 from shared.logs import get_logger
-from shared.runtime import ServiceRuntime, internal_key
+from shared.runtime import ServiceRuntime, internal_key, make_bus
 from shared.settings import Settings
 
 log = get_logger(__name__)
-
-
-def make_bus(settings: Settings) -> Bus:
-    url = settings.bus_url.get_secret_value() if settings.bus_url else None
-    return create_bus(url, prefetch=settings.bus.prefetch, retry_delays=settings.bus.retry_delays,
-                      exchange=settings.bus.exchange)
 
 
 class Stack:
@@ -69,12 +60,3 @@ class Stack:
         for runtime in reversed(list(self.runtimes.values())):
             with contextlib.suppress(Exception):
                 await runtime.stop()
-
-
-async def wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()

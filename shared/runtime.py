@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,13 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import MetaData
 
-from shared.bus import Bus
+from shared.bus import Bus, create_bus
 from shared.db import Database
 from shared.events import Event
 from shared.http.app import create_app
 from shared.http.routes import Routes
 from shared.inbox import Dispatcher, EventHandler
-from shared.logs import bind, get_logger
+from shared.logs import bind, configure_logging, get_logger
 from shared.migrations import upgrade
 from shared.outbox import Outbox
 from shared.settings import Settings
@@ -31,6 +33,45 @@ from shared.settings import Settings
 log = get_logger(__name__)
 
 BackgroundTask = Callable[[], Awaitable[None]]
+
+
+def make_bus(settings: Settings) -> Bus:
+    url = settings.bus_url.get_secret_value() if settings.bus_url else None
+    return create_bus(url, prefetch=settings.bus.prefetch, retry_delays=settings.bus.retry_delays,
+                      exchange=settings.bus.exchange)
+
+
+async def wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def serve_alone(name: str, build: Callable[[Settings, Bus, bytes], ServiceRuntime]) -> int:
+    """``python -m services.<name> [--migrate]``: one service alone, from its own package,
+    as ``reclo serve <name>`` runs it."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> int:
+        bus = make_bus(settings)
+        runtime = build(settings, bus, internal_key(settings))
+        if "--migrate" in sys.argv[1:]:
+            await runtime.migrate()
+        await bus.connect()
+        try:
+            await runtime.start()
+            await wait_for_signal()
+        finally:
+            with contextlib.suppress(Exception):
+                await bus.close()  # stop taking events before the database closes
+            await runtime.stop()
+        return 0
+
+    return asyncio.run(run())
 
 
 def internal_key(settings: Settings) -> bytes:

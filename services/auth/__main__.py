@@ -1,6 +1,9 @@
-"""`python -m services.auth` — the same as `reclo serve auth`."""
+"""`python -m services.auth [--migrate]`: this service alone, as `reclo serve auth` runs it."""
 
-from services.cli import main
+import sys
+
+from services.auth.app import build
+from shared.runtime import serve_alone
 
 if __name__ == "__main__":
-    main(["serve", "auth"])
+    sys.exit(serve_alone("auth", build))

@@ -1,4 +1,4 @@
-"""`python -m services.backup` — the same as `reclo serve backup`.
+"""`python -m services.backup [--migrate]`: this service alone, as `reclo serve backup` runs it.
 
 `python -m services.backup rebuild-catalog` recreates the hosts and backups missing from
 the database from the catalogue records in the bucket (services/backup/catalog.py), with
@@ -8,12 +8,12 @@ the same settings (`RECLO_*`) the service runs with.
 import asyncio
 import sys
 
-from services.cli import main
+from services.backup.app import build
+from shared.runtime import serve_alone
 
 
 async def rebuild_catalog() -> int:
     from services.backup import catalog
-    from services.backup.app import build
     from shared.bus import create_bus
     from shared.runtime import internal_key
     from shared.settings import Settings
@@ -36,4 +36,4 @@ async def rebuild_catalog() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["rebuild-catalog"]:
         sys.exit(asyncio.run(rebuild_catalog()))
-    main(["serve", "backup"])
+    sys.exit(serve_alone("backup", build))

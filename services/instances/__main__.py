@@ -1,6 +1,9 @@
-"""`python -m services.instances` — the same as `reclo serve instances`."""
+"""`python -m services.instances [--migrate]`: this service alone, as `reclo serve instances` runs it."""
 
-from services.cli import main
+import sys
+
+from services.instances.app import build
+from shared.runtime import serve_alone
 
 if __name__ == "__main__":
-    main(["serve", "instances"])
+    sys.exit(serve_alone("instances", build))

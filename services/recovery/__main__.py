@@ -1,6 +1,9 @@
-"""`python -m services.recovery` — the same as `reclo serve recovery`."""
+"""`python -m services.recovery [--migrate]`: this service alone, as `reclo serve recovery` runs it."""
 
-from services.cli import main
+import sys
+
+from services.recovery.app import build
+from shared.runtime import serve_alone
 
 if __name__ == "__main__":
-    main(["serve", "recovery"])
+    sys.exit(serve_alone("recovery", build))

@@ -1,6 +1,9 @@
-"""`python -m services.scheduler` — the same as `reclo serve scheduler`."""
+"""`python -m services.scheduler [--migrate]`: this service alone, as `reclo serve scheduler` runs it."""
 
-from services.cli import main
+import sys
+
+from services.scheduler.app import build
+from shared.runtime import serve_alone
 
 if __name__ == "__main__":
-    main(["serve", "scheduler"])
+    sys.exit(serve_alone("scheduler", build))

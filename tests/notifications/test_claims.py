@@ -15,7 +15,7 @@ from sqlalchemy import select
 from services.auth.notifications.delivery import Sender
 from services.auth.notifications.errors import DeliveryError
 from services.auth.tables import NotificationDeliveryRow, NotificationSettingsRow, UserRow
-from services.embedded import make_bus
+from shared.runtime import make_bus
 from services.registry import builders
 from shared.db import Database
 from shared.events import utcnow

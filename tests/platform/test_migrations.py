@@ -24,7 +24,7 @@ def test_there_are_services_with_tables():
 @pytest.mark.parametrize("service", SERVICES_WITH_TABLES)
 async def test_migrations_match_the_tables(service, mode, tmp_path, unique):
     settings = settings_for(mode, tmp_path, unique)
-    from services.embedded import make_bus
+    from shared.runtime import make_bus
 
     runtime = builders()[service](settings, make_bus(settings), b"k" * 32)
     metadata = importlib.import_module(f"services.{service}.tables").metadata

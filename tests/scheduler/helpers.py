@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import aio_pika
 from sqlalchemy import select
 
-from services.embedded import make_bus
+from shared.runtime import make_bus
 from services.scheduler.app import build
 from services.scheduler.tables import outbox
 from shared.db import Database

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from services.auth.tables import TokenRow, UserRow, inbox as auth_inbox
-from services.embedded import Stack, make_bus
+from services.embedded import Stack
+from shared.runtime import make_bus
 from shared.bus import create_bus
 from shared.db import Database
 from shared.events import payload_of, utcnow
