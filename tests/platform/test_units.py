@@ -102,22 +102,27 @@ def test_settings_from_environment(monkeypatch):
     assert s.port_for("gateway") == 9000
 
 
-def test_logged_tracebacks_carry_no_local_variables(capsys):
-    import logging
+def test_logged_tracebacks_carry_no_local_variables():
+    """In a child process: configuring logging here would bind the process-wide loggers to
+    this test's captured stream."""
+    import subprocess
+    import sys
 
-    from shared.logs import configure_logging, get_logger
-
-    configure_logging("info", "json")
-
-    def fail():
-        passphrase = "hunter2-do-not-log"  # noqa: F841 - a secret in scope
-        raise ValueError("boom")
-
-    for emit in (get_logger().exception, logging.getLogger("lib").exception):
-        try:
-            fail()
-        except ValueError:
-            emit("failed")
-    err = capsys.readouterr().err
-    assert err.count("ValueError: boom") == 2
-    assert "hunter2" not in err
+    program = """
+import logging
+from shared.logs import configure_logging, get_logger
+configure_logging("info", "json")
+def fail():
+    passphrase = "hunter2-do-not-log"
+    raise ValueError("boom")
+for emit in (get_logger().exception, logging.getLogger("lib").exception):
+    try:
+        fail()
+    except ValueError:
+        emit("failed")
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("ValueError: boom") == 2
+    assert "hunter2" not in done.stderr
