@@ -1,9 +1,9 @@
 """Recovery: from an image backup to an import-ready image, timed (issues 4 and 8: a 10 GiB
 image in at most 2 minutes on this machine).
 
-    .venv/bin/python bench/recovery.py --size-gib 1 [--data-fraction 0.5] [--format vmdk|raw]
-                                       [--s3] [--work DIR] [--profile] [--warm] [--keep]
-                                       [--out results.json]
+    .venv/bin/python bench/recovery.py --size-gib 1 [--data-fraction 0.5]
+                                       [--format vmdk|raw|vhd[,...]] [--s3] [--work DIR]
+                                       [--profile] [--warm] [--keep] [--out results.json]
 
 What it does, each step a real process as in production:
 1. builds the disk: an ext4 filesystem image (`mke2fs -t ext4 -d DIR`) of --size-gib whose
@@ -14,7 +14,8 @@ What it does, each step a real process as in production:
    folder object store, or moto_server's S3 with --s3), registers a user, and backs the disk
    up with the real `reclo-agent` (register, init, backup of an image source) through the
    backup service;
-3. waits for a quiet machine (1-minute load below --max-load, at most --wait-minutes),
+3. for each format asked for, in turn (one disk and one backup serve them all): waits for
+   a quiet machine (1-minute load below --max-load, at most --wait-minutes),
    drops the page cache (unless --warm: the repository was just written and would be read
    from memory, unlike from S3), then requests the recovery (`POST /api/v1/recoveries`,
    target local, the chosen format) and polls the task until it is `finishing`: the image is
@@ -23,7 +24,7 @@ What it does, each step a real process as in production:
    the service's CPU time, its peak RSS (VmHWM, reset just before the request) and
    qemu-img's are sampled with each poll;
 4. verifies the image against the source disk with `qemu-img compare` (and, for raw, the
-   SHA-256 the service reports against the source's), not timed;
+   SHA-256 the service reports against the source's), not timed, and deletes it;
 5. stops everything and removes the work folder (unless --keep).
 
 With --profile, py-spy samples the service process from the request to `finishing`
@@ -432,6 +433,7 @@ class Sample:
     total_progress: int
     cpu_own: float
     cpu_children: float
+    cpu_s3: float = 0.0  # moto_server's, with --s3: whether the object store is the limit
 
 
 @dataclass
@@ -458,19 +460,20 @@ class Timeline:
         for (name, a), (_, b) in zip(starts, starts[1:]):
             found.append({"phase": name, "seconds": round(b.t - a.t, 2),
                           "cpu_service": round(b.cpu_own - a.cpu_own, 1),
-                          "cpu_qemu_img": round(b.cpu_children - a.cpu_children, 1)})
+                          "cpu_qemu_img": round(b.cpu_children - a.cpu_children, 1),
+                          "cpu_s3": round(b.cpu_s3 - a.cpu_s3, 1)})
         merged: dict[str, dict] = {}
         for p in found:  # a phase seen twice (a message changed back) is added up
             if p["phase"] in merged:
-                for k in ("seconds", "cpu_service", "cpu_qemu_img"):
+                for k in ("seconds", "cpu_service", "cpu_qemu_img", "cpu_s3"):
                     merged[p["phase"]][k] = round(merged[p["phase"]][k] + p[k], 2)
             else:
                 merged[p["phase"]] = p
         return list(merged.values())
 
 
-def recover(base: str, token: str, backup_id: str, disk_format: str, server_pid: int
-            ) -> Timeline:
+def recover(base: str, token: str, backup_id: str, disk_format: str, server_pid: int,
+            s3_pid: int | None) -> Timeline:
     timeline = Timeline()
     body = {"backup_id": backup_id, "target": "local", "format": disk_format,
             "passphrase": PASSPHRASE}
@@ -478,6 +481,7 @@ def recover(base: str, token: str, backup_id: str, disk_format: str, server_pid:
     while True:  # 404 until the backup's BackupUploaded reached recovery
         started = time.perf_counter()
         cpu0 = cpu_seconds(server_pid)
+        s3_cpu0 = cpu_seconds(s3_pid)[0] if s3_pid else 0.0
         status, created = http(base + "/api/v1/recoveries", body, token)
         if status == 201:
             break
@@ -485,16 +489,19 @@ def recover(base: str, token: str, backup_id: str, disk_format: str, server_pid:
             raise SystemExit(f"the recovery request was refused: {status} {created}")
         time.sleep(0.2)
     url = f"{base}/api/v1/recoveries/{created['id']}"
+    # The request itself starts the first phase, so the phases add up to the total.
+    timeline.samples.append(Sample(0.0, "pending", created["message"], 0, 0.0, 0.0))
     while True:
         status, task = http(url, token=token)
         now = time.perf_counter() - started
         own, kids = cpu_seconds(server_pid)
+        s3_cpu = cpu_seconds(s3_pid)[0] - s3_cpu0 if s3_pid else 0.0
         for child in children(server_pid):
             timeline.qemu_img_peak_rss = max(timeline.qemu_img_peak_rss,
                                              proc_status(child, "VmHWM"))
         timeline.samples.append(Sample(round(now, 3), task["state"], task["message"],
                                        task["total_progress"], own - cpu0[0],
-                                       kids - cpu0[1]))
+                                       kids - cpu0[1], s3_cpu))
         if task["state"] in ("finishing", "complete", "failed") or now > RECOVERY_TIMEOUT:
             timeline.final = task
             return timeline
@@ -602,6 +609,7 @@ def _split(frame: str) -> tuple[str, str]:
 def _frame(frame: str) -> str:
     """`func (path/file.py:123)` → `func (path/file.py)`: lines apart, one function."""
     name, _, where = frame.partition(" (")
+    name = name or "(unnamed frame)"
     return f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})" if where else name
 
 
@@ -612,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-gib", type=float, required=True)
     parser.add_argument("--data-fraction", type=float, default=0.5)
-    parser.add_argument("--format", choices=("vmdk", "raw", "vhd"), default="vmdk")
+    parser.add_argument("--format", default="vmdk",
+                        help="vmdk, raw or vhd; several, comma-separated, are recovered in "
+                             "turn from the same backup")
     parser.add_argument("--s3", action="store_true", help="the backup bucket on moto_server")
     parser.add_argument("--work", help="scratch parent folder (default: the roomiest of "
                                        "/work, /tmp, /var/tmp)")
@@ -624,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    formats = args.format.split(",")
+    if not set(formats) <= {"vmdk", "raw", "vhd"}:
+        parser.error("--format takes vmdk, raw, vhd")
     if not 0 < args.data_fraction <= MAX_DATA_FRACTION:
         parser.error(f"--data-fraction must be in (0, {MAX_DATA_FRACTION}]")
     size = int(args.size_gib * GiB) // MiB * MiB
@@ -632,22 +645,22 @@ def main(argv: list[str] | None = None) -> int:
     logs = work / "logs"
     logs.mkdir()
     processes = Processes(logs)
-    profile = None
     result: dict = {"size_gib": args.size_gib, "data_fraction": args.data_fraction,
-                    "format": args.format, "store": "s3 (moto)" if args.s3 else "local folder",
-                    "machine": machine(parent)}
+                    "store": "s3 (moto)" if args.s3 else "local folder",
+                    "machine": machine(parent), "recoveries": []}
     try:
         print(f"building a {args.size_gib:g} GiB ext4 disk in {work}", file=sys.stderr)
         disk = build_disk(work, size, args.data_fraction, args.seed)
         result["disk"] = {k: v for k, v in asdict(disk).items() if k != "path"}
 
         server_env = clean_env(RECLO_LOG_LEVEL="info", RECLO_LOG_FORMAT="json")
+        s3_pid = None
         if args.s3:
             s3_url = f"http://127.0.0.1:{free_port()}"
             # TMPDIR: moto spools object bodies to temporary files; keep them in our folder.
-            processes.start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
+            s3_pid = processes.start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
                                      s3_url.rsplit(":", 1)[1]],
-                            clean_env(TMPDIR=str(work)), s3_url + "/moto-api/")
+                            clean_env(TMPDIR=str(work)), s3_url + "/moto-api/").pid
             server_env.update(RECLO_S3_ENDPOINT=s3_url, **S3_CREDENTIALS)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -657,39 +670,11 @@ def main(argv: list[str] | None = None) -> int:
         print("backing the disk up with reclo-agent", file=sys.stderr)
         result["backup"] = back_up(work, base, disk, clean_env())
         token = login(base)
-
-        result["load_before"] = wait_for_quiet(args.max_load, args.wait_minutes)
-        result["cold"] = False if args.warm else drop_page_cache()
-        result["peak_rss_reset"] = reset_peak_rss(server.pid)
-        if args.profile:
-            profile = start_profile(server.pid, work / "profile.txt")
-        print(f"recovering (load {result['load_before']})", file=sys.stderr)
-        timeline = recover(base, token, result["backup"]["backup_id"], args.format, server.pid)
-        if profile is not None:
-            stop_profile(profile)
-            result["profile"] = summarise_profile(work / "profile.txt")
-            profile = None
-        result["load_after"] = load()
-        result["service_peak_rss_mib"] = round(proc_status(server.pid, "VmHWM") / MiB)
-        result["qemu_img_peak_rss_mib"] = round(timeline.qemu_img_peak_rss / MiB)
-        task = timeline.final
-        if task["state"] not in ("finishing", "complete"):
-            raise SystemExit(f"the recovery did not finish: {task['state']} "
-                             f"{task.get('failure_reason') or task['message']}")
-        ready = timeline.first("importing")
-        finished = timeline.first("finishing") or timeline.first("complete")
-        result.update(phases=timeline.phases(), import_ready_seconds=ready,
-                      finishing_seconds=finished,
-                      image_bytes=task["image_bytes"],
-                      disk_mib_per_second=round(size / MiB / finished, 1),
-                      data_mib_per_second=round(disk.data_bytes / MiB / finished, 1))
-        if args.size_gib >= TARGET_SIZE_GIB:
-            result["target_met"] = finished <= TARGET_SECONDS
-        image = work / "server" / "recovery" / "images" / task["image_ref"]
-        result["verification"] = verify(disk, image, args.format, task["image_sha256"])
+        for disk_format in formats:
+            result["recoveries"].append(one_recovery(
+                args, work, disk, base, token, result["backup"]["backup_id"], disk_format,
+                server.pid, s3_pid))
     finally:
-        if profile is not None:
-            stop_profile(profile)
         processes.stop()
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
@@ -700,35 +685,77 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
-    return 0 if result["verification"]["identical"] else 1
+    return 0 if all(r["verification"]["identical"] for r in result["recoveries"]) else 1
 
 
-def print_summary(r: dict) -> None:
+def one_recovery(args, work: Path, disk: Disk, base: str, token: str, backup_id: str,
+                 disk_format: str, server_pid: int, s3_pid: int | None) -> dict:
+    """One timed recovery of the backup into ``disk_format``, verified, its image removed
+    afterwards (the next one needs the room)."""
+    result: dict = {"format": disk_format}
+    result["load_before"] = wait_for_quiet(args.max_load, args.wait_minutes)
+    result["cold"] = False if args.warm else drop_page_cache()
+    result["peak_rss_reset"] = reset_peak_rss(server_pid)
+    profile_path = work / f"profile-{disk_format}.txt"
+    profile = start_profile(server_pid, profile_path) if args.profile else None
+    print(f"recovering into {disk_format} (load {result['load_before']})", file=sys.stderr)
+    try:
+        timeline = recover(base, token, backup_id, disk_format, server_pid, s3_pid)
+    finally:
+        if profile is not None:
+            stop_profile(profile)
+    if profile is not None:
+        result["profile"] = summarise_profile(profile_path)
+    result["load_after"] = load()
+    result["service_peak_rss_mib"] = round(proc_status(server_pid, "VmHWM") / MiB)
+    result["qemu_img_peak_rss_mib"] = round(timeline.qemu_img_peak_rss / MiB)
+    task = timeline.final
+    if task["state"] not in ("finishing", "complete"):
+        raise SystemExit(f"the recovery did not finish: {task['state']} "
+                         f"{task.get('failure_reason') or task['message']}")
+    ready = timeline.first("importing")
+    finished = timeline.first("finishing") or timeline.first("complete")
+    result.update(phases=timeline.phases(), import_ready_seconds=ready,
+                  finishing_seconds=finished, image_bytes=task["image_bytes"],
+                  disk_mib_per_second=round(disk.size / MiB / finished, 1),
+                  data_mib_per_second=round(disk.data_bytes / MiB / finished, 1))
+    if args.size_gib >= TARGET_SIZE_GIB:
+        result["target_met"] = finished <= TARGET_SECONDS
+    image = work / "server" / "recovery" / "images" / task["image_ref"]
+    result["verification"] = verify(disk, image, disk_format, task["image_sha256"])
+    image.unlink()
+    return result
+
+
+def print_summary(result: dict) -> None:
     out = sys.stderr
-    d = r["disk"]
-    print(f"\n{r['size_gib']:g} GiB disk, {d['data_bytes'] / GiB:.2f} GiB in {d['files']} files "
-          f"({d['text_bytes'] / GiB:.2f} GiB text), {r['format']}, store {r['store']}, "
-          f"{'cold' if r['cold'] else 'warm'} cache", file=out)
-    print(f"backup by reclo-agent: {r['backup']['seconds']} s", file=out)
-    for p in r["phases"]:
-        print(f"  {p['phase']:<16} {p['seconds']:>7.1f} s   cpu: service {p['cpu_service']} s, "
-              f"qemu-img {p['cpu_qemu_img']} s", file=out)
-    print(f"import-ready (image kept) {r['import_ready_seconds']:.1f} s; with its SHA-256 "
-          f"(finishing) {r['finishing_seconds']:.1f} s = {r['disk_mib_per_second']} MiB/s of "
-          f"disk, {r['data_mib_per_second']} MiB/s of data", file=out)
-    print(f"peak RSS: service {r['service_peak_rss_mib']} MiB, qemu-img "
-          f"{r['qemu_img_peak_rss_mib']} MiB; load before {r['load_before']}, after "
-          f"{r['load_after']}", file=out)
-    if "target_met" in r:
-        print(f"target ≤ {TARGET_SECONDS:.0f} s: {'met' if r['target_met'] else 'NOT met'}",
-              file=out)
-    print(f"verification: {r['verification']}", file=out)
-    for title, key in (("py-spy, self", "self"), ("py-spy, ReClo's frame", "reclo_frame")):
-        if r.get("profile", {}).get(key):
-            print(f"{title} ({r['profile']['busy_samples']} busy samples, "
-                  f"{r['profile']['idle_samples']} idle left out):", file=out)
-            for name, pct in r["profile"][key]:
-                print(f"  {pct:5.1f}%  {name}", file=out)
+    d = result["disk"]
+    print(f"\n{result['size_gib']:g} GiB disk, {d['data_bytes'] / GiB:.2f} GiB in {d['files']} "
+          f"files ({d['text_bytes'] / GiB:.2f} GiB text), store {result['store']}; backup by "
+          f"reclo-agent: {result['backup']['seconds']} s", file=out)
+    for r in result["recoveries"]:
+        print(f"\n{r['format']}, {'cold' if r['cold'] else 'warm'} cache", file=out)
+        for p in r["phases"]:
+            print(f"  {p['phase']:<16} {p['seconds']:>7.1f} s   cpu: service "
+                  f"{p['cpu_service']} s, qemu-img {p['cpu_qemu_img']} s"
+                  + (f", moto {p['cpu_s3']} s" if p["cpu_s3"] else ""), file=out)
+        print(f"import-ready (image kept) {r['import_ready_seconds']:.1f} s; with its SHA-256 "
+              f"(finishing) {r['finishing_seconds']:.1f} s = {r['disk_mib_per_second']} MiB/s "
+              f"of disk, {r['data_mib_per_second']} MiB/s of data; image "
+              f"{r['image_bytes'] / MiB:.0f} MiB", file=out)
+        print(f"peak RSS: service {r['service_peak_rss_mib']} MiB, qemu-img "
+              f"{r['qemu_img_peak_rss_mib']} MiB; load before {r['load_before']}, after "
+              f"{r['load_after']}", file=out)
+        if "target_met" in r:
+            print(f"target ≤ {TARGET_SECONDS:.0f} s: {'met' if r['target_met'] else 'NOT met'}",
+                  file=out)
+        print(f"verification: {r['verification']}", file=out)
+        for title, key in (("py-spy, self", "self"), ("py-spy, ReClo's frame", "reclo_frame")):
+            if r.get("profile", {}).get(key):
+                print(f"{title} ({r['profile']['busy_samples']} busy samples, "
+                      f"{r['profile']['idle_samples']} idle left out):", file=out)
+                for name, pct in r["profile"][key]:
+                    print(f"  {pct:5.1f}%  {name}", file=out)
 
 
 if __name__ == "__main__":
