@@ -39,7 +39,6 @@ import inspect
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -566,14 +565,31 @@ def _wait_points() -> set[tuple[str, str]]:
     return points
 
 
+# What a busy sample was doing, by the first of these found on its stack (the innermost
+# step first): the recovery's own steps, then the machinery around them.
+ACTIVITIES = (
+    ("SHA-256 digest of the image", ("image_facts (",)),
+    ("scrypt (opening the repository)", ("_passphrase_key (",)),
+    ("BLAKE3 keyed id check", ("chunk_id (",)),
+    ("zstd decompression", ("decode (shared/format/compression",)),
+    ("AES-GCM decryption", ("MasterKey.open (",)),
+    ("reading packs", ("Store._get (", "Store.get (")),
+    ("writing the raw disk", ("_write_sparse (",)),
+    ("database and outbox (SQLite, relays)", ("aiosqlite/", "sqlalchemy/", "Outbox.")),
+    ("HTTP (gateway, API polls)", ("aiohttp/", "services/gateway/")),
+    ("C calls in the thread pool (file reads, fdatasync)", ("_WorkItem.run (",)),
+)
+OTHER_ACTIVITY = "asyncio and the rest"
+
+
 def summarise_profile(path: Path, top: int = 12) -> dict:
     """From py-spy's collapsed stacks, without the samples of idle threads (the event loop
     in select, pool threads waiting for work): the functions busy samples ended in (self),
-    and the deepest frame of ReClo's own code on each stack (what our code was doing)."""
+    and what each busy sample was doing (ACTIVITIES)."""
     if not path.exists():
         return {}
     waits = _wait_points()
-    leaf, ours = Counter(), Counter()
+    leaf, doing = Counter(), Counter()
     total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -587,17 +603,15 @@ def summarise_profile(path: Path, top: int = 12) -> dict:
             continue
         total += n
         leaf[_frame(frames[-1])] += n
-        own = [f for f in frames if _OURS.search(f)]
-        ours[_frame(own[-1]) if own else "(no ReClo frame: loop, libraries)"] += n
+        doing[next((label for label, marks in ACTIVITIES
+                    if any(mark in stack for mark in marks)), OTHER_ACTIVITY)] += n
 
-    def share(counter: Counter) -> list[tuple[str, float]]:
-        return [(name, round(100 * n / max(1, total), 1)) for name, n in counter.most_common(top)]
+    def share(counter: Counter, limit: int | None) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / max(1, total), 1))
+                for name, n in counter.most_common(limit)]
 
-    return {"busy_samples": total, "idle_samples": idle, "self": share(leaf),
-            "reclo_frame": share(ours)}
-
-
-_OURS = re.compile(r"\((services(?!/cli\.py)|shared)/")
+    return {"busy_samples": total, "idle_samples": idle, "self": share(leaf, top),
+            "activities": share(doing, None)}
 
 
 def _split(frame: str) -> tuple[str, str]:
@@ -750,7 +764,7 @@ def print_summary(result: dict) -> None:
             print(f"target ≤ {TARGET_SECONDS:.0f} s: {'met' if r['target_met'] else 'NOT met'}",
                   file=out)
         print(f"verification: {r['verification']}", file=out)
-        for title, key in (("py-spy, self", "self"), ("py-spy, ReClo's frame", "reclo_frame")):
+        for title, key in (("py-spy, self", "self"), ("py-spy, activities", "activities")):
             if r.get("profile", {}).get(key):
                 print(f"{title} ({r['profile']['busy_samples']} busy samples, "
                       f"{r['profile']['idle_samples']} idle left out):", file=out)
