@@ -25,7 +25,7 @@ from shared.format.index import IndexedPack
 from shared.format.pack import BlobType
 from shared.format.repository import BlobSaver
 from shared.format.snapshot import Tree
-from shared.format.store import Bytes, ObjectStore
+from shared.format.store import Bytes, ForwardingStore, ObjectStore
 
 # The packs of the index file being written by this task (set around write_index).
 _INDEX_PACKS: ContextVar[list[str] | None] = ContextVar("reclo_index_packs", default=None)
@@ -94,12 +94,12 @@ class _RecordingSaver(BlobSaver):
         return blob_id, new
 
 
-class DeclaringStore(ObjectStore):
+class DeclaringStore(ForwardingStore):
     """Passes an index file's packs to a store that takes them (`put(..., packs=)`, the
     remote store); everything else goes straight through."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
 
     async def put(self, key: str, data: Bytes) -> None:
         packs = _INDEX_PACKS.get()
@@ -108,20 +108,3 @@ class DeclaringStore(ObjectStore):
         else:
             await self.inner.put(key, data)
 
-    async def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
-        return await self.inner.get(key, offset, length)
-
-    async def exists(self, key: str) -> bool:
-        return await self.inner.exists(key)
-
-    async def size(self, key: str) -> int:
-        return await self.inner.size(key)
-
-    def list(self, prefix: str = "") -> AsyncIterator[str]:
-        return self.inner.list(prefix)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)

@@ -17,7 +17,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator, Callable
 
-from shared.format.store import Bytes, ObjectStore
+from shared.format.store import Bytes, ForwardingStore, ObjectStore
 
 # Pieces of a paced upload: small enough that the rate is smooth at 1 MiB/s, large enough
 # that the per-piece overhead does not matter at 1 GiB/s.
@@ -54,35 +54,17 @@ class TokenBucket:
                 n -= piece
 
 
-class ThrottledStore(ObjectStore):
+class ThrottledStore(ForwardingStore):
     """An ObjectStore whose puts keep to a TokenBucket; every other call passes through."""
 
     def __init__(self, inner: ObjectStore, bucket: TokenBucket) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bucket = bucket
 
     async def put(self, key: str, data: Bytes, **options) -> None:
         await self.bucket.take(len(data))
         await self.inner.put(key, data, **options)
 
-    async def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
-        return await self.inner.get(key, offset, length)
-
-    async def exists(self, key: str) -> bool:
-        return await self.inner.exists(key)
-
-    async def size(self, key: str) -> int:
-        return await self.inner.size(key)
-
-    def list(self, prefix: str = "") -> AsyncIterator[str]:
-        return self.inner.list(prefix)
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    def __getattr__(self, name: str):
-        # anything else the inner store offers (closing, session hooks) stays reachable
-        return getattr(self.inner, name)
 
 
 class PacedSession:

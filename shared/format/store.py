@@ -67,6 +67,36 @@ class ObjectStore(ABC):
     async def size(self, key: str) -> int: ...
 
 
+class ForwardingStore(ObjectStore):
+    """A wrapper around another store (retries, rate limits, bookkeeping): every call goes
+    to ``inner`` unless the subclass overrides it."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+
+    async def put(self, key: str, data: Bytes, **options) -> None:
+        await self.inner.put(key, data, **options)
+
+    async def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
+        return await self.inner.get(key, offset, length)
+
+    async def exists(self, key: str) -> bool:
+        return await self.inner.exists(key)
+
+    async def size(self, key: str) -> int:
+        return await self.inner.size(key)
+
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        return self.inner.list(prefix)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    def __getattr__(self, name: str):
+        # anything else the inner store offers (closing, session hooks) stays reachable
+        return getattr(self.inner, name)
+
+
 class LocalFolderStore(ObjectStore):
     """Objects as files under a root folder (the embedded mode, tests, a USB disk).
 
