@@ -64,6 +64,7 @@ class Worker:
         self.runs: dict[str, asyncio.Task] = {}
         self.slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._interrupted: set[str] = set()
+        self._relaunch: set[str] = set()
         self._chores: set[asyncio.Task] = set()
         # Runs that are removing a failed task's leftovers: its failed state is expected.
         self.cleaning: set[str] = set()
@@ -151,6 +152,9 @@ class Worker:
 
     def launch(self, recovery_id: str) -> None:
         if recovery_id in self.runs:
+            # Claimed again while its last run is still winding down (it released the lease
+            # a moment ago): start over once that run has ended, not never.
+            self._relaunch.add(recovery_id)
             return
         self.runs[recovery_id] = asyncio.create_task(self._run(recovery_id),
                                                      name=f"recovery:{recovery_id}")
@@ -216,6 +220,10 @@ class Worker:
             self.runs.pop(recovery_id, None)
             self._interrupted.discard(recovery_id)
             self.cleaning.discard(recovery_id)
+            relaunch = recovery_id in self._relaunch
+            self._relaunch.discard(recovery_id)
+            if relaunch and not asyncio.current_task().cancelling():  # not while stopping
+                self.launch(recovery_id)
 
     # --- leases ------------------------------------------------------------------------
 
