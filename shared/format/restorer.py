@@ -3,55 +3,112 @@
 Safety first: a snapshot is data from storage we do not control, so it may have been
 crafted. The restorer
 
-- refuses names that are empty, `.` or `..`, or contain `/` or NUL, and a name that
-  appears twice in one directory (UnsafePath; the whole restore stops);
-- creates everything relative to an open descriptor of its parent directory (`*at`
-  calls), opens directories with O_NOFOLLOW and creates files with O_EXCL|O_NOFOLLOW, so
-  it never writes through a symlink: not one it restored itself, not one already in the
-  target. Link targets are restored as they were recorded (they may point anywhere;
-  nothing is written through them);
+- refuses names that are empty, `.` or `..`, or contain `/` or NUL (on Windows also `\\`,
+  `:`, a reserved device name such as `CON` or `NUL.txt`, or a trailing dot or space, which
+  Windows would strip), and a name that appears twice in one directory (UnsafePath; the
+  whole restore stops);
+- never writes through a symlink (or, on Windows, a junction): not one it restored itself,
+  not one already in the target (see "Two ways to touch the disk" below). Link targets are
+  restored as they were recorded (they may point anywhere; nothing is written through
+  them);
 - verifies every chunk (authenticated decryption, then its id recomputed from the
   plaintext). A missing or corrupt chunk does not stop the restore: the file is restored
   with a hole where the chunk belongs, and RestoreIncomplete at the end names each
   damaged file and why.
 
+Reading (issue 8): the tree is walked first, creating directories and symlinks and
+collecting the files, in batches of a few hundred files. A batch's chunks are read pack
+by pack (``packreader``: coalesced byte ranges, a few requests in flight, bounded memory),
+each chunk decrypted once and written to every place that needs it; a file is finished
+(cut to its size, metadata applied) when its last chunk is in. From an object store that
+is a few requests per pack instead of one per chunk.
+
 Holes are not written: data chunks are written at their offsets (skipping all-zero 4 KiB
 blocks inside them) and the file is cut to its size, so sparse files and images come back
-sparse. Metadata (owner when running as
-root, mode, mtime) is applied to a directory after its contents, so restoring into it
-does not change its mtime and a read-only directory can still be filled.
+sparse (on Windows the skipped blocks read back as zeros, but the file is not marked
+sparse). Metadata (owner when running as root, mode, mtime) is applied to a directory
+after its contents, so restoring into it does not change its mtime and a read-only
+directory can still be filled.
 
-POSIX only for now (it relies on dir_fd support); Windows restore is a later step.
+Two ways to touch the disk:
+
+- ``_AtFs`` (Linux, the BSDs, macOS): everything is created relative to an open
+  descriptor of its parent directory (`*at` calls); directories are opened with
+  O_NOFOLLOW, files created with O_EXCL|O_NOFOLLOW, metadata applied through the open
+  descriptor. No path is ever resolved twice, so even a process swapping directories for
+  links during the restore cannot redirect a write.
+- ``_PathFs`` (Windows, and wherever ``os.supports_dir_fd`` lacks what ``_AtFs`` needs):
+  full paths, but every directory's identity (device, inode/file index) is recorded
+  when it is created or found to be a real directory (lstat: not a symlink, not a
+  junction or other reparse point), and checked again with lstat before anything is
+  created in it; files are created with O_EXCL (which fails on any existing name,
+  link or not) after an existing non-directory entry is removed; mode and mtime are set
+  by path after checking with lstat that the path is still the file created. This
+  refuses links in the snapshot and in the target; it narrows, but cannot close, the
+  window in which a concurrent local attacker could swap a directory between the check
+  and the create (Windows has no `*at` calls in Python).
+
+``Restorer(repo, portable=True)`` or ``restorer.PORTABLE_DEFAULT = True`` forces ``_PathFs``
+(the tests run every restore test both ways on Linux).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections import deque
+import stat
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .pack import open_blob
+from .packreader import Blob, PackReader
 from .repository import Repository
-from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node
+from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
 
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_NEW_FILE_FLAGS = (
-    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-)
-# Chunks of one file fetched and decrypted while earlier ones are written: enough to
-# hide a round trip to S3 behind the work on the chunks before it.
-_CHUNKS_AHEAD = 4
+# A batch ends at whichever comes first. Files of a batch may be open at once, and the
+# directories finished in it stay open until it ends: both are bounded well below the
+# usual limit of 1024 descriptors.
+BATCH_FILES = 512
+BATCH_DIRS = 256
+BATCH_CHUNKS = 32768
+# Subdirectory listings read ahead while a directory is walked.
+_TREES_AHEAD = 8
+
+_WINDOWS_NAMES = os.name == "nt"
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                     *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10)),
+                     "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³"}
 
 
-def check_name(name: str, where: str) -> None:
+def check_name(name: str, where: str, *, windows: bool = _WINDOWS_NAMES) -> None:
     """A name that can only ever mean one entry inside its directory."""
     if name in ("", ".", ".."):
         raise UnsafePath(f"{where}/{name}", "empty, '.' or '..' as a name")
     if "/" in name or "\0" in name or (os.sep != "/" and os.sep in name):
         raise UnsafePath(f"{where}/{name}", "a name must not contain a path separator or NUL")
+    if windows:
+        if "\\" in name or ":" in name:  # a separator, or a drive or stream ("C:x", "a:b")
+            raise UnsafePath(f"{where}/{name}", "a name must not contain '\\' or ':' on Windows")
+        if name[-1] in ". ":  # Windows strips them: "..." would be the directory itself
+            raise UnsafePath(f"{where}/{name}", "a name must not end in a dot or space on Windows")
+        if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+            raise UnsafePath(f"{where}/{name}", "a reserved device name on Windows")
+
+
+def at_calls_available() -> bool:
+    """Whether this platform offers every `*at` call the descriptor-relative path needs."""
+    needed = {os.open, os.mkdir, os.unlink, os.symlink, os.utime}
+    return (needed <= os.supports_dir_fd and os.utime in os.supports_fd and hasattr(os, "fchmod")
+            and hasattr(os, "pwrite") and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY"))
+
+
+# Which way a Restorer touches the disk unless told: the descriptor-relative one where it
+# is available. A module switch so that tests can run every restore test on both ways.
+PORTABLE_DEFAULT = not at_calls_available()
 
 
 @dataclass
@@ -64,11 +121,14 @@ class RestoreResult:
 
 
 class Restorer:
-    def __init__(self, repo: Repository, *, workers: int = 4, restore_owner: bool | None = None):
+    def __init__(self, repo: Repository, *, workers: int = 4, restore_owner: bool | None = None,
+                 portable: bool | None = None, reader: PackReader | None = None):
         self.repo = repo
         self.workers = workers
         # chown needs root; as anyone else the files simply belong to whoever restores.
         self.restore_owner = (hasattr(os, "geteuid") and os.geteuid() == 0) if restore_owner is None else restore_owner
+        self.portable = PORTABLE_DEFAULT if portable is None else portable
+        self.reader = reader or PackReader(repo)
 
     async def restore(self, snapshot_id: str, target: str | os.PathLike, *, path: str | None = None) -> RestoreResult:
         """Restore the snapshot (or the entry at `path` inside it, e.g. "data/sub/file")
@@ -80,13 +140,17 @@ class Restorer:
         if path:
             nodes = [await self._find(root.nodes, path)]
         os.makedirs(target, exist_ok=True)
-        run = _Run(self, ThreadPoolExecutor(self.workers, thread_name_prefix="reclo-restore"))
-        target_fd = os.open(target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        fs: _Fs = _PathFs() if self.portable else _AtFs()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="reclo-restore")
+        run = _Run(self, fs, pool)
+        top = fs.open_root(os.fspath(target))
         try:
-            await run.nodes(target_fd, nodes, "")
+            await run.walk(top, nodes, "")
+            await run.flush()
         finally:
-            os.close(target_fd)
-            run.pool.shutdown(wait=True)
+            await run.abandon()
+            fs.close_dir(top)
+            pool.shutdown(wait=True)
         if run.result.damaged:
             raise RestoreIncomplete(run.result.damaged)
         return run.result
@@ -108,180 +172,83 @@ class Restorer:
         return node
 
 
-class _Run:
-    def __init__(self, restorer: Restorer, pool: ThreadPoolExecutor):
-        self.r = restorer
-        self.repo = restorer.repo
-        self.pool = pool
-        self.result = RestoreResult()
-        self.file_slots = asyncio.Semaphore(restorer.workers)
+# --- the two ways to touch the disk -----------------------------------------------------
 
-    def damaged(self, path: str, error: Exception) -> None:
-        self.result.damaged.append((path, error))
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOINHERIT", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
-    async def nodes(self, dir_fd: int, nodes: list[Node], where: str) -> None:
-        seen: set[str] = set()
-        for node in nodes:  # every name of this directory is checked before any is created
-            check_name(node.name, where)
-            if node.name in seen:
-                raise UnsafePath(f"{where}/{node.name}", "the name appears twice in one directory")
-            seen.add(node.name)
 
-        files: list[asyncio.Task] = []
+class _Fs:
+    """Directory handles, file handles, and what the restorer does with them."""
+
+    def open_root(self, target: str): ...
+    def make_dir(self, parent, name: str, path: str): ...
+    def close_dir(self, handle) -> None: ...
+    def dir_metadata(self, handle, node: Node, owner: bool) -> None: ...
+    def symlink(self, parent, node: Node, owner: bool) -> None: ...
+    def create_file(self, parent, name: str): ...
+    def write(self, handle, data: bytes | memoryview, offset: int) -> None: ...
+    def finish_file(self, handle, node: Node, owner: bool) -> None: ...
+    def close_file(self, handle) -> None: ...
+
+
+class _AtFs(_Fs):
+    _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+    _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | _O_CLOEXEC
+
+    def open_root(self, target: str) -> int:
+        return os.open(target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+
+    def make_dir(self, parent: int, name: str, path: str) -> int:
         try:
-            for node in nodes:
-                path = f"{where}/{node.name}" if where else node.name
-                if node.type == DIR:
-                    await self.directory(dir_fd, node, path)
-                elif node.type == SYMLINK:
-                    self.symlink(dir_fd, node, path)
-                elif node.type in (FILE, IMAGE):
-                    await self.file_slots.acquire()
-                    task = asyncio.create_task(self.file(dir_fd, node, path))
-                    task.add_done_callback(lambda _: self.file_slots.release())
-                    files.append(task)
-        finally:
-            # The directory's descriptor must outlive its files' writes, even on failure.
-            results = await asyncio.gather(*files, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-
-    async def directory(self, dir_fd: int, node: Node, path: str) -> None:
-        try:
-            os.mkdir(node.name, 0o700, dir_fd=dir_fd)
+            os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
             pass  # restoring into an existing tree: reuse the directory (never a symlink, below)
         try:
-            fd = os.open(node.name, _DIR_FLAGS, dir_fd=dir_fd)
+            return os.open(name, self._DIR_FLAGS, dir_fd=parent)
         except OSError as e:
             raise UnsafePath(path, f"exists and is not a directory, or is a symlink ({e.strerror})") from None
-        try:
-            try:
-                tree = await self.repo.load_tree(node.subtree)  # type: ignore[arg-type]
-            except FormatError as e:
-                self.damaged(path + "/", e)
-            else:
-                await self.nodes(fd, tree.nodes, path)
-            try:
-                self.apply_metadata(fd, node)
-            except OSError as e:
-                self.damaged(path + "/", e)
-            self.result.dirs += 1
-        finally:
-            os.close(fd)
 
-    def symlink(self, dir_fd: int, node: Node, path: str) -> None:
-        try:
-            _remove_existing(dir_fd, node.name)
-            os.symlink(node.target, node.name, dir_fd=dir_fd)  # type: ignore[arg-type]
-            if self.r.restore_owner:
-                os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-            os.utime(node.name, ns=(_atime(node), node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
-        except OSError as e:
-            self.damaged(path, e)
-            return
-        self.result.symlinks += 1
+    def close_dir(self, handle: int) -> None:
+        os.close(handle)
 
-    async def file(self, dir_fd: int, node: Node, path: str) -> None:
-        """Fetch the chunks ahead (async), and decrypt, verify and write each in a worker
-        thread; the file is created with the first chunk and finished with the last, so a
-        small file costs two thread hops."""
-        loop = asyncio.get_running_loop()
-        writer = _FileWriter(self, dir_fd, node)
-        chunks = []
-        offset = 0
-        for ref in node.content or ():
-            if ref.id is not None:
-                chunks.append((offset, ref.length, ref.id))
-            offset += ref.length
-        window: deque[tuple[int, int, asyncio.Task]] = deque()
-        try:
-            if not chunks:
-                await loop.run_in_executor(self.pool, writer.put, None, 0, 0, True)
-            for i, (offset, length, blob_id) in enumerate(chunks):
-                while len(window) < _CHUNKS_AHEAD and i + len(window) < len(chunks):
-                    _, _, ahead_id = chunks[i + len(window)]
-                    window.append((0, 0, asyncio.create_task(self.repo.fetch_sealed(ahead_id))))
-                _, _, task = window.popleft()
-                try:
-                    fetched = await task
-                except FormatError as e:  # MissingBlob, MissingPack: leave a hole, go on
-                    fetched = e
-                await loop.run_in_executor(
-                    self.pool, writer.put, (blob_id, fetched), offset, length, i == len(chunks) - 1
-                )
-                if writer.failed:
-                    break
-        finally:
-            for _, _, task in window:
-                task.cancel()
-            writer.close()
-        if writer.errors:
-            self.damaged(path, writer.errors[0])
-        else:
-            self.result.files += 1
-            self.result.bytes += node.size
+    def dir_metadata(self, handle: int, node: Node, owner: bool) -> None:
+        _fd_metadata(handle, node, owner)
 
-    def apply_metadata(self, fd: int, node: Node) -> None:
-        if self.r.restore_owner:
-            os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid/setgid
-        os.fchmod(fd, node.mode)
-        os.utime(fd, ns=(_atime(node), node.mtime_ns))
+    def symlink(self, parent: int, node: Node, owner: bool) -> None:
+        _unlink_at(parent, node.name)
+        os.symlink(node.target, node.name, dir_fd=parent)  # type: ignore[arg-type]
+        if owner:
+            os.chown(node.name, node.uid, node.gid, dir_fd=parent, follow_symlinks=False)
+        os.utime(node.name, ns=(_atime(node), node.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def create_file(self, parent: int, name: str) -> int:
+        _unlink_at(parent, name)
+        return os.open(name, self._NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+
+    def write(self, handle: int, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(handle, view, offset)
+            view = view[n:]
+            offset += n
+
+    def finish_file(self, handle: int, node: Node, owner: bool) -> None:
+        os.ftruncate(handle, node.size)  # the trailing hole, if any
+        _fd_metadata(handle, node, owner)
+
+    def close_file(self, handle: int) -> None:
+        os.close(handle)
 
 
-class _FileWriter:
-    """One restored file, driven from worker threads: create, place chunks, finish."""
-
-    def __init__(self, run: _Run, dir_fd: int, node: Node):
-        self.run = run
-        self.dir_fd = dir_fd
-        self.node = node
-        self.fd: int | None = None
-        self.errors: list[Exception] = []
-        self.failed = False  # the file itself could not be written: stop feeding it
-
-    def put(self, chunk, offset: int, length: int, last: bool) -> None:
-        try:
-            if self.fd is None:
-                _remove_existing(self.dir_fd, self.node.name)
-                self.fd = os.open(self.node.name, _NEW_FILE_FLAGS, 0o600, dir_fd=self.dir_fd)
-            if chunk is not None:
-                self._place(chunk, offset, length)
-            if last:
-                os.ftruncate(self.fd, self.node.size)  # the trailing hole, if any
-                self.run.apply_metadata(self.fd, self.node)
-        except OSError as e:
-            self.errors.append(e)
-            self.failed = True
-
-    def _place(self, chunk, offset: int, length: int) -> None:
-        blob_id, fetched = chunk
-        if isinstance(fetched, Exception):
-            self.errors.append(fetched)
-            return
-        location, sealed = fetched
-        try:
-            data = open_blob(self.run.repo.key, location.entry(blob_id), sealed, pack_id=location.pack_id)
-        except FormatError as e:  # CorruptBlob: leave a hole, go on
-            self.errors.append(e)
-            return
-        if len(data) != length:
-            self.errors.append(FormatError(f"chunk at offset {offset} is {len(data)} bytes, expected {length}"))
-            return
-        _write_sparse(self.fd, data, offset)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def _fd_metadata(fd: int, node: Node, owner: bool) -> None:
+    if owner:
+        os.fchown(fd, node.uid, node.gid)  # before chmod: chown clears setuid/setgid
+    os.fchmod(fd, node.mode)
+    os.utime(fd, ns=(_atime(node), node.mtime_ns))
 
 
-def _atime(node: Node) -> int:
-    return node.atime_ns if node.atime_ns is not None else node.mtime_ns
-
-
-def _remove_existing(dir_fd: int, name: str) -> None:
+def _unlink_at(dir_fd: int, name: str) -> None:
     """Make room for a new file or link. unlink never follows a symlink: it removes it."""
     try:
         os.unlink(name, dir_fd=dir_fd)
@@ -289,12 +256,375 @@ def _remove_existing(dir_fd: int, name: str) -> None:
         pass
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
+@dataclass(frozen=True)
+class _PathDir:
+    path: str
+    identity: tuple[int, int]  # (st_dev, st_ino) when it was made or found
+
+
+@dataclass
+class _PathFile:
+    path: str
+    fd: int
+    lock: threading.Lock = field(default_factory=threading.Lock)  # lseek + write is two calls
+    identity: tuple[int, int] = (0, 0)
+
+
+def _is_link(st: os.stat_result) -> bool:
+    # a junction is not S_ISLNK on Windows, but it is a reparse point
+    return stat.S_ISLNK(st.st_mode) or bool(getattr(st, "st_file_attributes", 0) & stat.FILE_ATTRIBUTE_REPARSE_POINT)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+class _PathFs(_Fs):
+    _NEW_FILE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                       | _O_CLOEXEC | _O_BINARY)
+
+    def open_root(self, target: str) -> _PathDir:
+        path = os.path.abspath(target)
+        st = os.stat(path)  # the target itself may be reached through a link: the user chose it
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(path)
+        return _PathDir(path, _identity(st))
+
+    def _checked(self, parent: _PathDir) -> str:
+        """The parent's path, after checking it is still the directory we made or found."""
+        try:
+            st = os.lstat(parent.path)
+        except OSError as e:
+            raise UnsafePath(parent.path, f"the directory went away during the restore ({e.strerror})") from None
+        if _is_link(st) or not stat.S_ISDIR(st.st_mode) or _identity(st) != parent.identity:
+            raise UnsafePath(parent.path, "the directory was replaced during the restore")
+        return parent.path
+
+    def make_dir(self, parent: _PathDir, name: str, path: str) -> _PathDir:
+        full = os.path.join(self._checked(parent), name)
+        try:
+            os.mkdir(full, 0o700)
+        except FileExistsError:
+            pass  # restoring into an existing tree: reuse the directory (never a link, below)
+        st = os.lstat(full)
+        if _is_link(st) or not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(path, "exists and is not a directory, or is a symlink or junction")
+        return _PathDir(full, _identity(st))
+
+    def close_dir(self, handle: _PathDir) -> None:
+        pass
+
+    def dir_metadata(self, handle: _PathDir, node: Node, owner: bool) -> None:
+        self._checked(handle)
+        _path_metadata(handle.path, node, owner)
+
+    def symlink(self, parent: _PathDir, node: Node, owner: bool) -> None:
+        full = os.path.join(self._checked(parent), node.name)
+        self._make_room(full)
+        os.symlink(node.target, full)  # type: ignore[arg-type]
+        if owner and hasattr(os, "chown") and os.chown in os.supports_follow_symlinks:
+            os.chown(full, node.uid, node.gid, follow_symlinks=False)
+        if os.utime in os.supports_follow_symlinks:
+            os.utime(full, ns=(_atime(node), node.mtime_ns), follow_symlinks=False)
+
+    @staticmethod
+    def _make_room(full: str) -> None:
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):  # a directory, or a junction to one: leave it alone
+            raise IsADirectoryError(f"a directory is in the way: {full}")
+        os.unlink(full)  # a file or a link: removes the link itself, never its target
+
+    def create_file(self, parent: _PathDir, name: str) -> _PathFile:
+        full = os.path.join(self._checked(parent), name)
+        self._make_room(full)
+        fd = os.open(full, self._NEW_FILE_FLAGS, 0o600)  # O_EXCL: fails on anything in the way
+        return _PathFile(full, fd, identity=_identity(os.fstat(fd)))
+
+    def write(self, handle: _PathFile, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        with handle.lock:  # no pwrite on Windows
+            os.lseek(handle.fd, offset, os.SEEK_SET)
+            while view:
+                n = os.write(handle.fd, view)
+                view = view[n:]
+
+    def finish_file(self, handle: _PathFile, node: Node, owner: bool) -> None:
+        os.ftruncate(handle.fd, node.size)  # the trailing hole, if any
+        self.close_file(handle)
+        st = os.lstat(handle.path)
+        if _is_link(st) or _identity(st) != handle.identity:
+            raise UnsafePath(handle.path, "the file was replaced during the restore")
+        _path_metadata(handle.path, node, owner)
+
+    def close_file(self, handle: _PathFile) -> None:
+        if handle.fd >= 0:
+            os.close(handle.fd)
+            handle.fd = -1
+
+
+def _path_metadata(path: str, node: Node, owner: bool) -> None:
+    if owner and hasattr(os, "chown"):
+        os.chown(path, node.uid, node.gid)  # before chmod: chown clears setuid/setgid
+    # mtime before mode: a read-only file's times may not be settable afterwards (Windows)
+    os.utime(path, ns=(_atime(node), node.mtime_ns))
+    os.chmod(path, node.mode)  # on Windows only the read-only flag
+
+
+def _atime(node: Node) -> int:
+    return node.atime_ns if node.atime_ns is not None else node.mtime_ns
+
+
+# --- one restore ----------------------------------------------------------------------
+
+
+class _File:
+    """One restored file in a batch; its chunks arrive in any order, from worker threads."""
+
+    def __init__(self, run: _Run, parent, node: Node, path: str, chunks: int):
+        self.run = run
+        self.parent = parent
+        self.node = node
+        self.path = path
+        self.remaining = chunks
+        self.handle = None
+        self.done = False
+        self.errors: list[Exception] = []
+        self.failed = False  # the file itself could not be written: stop feeding it
+        self.lock = threading.Lock()
+
+    def put(self, data: bytes | None, offset: int, error: Exception | None) -> None:
+        """One chunk (or why it is missing) at offset; finishes the file after the last."""
+        fs = self.run.fs
+        with self.lock:
+            if error is not None:
+                self.errors.append(error)
+            try:
+                if self.handle is None and not self.failed:
+                    self.handle = fs.create_file(self.parent, self.node.name)
+            except OSError as e:
+                self.errors.append(e)
+                self.failed = True
+            handle = None if self.failed else self.handle
+        try:
+            if data is not None and handle is not None:
+                _write_sparse(fs, handle, data, offset)
+        except OSError as e:
+            with self.lock:
+                self.errors.append(e)
+                self.failed = True
+        with self.lock:
+            self.remaining -= 1
+            if self.remaining > 0:
+                return
+            self._finish()
+
+    def _finish(self) -> None:
+        fs = self.run.fs
+        try:
+            if self.handle is None and not self.failed:  # no chunks at all
+                self.handle = fs.create_file(self.parent, self.node.name)
+            if not self.failed:
+                fs.finish_file(self.handle, self.node, self.run.r.restore_owner)
+        except OSError as e:
+            self.errors.append(e)
+            self.failed = True
+        finally:
+            self.close()
+            self.done = True
+
+    def close(self) -> None:
+        if self.handle is not None:
+            try:
+                self.run.fs.close_file(self.handle)
+            except OSError:
+                pass
+            self.handle = None
+
+
+class _Trees:
+    """Directory listings, read a few ahead of the walk."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.gate = asyncio.Semaphore(_TREES_AHEAD)
+        self.ahead: dict[bytes, asyncio.Task] = {}
+
+    def prefetch(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            if node.type == DIR and node.subtree is not None and node.subtree not in self.ahead:
+                self.ahead[node.subtree] = asyncio.ensure_future(self._load(node.subtree))
+
+    async def _load(self, tree_id: bytes) -> Tree:
+        async with self.gate:
+            return await self.repo.load_tree(tree_id)
+
+    async def load(self, tree_id: bytes) -> Tree:
+        task = self.ahead.pop(tree_id, None)
+        return await (task if task is not None else self.repo.load_tree(tree_id))
+
+    async def cancel(self) -> None:
+        tasks = list(self.ahead.values())
+        self.ahead.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Run:
+    def __init__(self, restorer: Restorer, fs: _Fs, pool: ThreadPoolExecutor):
+        self.r = restorer
+        self.repo = restorer.repo
+        self.fs = fs
+        self.pool = pool
+        self.result = RestoreResult()
+        self.trees = _Trees(restorer.repo)
+        # the batch being gathered
+        self.files: list[_File] = []
+        self.places: dict[bytes, list[tuple[_File, int, int]]] = {}  # chunk id -> (file, offset, length)
+        self.chunks = 0
+        self.finished_dirs: list[tuple[object, Node, str]] = []  # closed when the batch ends
+
+    def damaged(self, path: str, error: Exception) -> None:
+        self.result.damaged.append((path, error))
+
+    # --- walking the tree (event loop) ---
+
+    async def walk(self, parent, nodes: list[Node], where: str) -> None:
+        seen: set[str] = set()
+        for node in nodes:  # every name of this directory is checked before any is created
+            check_name(node.name, where)
+            if node.name in seen:
+                raise UnsafePath(f"{where}/{node.name}", "the name appears twice in one directory")
+            seen.add(node.name)
+        self.trees.prefetch(nodes)
+        for node in nodes:
+            path = f"{where}/{node.name}" if where else node.name
+            if node.type == DIR:
+                await self.directory(parent, node, path)
+            elif node.type == SYMLINK:
+                await self.symlink(parent, node, path)
+            elif node.type in (FILE, IMAGE):
+                await self.add_file(parent, node, path)
+
+    async def directory(self, parent, node: Node, path: str) -> None:
+        handle = await self._io(self.fs.make_dir, parent, node.name, path)
+        try:
+            try:
+                tree = await self.trees.load(node.subtree)  # type: ignore[arg-type]
+            except FormatError as e:
+                self.damaged(path + "/", e)
+            else:
+                await self.walk(handle, tree.nodes, path)
+        except BaseException:
+            self.fs.close_dir(handle)
+            raise
+        # Its metadata waits for its files, which the batch may not have written yet.
+        self.finished_dirs.append((handle, node, path))
+        if len(self.finished_dirs) >= BATCH_DIRS:
+            await self.flush()
+
+    async def symlink(self, parent, node: Node, path: str) -> None:
+        try:
+            await self._io(self.fs.symlink, parent, node, self.r.restore_owner)
+        except OSError as e:
+            self.damaged(path, e)
+            return
+        self.result.symlinks += 1
+
+    async def add_file(self, parent, node: Node, path: str) -> None:
+        placed = []
+        offset = 0
+        for ref in node.content or ():
+            if ref.id is not None:
+                placed.append((ref.id, offset, ref.length))
+            offset += ref.length
+        file = _File(self, parent, node, path, len(placed))
+        self.files.append(file)
+        for chunk_id, at, length in placed:
+            self.places.setdefault(chunk_id, []).append((file, at, length))
+        self.chunks += len(placed)
+        if len(self.files) >= BATCH_FILES or self.chunks >= BATCH_CHUNKS:
+            await self.flush()
+
+    async def _io(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # --- writing a batch ---
+
+    async def flush(self) -> None:
+        """Read the batch's chunks pack by pack, write them, finish its files, then the
+        metadata of the directories finished in it (deepest first)."""
+        files, places = self.files, self.places
+        self.files, self.places, self.chunks = [], {}, 0
+        loop = asyncio.get_running_loop()
+        try:
+            for file in files:
+                if file.remaining == 0:
+                    await loop.run_in_executor(self.pool, file._finish)
+            reader = self.r.reader
+            in_flight: set[asyncio.Future] = set()
+            limit = 2 * self.r.workers
+            try:
+                async with aclosing(reader.read(reader.plan_by_pack(places))) as blobs:
+                    async for blob in blobs:
+                        in_flight.add(loop.run_in_executor(self.pool, self._place, blob, places[blob.id]))
+                        if len(in_flight) >= limit:
+                            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                            for f in done:
+                                f.result()
+            finally:
+                if in_flight:
+                    await asyncio.wait(in_flight)
+            for f in in_flight:
+                f.result()
+        finally:
+            for file in files:
+                file.close()
+        for file in files:
+            if file.errors or not file.done:
+                self.damaged(file.path, file.errors[0] if file.errors else FormatError("not restored"))
+            else:
+                self.result.files += 1
+                self.result.bytes += file.node.size
+        dirs, self.finished_dirs = self.finished_dirs, []
+        try:
+            for handle, node, path in dirs:
+                try:
+                    await self._io(self.fs.dir_metadata, handle, node, self.r.restore_owner)
+                except OSError as e:
+                    self.damaged(path + "/", e)
+                self.result.dirs += 1
+        finally:
+            for handle, _, _ in dirs:
+                self.fs.close_dir(handle)
+
+    def _place(self, blob: Blob, places: list[tuple[_File, int, int]]) -> None:
+        """In a worker thread: open the chunk once, write it wherever the batch needs it."""
+        error: Exception | None = blob.error
+        data = None
+        if error is None:
+            try:
+                data = open_blob(self.repo.key, blob.location.entry(blob.id), blob.sealed,  # type: ignore[union-attr,arg-type]
+                                 pack_id=blob.location.pack_id)  # type: ignore[union-attr]
+            except FormatError as e:  # CorruptBlob: leave a hole, go on
+                error = e
+        for file, offset, length in places:
+            if data is not None and len(data) != length:
+                file.put(None, offset, FormatError(f"chunk at offset {offset} is {len(data)} bytes, expected {length}"))
+            else:
+                file.put(data, offset, error)
+
+    async def abandon(self) -> None:
+        """After a failure (or at the end): nothing left open, nothing left running."""
+        await self.trees.cancel()
+        for file in self.files:
+            file.close()
+        for handle, _, _ in self.finished_dirs:
+            self.fs.close_dir(handle)
+        self.files, self.places, self.finished_dirs = [], {}, []
 
 
 # Zero runs are looked for in 4 KiB blocks, the block size of common filesystems: a
@@ -303,7 +633,7 @@ _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 
 
-def _write_sparse(fd: int, data: bytes, offset: int) -> None:
+def _write_sparse(fs: _Fs, handle, data: bytes, offset: int) -> None:
     """Write data at offset into a new file, skipping all-zero 4 KiB blocks.
 
     The file starts empty, so a skipped block reads back as zeros; it just takes no disk
@@ -315,9 +645,9 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> None:
     for pos in range(0, n, _BLOCK):
         if data[pos : pos + _BLOCK] == _ZERO_BLOCK[: min(_BLOCK, n - pos)]:
             if run_start is not None:
-                _pwrite_all(fd, view[run_start:pos], offset + run_start)
+                fs.write(handle, view[run_start:pos], offset + run_start)
                 run_start = None
         elif run_start is None:
             run_start = pos
     if run_start is not None:
-        _pwrite_all(fd, view[run_start:], offset + run_start)
+        fs.write(handle, view[run_start:], offset + run_start)

@@ -1,0 +1,185 @@
+"""Reading blobs pack by pack: few requests, bounded memory, every failure per blob."""
+
+from __future__ import annotations
+
+import os
+from contextlib import aclosing
+
+import pytest
+
+from shared.format import FULL, Archiver, LocalFolderStore, Restorer, RestoreIncomplete
+from shared.format.constants import MiB
+from shared.format.errors import CorruptBlob, MissingBlob, MissingPack
+from shared.format.pack import BlobType, open_blob
+from shared.format.packreader import PackReader
+from shared.format.repository import pack_key
+
+from .conftest import FAST_KDF, PASSPHRASE, TEST_PACK_SIZE, describe
+
+
+class GetCountingStore(LocalFolderStore):
+    """A real local store that counts ranged reads of packs and the bytes they return."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.pack_gets = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def get(self, key, offset=None, length=None):
+        if not key.startswith("data/"):
+            return await super().get(key, offset, length)
+        self.pack_gets += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().get(key, offset, length)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def counted(tmp_path):
+    from shared.format import Repository
+
+    store = GetCountingStore(tmp_path / "repo")
+    repo = await Repository.init(store, PASSPHRASE, kdf=FAST_KDF, pack_size=TEST_PACK_SIZE)
+    return store, repo
+
+
+async def data_blobs(repo, n: int, size: int = 64 * 1024) -> list[tuple[bytes, bytes]]:
+    saver = repo.saver()
+    blobs = []
+    for _ in range(n):
+        data = os.urandom(size)
+        blob_id, _ = await saver.save_async(BlobType.DATA, data)
+        blobs.append((blob_id, data))
+    await saver.flush()
+    return blobs
+
+
+async def read_all(reader: PackReader, plan) -> list:
+    async with aclosing(reader.read(plan)) as stream:
+        return [b async for b in stream]
+
+
+async def test_blobs_of_a_pack_come_in_one_request_and_open_to_their_data(counted):
+    store, repo = counted
+    blobs = await data_blobs(repo, 60)  # 3.75 MiB: two packs of 2 MiB
+    reader = PackReader(repo)
+    wanted = [blob_id for blob_id, _ in reversed(blobs)]  # the order asked does not matter
+    got = await read_all(reader, reader.plan_by_pack(wanted + wanted[:5]))  # nor repeats
+    assert sorted(b.id for b in got) == sorted(wanted)
+    assert store.pack_gets == len(repo.index.packs()) == 2
+    plain = dict(blobs)
+    for b in got:
+        assert b.error is None
+        assert open_blob(repo.key, b.location.entry(b.id), b.sealed, pack_id=b.location.pack_id) == plain[b.id]
+
+
+async def test_gaps_larger_than_allowed_split_a_pack_into_ranges(counted):
+    store, repo = counted
+    blobs = await data_blobs(repo, 20)
+    reader = PackReader(repo, max_gap=0)
+    every_other = [blob_id for blob_id, _ in blobs[::2]]
+    got = await read_all(reader, reader.plan_by_pack(every_other))
+    assert len(got) == 10 and store.pack_gets == 10
+    store.pack_gets = 0
+    merged = PackReader(repo, max_gap=64 * 1024 + 100)  # one skipped blob plus its seal
+    await read_all(merged, merged.plan_by_pack(every_other))
+    assert store.pack_gets == 1
+
+
+async def test_ranges_are_capped_and_requests_and_memory_are_bounded(counted):
+    store, repo = counted
+    await data_blobs(repo, 64)  # 4 MiB in two packs
+    reader = PackReader(repo, max_range=256 * 1024, concurrency=3, memory=400 * 1024)
+    plan = reader.plan_by_pack(blob_id for blob_id, _ in repo.index.items())
+    assert all(r.length <= 256 * 1024 for r in plan.ranges)
+    got = await read_all(reader, plan)
+    assert len(got) == 64 and store.pack_gets == len(plan.ranges) > 8
+    assert store.most_in_flight == 2  # 400 KiB holds two ranges of three 64 KiB blobs, not three
+
+
+async def test_a_range_larger_than_the_memory_budget_is_still_read(counted):
+    store, repo = counted
+    blobs = await data_blobs(repo, 8)
+    reader = PackReader(repo, memory=1)
+    got = await read_all(reader, reader.plan_by_pack(b for b, _ in blobs))
+    assert len(got) == 8 and all(b.error is None for b in got)
+
+
+async def test_in_order_plan_keeps_the_order_and_every_position(counted):
+    store, repo = counted
+    blobs = await data_blobs(repo, 40)
+    ids = [b for b, _ in blobs]
+    asked = ids[:10] + ids[:3] + [b"\x01" * 32] + ids[10:]
+    reader = PackReader(repo)
+    got = await read_all(reader, reader.plan_in_order(asked))
+    assert [b.position for b in got] == list(range(len(asked)))
+    assert [b.id for b in got] == asked
+    assert isinstance(got[13].error, MissingBlob)
+    assert store.pack_gets <= 5  # runs of neighbours, not one request per blob
+
+
+async def test_a_missing_pack_is_an_error_for_each_of_its_blobs_and_only_them(counted):
+    store, repo = counted
+    blobs = await data_blobs(repo, 60)
+    gone = repo.index.lookup(blobs[0][0]).pack_id
+    await store.delete(pack_key(gone))
+    reader = PackReader(repo)
+    got = await read_all(reader, reader.plan_by_pack(b for b, _ in blobs))
+    for b in got:
+        if b.location.pack_id == gone:
+            assert isinstance(b.error, MissingPack) and b.error.pack_id == gone
+        else:
+            assert b.error is None
+
+
+async def test_a_truncated_pack_gives_short_blobs_that_open_as_corrupt(counted):
+    store, repo = counted
+    blobs = await data_blobs(repo, 10)
+    pack_id = repo.index.lookup(blobs[-1][0]).pack_id
+    path = store.root / pack_key(pack_id)
+    loc = repo.index.lookup(blobs[-1][0])
+    with open(path, "r+b") as f:
+        f.truncate(loc.offset + 10)
+    reader = PackReader(repo)
+    got = {b.id: b for b in await read_all(reader, reader.plan_by_pack(b for b, _ in blobs))}
+    last = got[blobs[-1][0]]
+    with pytest.raises(CorruptBlob) as e:
+        open_blob(repo.key, last.location.entry(last.id), last.sealed, pack_id=pack_id)
+    assert pack_id in str(e.value)
+
+
+async def test_a_restore_reads_each_pack_in_a_few_requests_not_per_chunk(counted, tmp_path):
+    store, repo = counted
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(30):  # small files: many chunks share a pack
+        (src / f"f{i}.bin").write_bytes(os.urandom(100_000))
+    (src / "sub" / "big.bin").write_bytes(os.urandom(5 * MiB))
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    data_chunks = sum(1 for _, loc in repo.index.items() if loc.type is BlobType.DATA)
+    store.pack_gets = 0
+    restorer = Restorer(repo)
+    await restorer.restore(result.snapshot_id, tmp_path / "out")
+    assert describe(tmp_path / "out" / "src") == describe(src)
+    data_requests = restorer.reader.requests
+    packs = {loc.pack_id for _, loc in repo.index.items() if loc.type is BlobType.DATA}
+    assert data_requests <= 2 * len(packs) < data_chunks  # whole packs in <= 2 ranges, not per chunk
+
+
+async def test_a_restore_from_a_store_that_fails_reads_names_every_file(counted, tmp_path):
+    store, repo = counted
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (src / name).write_bytes(os.urandom(300_000))
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    for pack_id in {loc.pack_id for _, loc in repo.index.items() if loc.type is BlobType.DATA}:
+        await store.delete(pack_key(pack_id))
+    with pytest.raises(RestoreIncomplete) as e:
+        await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert sorted(path for path, _ in e.value.damaged) == ["src/a.bin", "src/b.bin"]
+    assert all(isinstance(error, MissingPack) for _, error in e.value.damaged)
