@@ -1,16 +1,18 @@
 """Assembling a disk image from a backup: the snapshot's image entry, chunk by chunk, into a
 sparse raw file in the scratch folder.
 
-Every chunk is read through the format's reader (``Repository.fetch_sealed`` then
+Every chunk is read through the format's reader (``packreader.PackReader`` then
 ``pack.open_blob``: authenticated decryption, length and keyed-id check), so a damaged
 backup stops the assembly with the pack and offset at fault instead of becoming a disk
 with garbage in it (unlike a file restore, a half-right disk is worse than none). Holes
 are never written, and all-zero 4 KiB blocks inside chunks are skipped, so the file is as
 sparse as the disk was.
 
-Chunks are fetched and decrypted ahead, several at once, and written in order; the caller
-is told after each one. Because they are written in order, "the first N chunks are on disk"
-is a checkpoint a resumed task can start from (after ``sync``).
+Chunks are read a window at a time (``PackReader.read_in_order``): the window's chunks
+grouped by pack and fetched as a few coalesced byte ranges, so a 32 MiB pack is a couple
+of requests instead of one per chunk. They are decrypted several at once and written in
+the disk's order; the caller is told after each one. Because they are written in order, "the first N chunks are
+on disk" is a checkpoint a resumed task can start from (after ``sync``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import asyncio
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.format import FormatError, Repository
 from shared.format.pack import open_blob
+from shared.format.packreader import Blob, PackReader
 from shared.format.snapshot import IMAGE, Node
 
 # Zero runs are looked for in 4 KiB blocks, the block size of common filesystems: a
@@ -78,7 +82,8 @@ async def assemble(repo: Repository, plan: DiskPlan, path: Path, *, start: int,
                    ahead: int, report: Report) -> None:
     """Write chunks ``start`` … of ``plan`` into ``path`` (created when start is 0, else
     continued). After each chunk, ``report(chunks done, sync)``: awaiting ``sync`` makes
-    everything written so far durable, for a checkpoint."""
+    everything written so far durable, for a checkpoint. ``ahead``: requests in flight,
+    and chunks being decrypted, at once."""
     flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
     flags |= (os.O_CREAT | os.O_TRUNC) if start == 0 else 0
     fd = await asyncio.to_thread(os.open, path, flags, 0o600)
@@ -87,30 +92,44 @@ async def assemble(repo: Repository, plan: DiskPlan, path: Path, *, start: int,
         await asyncio.to_thread(os.fdatasync, fd)
 
     loop = asyncio.get_running_loop()
-    window: deque[asyncio.Task] = deque()
     chunks = plan.chunks
+    reader = PackReader(repo, concurrency=ahead)
+    opening: deque[asyncio.Future] = deque()  # chunks being decrypted, in disk order
+    done = start
+
+    async def write_oldest() -> None:
+        nonlocal done
+        data = await opening.popleft()
+        await loop.run_in_executor(None, _write_sparse, fd, data, chunks[done][0])
+        done += 1
+        await report(done, sync)
+
     try:
         await asyncio.to_thread(os.ftruncate, fd, plan.disk_bytes)
-        for i in range(start, len(chunks)):
-            while len(window) < ahead and i + len(window) < len(chunks):
-                window.append(asyncio.create_task(_read_chunk(repo, chunks[i + len(window)])))
-            data = await window.popleft()
-            await loop.run_in_executor(None, _write_sparse, fd, data, chunks[i][0])
-            await report(i + 1, sync)
+        wanted = [blob_id for _, _, blob_id in chunks[start:]]
+        async with aclosing(reader.read_in_order(wanted)) as blobs:
+            async for blob in blobs:
+                opening.append(loop.run_in_executor(None, _open_chunk, repo, chunks[start + blob.position], blob))
+                if len(opening) >= ahead:
+                    await write_oldest()
+        while opening:
+            await write_oldest()
         await sync()
     finally:
-        for task in window:
-            task.cancel()
-        await asyncio.gather(*window, return_exceptions=True)
+        for future in opening:
+            future.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         os.close(fd)
 
 
-async def _read_chunk(repo: Repository, chunk: tuple[int, int, bytes]) -> bytes:
+def _open_chunk(repo: Repository, chunk: tuple[int, int, bytes], blob: Blob) -> bytes:
+    """In a worker thread: the chunk's verified plaintext, or Damaged naming where it is."""
     offset, length, blob_id = chunk
     try:
-        location, sealed = await repo.fetch_sealed(blob_id)
-        data = await asyncio.to_thread(open_blob, repo.key, location.entry(blob_id), sealed,
-                                       pack_id=location.pack_id)
+        if blob.error is not None:
+            raise blob.error
+        data = open_blob(repo.key, blob.location.entry(blob_id), blob.sealed,  # type: ignore[union-attr,arg-type]
+                         pack_id=blob.location.pack_id)  # type: ignore[union-attr]
     except FormatError as e:  # MissingBlob, MissingPack, CorruptBlob, a store error
         raise Damaged(f"{e} (the chunk at disk offset {offset})") from None
     if len(data) != length:

@@ -11,9 +11,10 @@ round trip each, and the request count, not the bandwidth, sets the pace. The re
    ``memory`` bytes fetched but not yet handed over (a range larger than that is still
    fetched, alone), and hands out each blob's sealed bytes in plan order.
 
-Two plans: ``by_pack`` (a restore: every wanted blob once, grouped by pack whatever order
-they were asked in) and ``in_order`` (image assembly: positions in the order given, only
-neighbours in that order merged, so the caller can checkpoint "the first N are done").
+Two ways to ask: ``plan_by_pack`` then ``read`` (a restore: every wanted blob once, grouped
+by pack whatever order they were asked in, handed out pack by pack) and ``read_in_order``
+(image assembly: every position in the order given, so the caller can checkpoint "the
+first N are done"; planned by pack within windows of the list).
 
 Nothing is decrypted here: the caller opens each blob with ``pack.open_blob``. A missing
 pack or a failed request does not stop the stream: each blob it held comes out with the
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from .constants import MiB
@@ -42,6 +44,8 @@ MAX_RANGE = 16 * MiB
 CONCURRENCY = 4
 # Fetched but not yet handed over: what the reader itself may hold.
 MEMORY = 64 * MiB
+# read_in_order: stored bytes planned together (two windows may be held at once).
+WINDOW = 32 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +77,6 @@ class PackRange:
 class Plan:
     ranges: list[PackRange]
     missing: list[tuple[int, bytes]]  # (position, blob id) of blobs no index knows
-    # in_order: the missing blobs stand in `ranges` at their place (as empty ranges);
-    # by_pack: they are handed out first
-    ordered: bool = False
 
 
 class PackReader:
@@ -113,26 +114,6 @@ class PackReader:
             ranges.extend(self._merge(pack_id, blobs))
         return Plan(ranges, missing)
 
-    def plan_in_order(self, blob_ids: Iterable[bytes]) -> Plan:
-        """Every position, in the order given; neighbours merged only when consecutive."""
-        ranges: list[PackRange] = []
-        missing: list[tuple[int, bytes]] = []
-        for position, blob_id in enumerate(blob_ids):
-            location = self.repo.index.lookup(blob_id)
-            if location is None:
-                missing.append((position, blob_id))
-                ranges.append(PackRange("", 0, 0, [(position, blob_id, None)]))  # type: ignore[list-item]
-                continue
-            last = ranges[-1] if ranges else None
-            if last is not None and last.pack_id == location.pack_id and self._fits(last, location):
-                last.start = min(last.start, location.offset)
-                last.end = max(last.end, location.offset + location.length)
-                last.blobs.append((position, blob_id, location))
-            else:
-                ranges.append(PackRange(location.pack_id, location.offset, location.offset + location.length,
-                                        [(position, blob_id, location)]))
-        return Plan(ranges, missing, ordered=True)
-
     def _fits(self, current: PackRange, location: BlobLocation) -> bool:
         start = min(current.start, location.offset)
         end = max(current.end, location.offset + location.length)
@@ -161,9 +142,8 @@ class PackReader:
         return self._stream(plan)
 
     async def _stream(self, plan: Plan) -> AsyncIterator[Blob]:
-        if not plan.ordered:
-            for position, blob_id in plan.missing:
-                yield Blob(position, blob_id, None, None, MissingBlob(blob_id.hex()))
+        for position, blob_id in plan.missing:
+            yield Blob(position, blob_id, None, None, MissingBlob(blob_id.hex()))
         pending = deque(plan.ranges)
         running: deque[tuple[PackRange, asyncio.Task]] = deque()
         held = 0  # bytes of the ranges running or handed out but not yet passed on
@@ -182,9 +162,7 @@ class PackReader:
                 except FormatError as e:
                     data, error = None, e
                 for position, blob_id, location in r.blobs:
-                    if location is None:
-                        yield Blob(position, blob_id, None, None, MissingBlob(blob_id.hex()))
-                    elif error is not None:
+                    if error is not None:
                         yield Blob(position, blob_id, location, None, error)
                     else:
                         begin = location.offset - r.start
@@ -197,9 +175,49 @@ class PackReader:
             if running:
                 await asyncio.gather(*(t for _, t in running), return_exceptions=True)
 
+    async def read_in_order(self, blob_ids: Sequence[bytes], *, window: int = WINDOW) -> AsyncIterator[Blob]:
+        """Every position of ``blob_ids`` in the order given (``position`` is its index).
+
+        A backup's parallel workers interleave a file's or a disk's chunks inside a pack,
+        so neighbours in the list are not always neighbours in the pack: the list is read
+        in windows of about ``window`` stored bytes, each planned by pack, and the next
+        window is read while this one is handed out (at most two windows held)."""
+        windows = self._windows(blob_ids, window)
+        next_window = asyncio.ensure_future(self._collect(windows[0])) if windows else None
+        try:
+            for i, positions in enumerate(windows):
+                found = await next_window  # type: ignore[misc]
+                next_window = asyncio.ensure_future(self._collect(windows[i + 1])) if i + 1 < len(windows) else None
+                for position, blob_id in positions:
+                    b = found[blob_id]
+                    yield Blob(position, blob_id, b.location, b.sealed, b.error)
+                del found
+        finally:
+            if next_window is not None:
+                next_window.cancel()
+                await asyncio.gather(next_window, return_exceptions=True)
+
+    def _windows(self, blob_ids: Sequence[bytes], window: int) -> list[list[tuple[int, bytes]]]:
+        windows: list[list[tuple[int, bytes]]] = []
+        current: list[tuple[int, bytes]] = []
+        size = 0
+        for position, blob_id in enumerate(blob_ids):
+            location = self.repo.index.lookup(blob_id)
+            current.append((position, blob_id))
+            size += location.length if location is not None else 0
+            if size >= window:
+                windows.append(current)
+                current, size = [], 0
+        if current:
+            windows.append(current)
+        return windows
+
+    async def _collect(self, positions: list[tuple[int, bytes]]) -> dict[bytes, Blob]:
+        plan = self.plan_by_pack(blob_id for _, blob_id in positions)
+        async with aclosing(self._stream(plan)) as blobs:
+            return {b.id: b async for b in blobs}
+
     async def _fetch(self, r: PackRange) -> bytes:
-        if not r.pack_id:
-            return b""
         self.requests += 1
         try:
             data = await self.repo.store.get(pack_key(r.pack_id), r.start, r.length)
