@@ -22,7 +22,8 @@ What it does, each step a real process as in production:
    kept, its SHA-256 taken and it can be downloaded. Each change of the task's message
    marks a phase (queued, opening the repository, assembling, converting, keeping, digest);
    the service's CPU time, its peak RSS (VmHWM, reset just before the request) and
-   qemu-img's are sampled with each poll;
+   qemu-img's are sampled with each poll (a VMDK is written by the service itself,
+   services/recovery/vmdk.py, so its conversion is the service's CPU; qemu-img makes VHDs);
 4. verifies the image against the source disk with `qemu-img compare` (and, for raw, the
    SHA-256 the service reports against the source's), not timed, and deletes it;
 5. stops everything and removes the work folder (unless --keep).
@@ -574,6 +575,9 @@ ACTIVITIES = (
     ("zstd decompression", ("decode (shared/format/compression",)),
     ("AES-GCM decryption", ("MasterKey.open (",)),
     ("reading packs", ("Store._get (", "Store.get (")),
+    ("deflating VMDK grains", ("_deflate (",)),
+    ("reading the raw disk for the VMDK", ("_pack (",)),
+    ("writing the VMDK", ("_write (services/recovery/vmdk",)),
     ("writing the raw disk", ("_write_sparse (",)),
     ("database and outbox (SQLite, relays)", ("aiosqlite/", "sqlalchemy/", "Outbox.")),
     ("HTTP (gateway, API polls)", ("aiohttp/", "services/gateway/")),
