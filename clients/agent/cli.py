@@ -311,9 +311,6 @@ async def cmd_snapshots(cfg: AgentConfig, args, reporter: Reporter) -> int:
 
 
 async def cmd_restore(cfg: AgentConfig, args, reporter: Reporter) -> int:
-    if sys.platform == "win32":
-        raise UsageError("restore on Windows is not available yet (it needs its own safe-path strategy); "
-                         "restore on Linux, or through the Recovery Manager")
     async with _target(cfg, args) as target:
         repo = await target.open_repository(_passphrase(cfg))
         snapshot_id = await repo.find_snapshot(args.snapshot)
