@@ -142,13 +142,15 @@ async def cancel_recovery(call: Call) -> Recovery:
     return recovery_model(row)
 
 
-@routes.get("/api/v1/recoveries/{recovery_id}/image", allow=USER, errors=(404, 409))
+@routes.get("/api/v1/recoveries/{recovery_id}/image", allow=USER, errors=(404, 409, 410))
 async def download_image(call: Call):
     """The disk image of a local recovery (resumable: Range, If-Range, ETag)."""
     row = await _own(call)
     provider = call.service.providers.get("local")
     if row.target != "local" or provider is None:
         raise conflict("only a local recovery has an image to download")
+    if row.state == domain.COMPLETE and not row.image_ref:
+        raise Problem(410, "Gone", "the image was deleted when its machine was terminated")
     if row.state not in IMAGE_READY or not row.image_ref:
         raise conflict(f"the image is not ready: the recovery is {row.state}")
     path = provider.image_path(row.image_ref)

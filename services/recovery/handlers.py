@@ -12,6 +12,7 @@ from shared.events import (
     BackupUploaded,
     InstanceLaunchFailed,
     InstanceReady,
+    InstanceTerminated,
     RecoveriesReconcileDue,
     RecoveriesTimeoutDue,
     RecoveryCompleted,
@@ -100,6 +101,24 @@ async def launch_failed(ctx: Context, event: InstanceLaunchFailed) -> None:
     await _fail(ctx, row, domain.launch_failed_reason(event.reason))
 
 
+async def release_image(ctx: Context, event: InstanceTerminated) -> None:
+    """The machine made from a local image is gone for good: so goes the image it ran from
+    (instances owns the machine, recovery the file). An aws machine's AMI is released by
+    instances itself. A repeated event finds nothing left to delete."""
+    rows = (await ctx.session.scalars(
+        select(RecoveryRow).where(RecoveryRow.user_id == event.user_id,
+                                  RecoveryRow.instance_id == event.instance_id)
+        .with_for_update())).all()
+    for row in rows:
+        provider = ctx.service.providers.get(row.target)
+        if row.image_ref is None or provider is None or row.target != "local":
+            continue
+        await provider.discard(staged_ref=None, import_ref=None, image_ref=row.image_ref)
+        log.info("local image deleted with its machine", recovery_id=row.id,
+                 instance_id=event.instance_id)
+        row.image_ref, row.updated_at = None, utcnow()
+
+
 async def _fail(ctx: Context, row: RecoveryRow, reason: str) -> None:
     """Fail a task from outside its run (timeout, launch failure)."""
     ctx.service.worker.fail(ctx.session, row, reason)
@@ -114,4 +133,5 @@ EVENT_HANDLERS = {
     BackupsVerifyDue: schedule_drills,
     InstanceReady: complete,
     InstanceLaunchFailed: launch_failed,
+    InstanceTerminated: release_image,
 }

@@ -11,7 +11,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from shared.events import InstanceReady, envelope_for
+from shared.events import InstanceReady, InstanceTerminated, envelope_for
 from shared.settings import RecoverySettings
 from tests.harness import MODES, Api, running_stack, settings_for
 from tests.recovery.helpers import (
@@ -123,10 +123,29 @@ async def test_a_local_recovery_gives_back_the_disk_byte_for_byte(mode, tmp_path
         assert not scratch.exists() or list(scratch.iterdir()) == []
 
         # Nobody else sees it, its image or its cancel button.
+        owner_token = api.token
         await user(api, f"other-{unique}")
         for method, path in (("GET", ""), ("GET", "/image"), ("POST", "/cancel")):
             status, body, _ = await api.call(method, f"/api/v1/recoveries/{recovery_id}{path}")
             assert status == 404, body
+
+        # The machine terminated (told twice, as a redelivery would): its image goes with it.
+        api.token = owner_token
+        images = settings.data_dir / "recovery" / "images"
+        assert len(list(images.iterdir())) == 1
+        for _ in range(2):
+            await stack.bus.publish(envelope_for(InstanceTerminated(
+                instance_id="i-0123456789", user_id=user_id)))
+
+        async def image_gone():
+            status, body, _ = await api.call("GET", f"/api/v1/recoveries/{recovery_id}")
+            return body if body["image_url"] is None else None
+
+        gone = await eventually(image_gone)
+        assert gone["state"] == "complete" and gone["image_ref"] is None
+        assert list(images.iterdir()) == []
+        status, body, _ = await api.call("GET", f"/api/v1/recoveries/{recovery_id}/image")
+        assert status == 410 and "terminated" in body["detail"], body
 
 
 @pytest.mark.parametrize("disk_format,qemu_name", [("vmdk", "vmdk"), ("vhd", "vpc")])
