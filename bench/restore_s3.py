@@ -9,8 +9,8 @@ shared tree never leak into a figure. One server (`reclo up` with moto, as
 bench/reclo_s3.py starts it) and one full backup of the data set (by the candidate), then
 each run restores `latest` with the baseline, then the candidate, into an empty folder:
 a fresh `reclo-agent restore` process, page cache dropped first, wall time and peak RSS
-from wait4, the CPU seconds moto and the server spent meanwhile, the load average before
-it, and a byte comparison with the data set. Prints a table; `--out` keeps the JSON.
+from wait4, the GETs moto logged and the CPU seconds it and the server spent meanwhile,
+the load average before and after it, and a byte comparison with the data set. Prints a table; `--out` keeps the JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
+def s3_gets(log: Path, start: int) -> tuple[int, int]:
+    """Presigned GETs (the agent's reads) moto logged after byte `start` of its log, and
+    the log's new size."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        text = f.read()
+    return sum(1 for line in text.splitlines() if b'"GET /' in line and b"X-Amz-Signature=" in line), start + len(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=Path, required=True, help="the folder to back up and restore")
@@ -88,19 +97,21 @@ def main(argv: list[str] | None = None) -> int:
                 env = {**engine.env, "PYTHONPATH": str(work / f"code-{label}")}
                 argv_restore, cwd = engine.restore(target)
                 cpu_before = cpu_seconds(moto.pid), cpu_seconds(server.pid)
+                _, log_at = s3_gets(engine.work / "moto.log", 0)
                 measured = run_measured(argv_restore, env=env, cwd=cwd, logs=work / "logs",
                                         name=f"restore-{label}-{run}", cold=True)
                 moto_cpu = cpu_seconds(moto.pid) - cpu_before[0]
                 server_cpu = cpu_seconds(server.pid) - cpu_before[1]
                 load_after = os.getloadavg()
+                gets, _ = s3_gets(engine.work / "moto.log", log_at)
                 comparison = compare_trees(dataset, engine.restored_root(target, dataset))
                 row = {"version": label, "commit": versions[label], "run": run, **measured.as_dict(),
-                       "load_after": load_after, "moto_cpu_seconds": moto_cpu, "server_cpu_seconds": server_cpu,
+                       "load_after": load_after, "moto_cpu_seconds": moto_cpu, "server_cpu_seconds": server_cpu, "s3_gets": gets,
                        "mib_s": comparison.bytes / MiB / measured.seconds, "comparison": comparison.as_dict()}
                 results["runs"].append(row)
                 print(f"{label:<9} {versions[label]}  restore {measured.seconds:7.1f} s  "
                       f"{row['mib_s']:6.1f} MiB/s  peak RSS {measured.peak_rss_bytes / MiB:5.0f} MiB  "
-                      f"moto {moto_cpu:6.1f} CPU-s  server {server_cpu:5.1f} CPU-s  "
+                      f"S3 GETs {gets:5d}  moto {moto_cpu:6.1f} CPU-s  server {server_cpu:5.1f} CPU-s  "
                       f"load {measured.load_before[0]:.2f} -> {load_after[0]:.2f}  "
                       f"{'identical' if comparison.identical else 'DIFFERS: ' + '; '.join(comparison.listed[:3])}",
                       flush=True)
