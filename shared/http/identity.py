@@ -10,6 +10,7 @@ so reaching a service directly gains nothing without the key.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
@@ -50,11 +51,24 @@ def _mac(key: bytes, timestamp: int, method: str, path_qs: str, identity_b64: st
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
+def _encoded(identity: Identity) -> str:
+    # The gateway signs the same few identities over and over (frozen, so hashable).
+    encoded = base64.urlsafe_b64encode(identity.model_dump_json(exclude_none=True).encode())
+    return encoded.decode().rstrip("=")
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(identity_b64: str) -> Identity:
+    # Only reached after the MAC matched, so only identities the gateway signed are cached.
+    padded = identity_b64 + "=" * (-len(identity_b64) % 4)
+    return Identity.model_validate_json(base64.urlsafe_b64decode(padded))
+
+
 def sign(identity: Identity, method: str, path_qs: str, key: bytes,
          now: float | None = None) -> dict[str, str]:
     timestamp = int(time.time() if now is None else now)
-    encoded = base64.urlsafe_b64encode(identity.model_dump_json(exclude_none=True).encode())
-    identity_b64 = encoded.decode().rstrip("=")
+    identity_b64 = _encoded(identity)
     mac = _mac(key, timestamp, method, path_qs, identity_b64)
     return {IDENTITY_HEADER: identity_b64, SIGNATURE_HEADER: f"t={timestamp},v1={mac}"}
 
@@ -77,7 +91,6 @@ def verify(headers, method: str, path_qs: str, key: bytes, now: float | None = N
     if not hmac.compare_digest(expected, given):
         raise BadSignature("signature does not match")
     try:
-        padded = identity_b64 + "=" * (-len(identity_b64) % 4)
-        return Identity.model_validate_json(base64.urlsafe_b64decode(padded))
+        return _decoded(identity_b64)
     except (ValueError, ValidationError):
         raise BadSignature("malformed identity") from None

@@ -1,0 +1,68 @@
+"""The shared HTTP application on loopback: request ids, per-request log context and
+metrics labels a caller cannot blow up."""
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import REGISTRY
+from structlog.contextvars import get_contextvars
+
+from shared.http.app import create_app
+from shared.http.identity import Identity, sign
+from shared.http.routes import ANYONE, Call, Routes
+
+KEY = b"k" * 32
+routes = Routes("test")
+
+
+@routes.route("GET", "/api/v1/context", allow=ANYONE)
+async def context(call: Call):
+    """What the log lines of this request carry."""
+    return {k: v for k, v in get_contextvars().items()
+            if k in ("service", "request_id", "user_id", "caller")}
+
+
+async def _ready() -> dict[str, bool]:
+    return {}
+
+
+async def _serve(app: web.Application):
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+async def test_each_request_logs_with_its_own_ids_and_odd_methods_share_one_label():
+    app = create_app(service="httptest", routes=[routes], internal_key=KEY, readiness=_ready)
+    app.router.add_route("*", "/anything", _ok)
+    runner, base = await _serve(app)
+    try:
+        # One kept-alive connection: nothing of the first request may linger into the next.
+        async with aiohttp.ClientSession() as http:
+            who = Identity(kind="user", user_id="u1")
+            headers = {**sign(who, "GET", "/api/v1/context", KEY), "X-Request-ID": "first"}
+            async with http.get(base + "/api/v1/context", headers=headers) as response:
+                assert await response.json() == {"service": "httptest", "request_id": "first",
+                                                 "user_id": "u1", "caller": "user"}
+            anonymous = sign(Identity(), "GET", "/api/v1/context", KEY)
+            async with http.get(base + "/api/v1/context", headers=anonymous) as response:
+                seen = await response.json()
+                generated = response.headers["X-Request-ID"]
+            assert seen == {"service": "httptest", "request_id": generated, "caller": "anonymous",
+                            "user_id": None}
+            assert len(generated) == 32 and int(generated, 16) >= 0
+            # Methods HTTP parsers accept beyond the usual ones (WebDAV's) share one label.
+            for method in ("PROPFIND", "MKCOL", "GET"):
+                async with http.request(method, base + "/anything") as response:
+                    assert response.status in (200, 401)
+        labels = {s.labels["method"] for m in REGISTRY.collect()
+                  if m.name == "reclo_http_requests" for s in m.samples
+                  if s.labels.get("service") == "httptest"}
+        assert labels == {"GET", "other"}
+    finally:
+        await runner.cleanup()
+
+
+async def _ok(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
