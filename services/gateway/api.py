@@ -8,7 +8,14 @@ from datetime import datetime
 import aiohttp
 from aiohttp import web
 
-from services.gateway.domain import API_PREFIX, NOT_FORWARDED, bearer_token, body_limit, owner_of
+from services.gateway.domain import (
+    API_PREFIX,
+    NOT_FORWARDED,
+    bearer_token,
+    body_limit,
+    owner_of,
+    revoked_agent_key,
+)
 from shared.events import utcnow
 from shared.http.identity import Identity, sign
 from shared.http.keys import REQUEST_ID, RUNTIME
@@ -18,6 +25,8 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 OPENAPI_PATH = API_PREFIX + "openapi.json"
+# Upstream answers up to this size are buffered rather than streamed.
+BUFFERED_BODY_BYTES = 256 * 1024
 LOGOUT_PATH = API_PREFIX + "auth/logout"
 
 
@@ -30,9 +39,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise not_found(f"no route {request.path}")
     identity = await authenticate(gateway, request)
     response = await forward(gateway, request, service, identity)
-    if request.path == LOGOUT_PATH and response.status < 300:
-        # This gateway forgets the token at once; other replicas within the cache bound.
-        gateway.tokens.forget(bearer_token(request.headers.get("Authorization")) or "")
+    if response.status < 300:
+        # This gateway forgets an ended token at once; other replicas within the cache bound.
+        if request.path == LOGOUT_PATH and request.method == "POST":
+            gateway.tokens.forget(bearer_token(request.headers.get("Authorization")) or "")
+        elif request.method == "DELETE" and (key_id := revoked_agent_key(request.path)):
+            gateway.tokens.forget_token_id(key_id)
     return response
 
 
@@ -84,7 +96,13 @@ async def forward(gateway, request: web.Request, service: str, identity: Identit
                       f"the {service} service is not reachable; try again shortly",
                       headers={"Retry-After": "5"}) from None
     async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        # Small answers (nearly all: JSON) are read whole and sent in one write; bodies
+        # of unknown or large size are streamed through.
+        small = (upstream.content_length is not None
+                 and upstream.content_length <= BUFFERED_BODY_BYTES
+                 and request.method != "HEAD")
+        response = (web.Response(status=upstream.status, reason=upstream.reason) if small
+                    else web.StreamResponse(status=upstream.status, reason=upstream.reason))
         for name, value in upstream.headers.items():
             if name.lower() not in NOT_FORWARDED and name.lower() != "x-request-id":
                 response.headers.add(name, value)
@@ -92,6 +110,11 @@ async def forward(gateway, request: web.Request, service: str, identity: Identit
             response.headers.setdefault(name, value)
         # Set before prepare(): the middleware's header would come too late for a stream.
         response.headers["X-Request-ID"] = request[REQUEST_ID]
+        if small:
+            body = await upstream.read()
+            if body:
+                response.body = body
+            return response
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)

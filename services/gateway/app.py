@@ -40,8 +40,12 @@ class Gateway:
     @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
+            # One pool of kept-alive connections per upstream for all callers, and no
+            # cookie jar: a cookie one caller's answer set must never ride along with
+            # another caller's request (and the jar costs time on every request).
             self._http = aiohttp.ClientSession(
                 timeout=self.timeout, auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
             )
         return self._http

@@ -61,6 +61,15 @@ def body_limit(path: str, default: int, large: int) -> int:
     return default
 
 
+def revoked_agent_key(path: str) -> str | None:
+    """The key id of ``DELETE /api/v1/agent-keys/{id}``'s path, else None."""
+    prefix = API_PREFIX + "agent-keys/"
+    if not path.startswith(prefix):
+        return None
+    key_id = path[len(prefix):]
+    return key_id if key_id and "/" not in key_id else None
+
+
 def bearer_token(header: str | None) -> str | None:
     """The token of ``Authorization: Bearer <token>``; None when absent, '' when malformed."""
     if header is None:
@@ -72,8 +81,10 @@ def bearer_token(header: str | None) -> str | None:
 
 
 class TokenCache:
-    """Introspection results, trusted for ``ttl`` seconds: a revoked token keeps working at
-    most that long. Keyed by a hash so the cache holds no usable tokens."""
+    """Introspection results, trusted for ``ttl`` seconds: a token revoked through another
+    gateway replica keeps working here at most that long. Keyed by a hash so the cache holds
+    no usable tokens; also findable by token id, so a revocation through this gateway (the
+    agent key's id in the path) takes effect here at once."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -81,6 +92,7 @@ class TokenCache:
         self.max_entries = max_entries
         self.clock = clock
         self._entries: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
+        self._by_token_id: dict[str, str] = {}
 
     @staticmethod
     def _key(token: str) -> str:
@@ -93,7 +105,7 @@ class TokenCache:
             return None
         expires, identity = entry
         if expires <= self.clock():
-            del self._entries[key]
+            self._drop(key)
             return None
         return identity
 
@@ -103,10 +115,27 @@ class TokenCache:
         expires = self.clock() + self.ttl
         if not_after is not None:
             expires = min(expires, not_after)
-        self._entries[self._key(token)] = (expires, identity)
-        self._entries.move_to_end(self._key(token))
+        key = self._key(token)
+        self._entries[key] = (expires, identity)
+        self._entries.move_to_end(key)
+        if identity.token_id is not None:
+            self._by_token_id[identity.token_id] = key
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._drop(next(iter(self._entries)))
 
     def forget(self, token: str) -> None:
-        self._entries.pop(self._key(token), None)
+        self._drop(self._key(token))
+
+    def forget_token_id(self, token_id: str) -> None:
+        key = self._by_token_id.get(token_id)
+        if key is not None:
+            self._drop(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry[1].token_id is not None:
+            if self._by_token_id.get(entry[1].token_id) == key:
+                del self._by_token_id[entry[1].token_id]

@@ -1,4 +1,4 @@
-from services.gateway.domain import TokenCache, bearer_token, owner_of
+from services.gateway.domain import TokenCache, bearer_token, owner_of, revoked_agent_key
 from shared.http.identity import Identity
 
 
@@ -38,6 +38,30 @@ def test_cache_honours_ttl_token_expiry_and_forgetting():
     assert cache.get("a") is None and cache.get("c") == who  # bounded size
     cache.forget("c")
     assert cache.get("c") is None
+
+
+def test_cache_forgets_by_token_id_and_keeps_its_index_bounded():
+    now = [0.0]
+    cache = TokenCache(ttl=5, max_entries=2, clock=lambda: now[0])
+    cache.put("t1", Identity(kind="agent", user_id="u", token_id="k1"))
+    cache.put("t2", Identity(kind="agent", user_id="u", token_id="k2"))
+    cache.forget_token_id("k1")
+    cache.forget_token_id("unknown")
+    assert cache.get("t1") is None and cache.get("t2") is not None
+    # Evicted and expired entries leave the index too.
+    cache.put("t3", Identity(kind="user", user_id="u", token_id="k3"))
+    cache.put("t4", Identity(kind="user", user_id="u", token_id="k4"))
+    assert len(cache) == 2 and set(cache._by_token_id) == {"k3", "k4"}
+    now[0] = 6
+    assert cache.get("t3") is None and set(cache._by_token_id) == {"k4"}
+
+
+def test_revoked_agent_key_paths():
+    assert revoked_agent_key("/api/v1/agent-keys/abc") == "abc"
+    assert revoked_agent_key("/api/v1/agent-keys/") is None
+    assert revoked_agent_key("/api/v1/agent-keys") is None
+    assert revoked_agent_key("/api/v1/agent-keys/abc/x") is None
+    assert revoked_agent_key("/api/v1/backups/abc") is None
 
 
 def test_large_bodies_only_for_objects_and_commits():

@@ -1,0 +1,58 @@
+"""Ending a token through the gateway takes effect at once, however long the gateway
+trusts its cache of token checks; a token ended behind the gateway's back only within
+that bound."""
+
+import aiohttp
+from sqlalchemy import update
+
+from services.auth.tables import TokenRow
+from shared.settings import GatewaySettings
+from tests.harness import Api, running_stack, settings_for
+
+# Far longer than the test: only an invalidation can make a cached token fail.
+LONG_CACHE = GatewaySettings(token_cache_seconds=3600)
+
+
+async def test_logout_and_key_revocation_are_immediate_despite_the_cache(tmp_path, unique):
+    settings = settings_for("embedded", tmp_path, unique, gateway=LONG_CACHE)
+    async with running_stack(settings, ["gateway", "auth"]) as (_stack, base), \
+            aiohttp.ClientSession() as http:
+        api = Api(http, base)
+        await api.register_and_login("ivan")
+        user_token = api.token
+        status, key, _ = await api.call("POST", "/api/v1/agent-keys", json={"host": "nas-01"})
+        assert status == 201
+        other_status, other_key, _ = await api.call("POST", "/api/v1/agent-keys",
+                                                    json={"host": "nas-02"})
+        assert other_status == 201
+        # Both keys and the session are now in the gateway's cache.
+        for token in (key["key"], other_key["key"], user_token):
+            assert (await api.call("GET", "/api/v1/auth/me", token=token))[0] == 200
+
+        assert (await api.call("DELETE", f"/api/v1/agent-keys/{key['id']}"))[0] == 204
+        status, problem, kind = await api.call("GET", "/api/v1/auth/me", token=key["key"])
+        assert status == 401 and problem["detail"] == "the token was revoked"
+        assert kind.startswith("application/problem+json")
+        # The other key is untouched.
+        assert (await api.call("GET", "/api/v1/auth/me", token=other_key["key"]))[0] == 200
+
+        assert (await api.call("POST", "/api/v1/auth/logout"))[0] == 204
+        status, problem, _ = await api.call("GET", "/api/v1/auth/me", token=user_token)
+        assert status == 401 and problem["detail"] == "the token was logout"
+
+
+async def test_a_token_ended_behind_the_gateways_back_lasts_only_the_cache_bound(
+        tmp_path, unique):
+    settings = settings_for("embedded", tmp_path, unique,
+                            gateway=GatewaySettings(token_cache_seconds=0))
+    async with running_stack(settings, ["gateway", "auth"]) as (stack, base), \
+            aiohttp.ClientSession() as http:
+        api = Api(http, base)
+        await api.register_and_login("judy")
+        assert (await api.call("GET", "/api/v1/auth/me"))[0] == 200
+        # As another gateway replica's logout would: the row changes, this cache is not told.
+        async with stack.runtimes["auth"].db.transaction() as session:
+            await session.execute(update(TokenRow).values(active=False,
+                                                          deactivated_reason="logout"))
+        status, problem, _ = await api.call("GET", "/api/v1/auth/me")
+        assert status == 401 and problem["detail"] == "the token was logout"
