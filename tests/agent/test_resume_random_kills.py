@@ -173,6 +173,7 @@ async def test_random_kills_during_a_1_gib_backup_upload_at_most_a_pack_twice(
     assert r.result["kind"] == "full" and r.result["bytes"] == tree.logical
     ever.update(await pack_sizes(server))
     sent = s3_proxy.sent - sent_before
+    stored = await object_bytes(server) - bytes_before
     # The server saw one backup complete; the killed runs' sessions (those that got as far
     # as opening one) were closed by it.
     backups = await server.backups()
@@ -180,7 +181,6 @@ async def test_random_kills_during_a_1_gib_backup_upload_at_most_a_pack_twice(
     for b in backups:
         if b["id"] != r.result["backup_id"]:
             assert b["status"] == "failed" and f"resumed by backup {r.result['backup_id']}" in b["failure_reason"], b
-    stored = await object_bytes(server) - bytes_before
 
     # What arrived is whole: a restore is byte-identical and the data checks.
     out = tmp_path / "out"
@@ -206,7 +206,7 @@ async def test_random_kills_during_a_1_gib_backup_upload_at_most_a_pack_twice(
           f"of which {twice / MiB:.1f} MiB twice; sent to S3 {sent / MiB:.1f} MiB, "
           f"{(sent - stored) / MiB:.1f} MiB more than stored; the final run stored "
           f"{r.result['stored_bytes'] / MiB:.1f} MiB in {r.seconds:.0f} s", file=sys.stderr)
-    assert twice < PACK_TARGET_SIZE
+    assert twice < PACK_TARGET_SIZE, f"{twice} bytes of blobs stored twice"
     # On the wire a kill also wastes the packs it cut off mid-upload: at most the packs in
     # flight (docs/agent.md, "Resume"). Everything else that was sent is in the bucket.
     assert sent - stored < KILLS * DEFAULT_UPLOAD_CONCURRENCY * ONE_PACK
