@@ -31,7 +31,7 @@ from tests.deploy.manifests import (
 )
 
 SCHEMA_PIN = REPO / "deploy" / "schemas" / "compose-spec.sha256"
-INFRASTRUCTURE = {"rabbitmq", "mariadb", "moto"}
+INFRASTRUCTURE = {"rabbitmq", "mariadb", "moto", "mailpit"}
 ONE_SHOT = "migrate"
 # Variables that are not ReClo's settings but are read by its libraries (botocore).
 LIBRARY_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
@@ -123,11 +123,12 @@ def test_start_order_is_enforced_by_conditions(compose):
     assert order[-1] == "gateway"
 
 
-def test_only_the_gateway_the_broker_ui_and_s3_are_published_on_loopback(compose):
+def test_only_the_gateway_the_broker_ui_s3_and_the_mail_ui_are_published_on_loopback(compose):
     """S3 too: agents on the developer's machine upload to it directly."""
     published = {name: svc["ports"] for name, svc in compose["services"].items()
                  if svc.get("ports")}
-    assert set(published) == {"gateway", "rabbitmq", "moto"}
+    assert set(published) == {"gateway", "rabbitmq", "moto", "mailpit"}
+    assert published["mailpit"] == ["127.0.0.1:8025:8025"]
     assert published["gateway"] == ["127.0.0.1:8080:8080"]
     assert "127.0.0.1:15672:15672" in published["rabbitmq"]
     assert published["moto"] == ["127.0.0.1:5000:5000"]

@@ -247,7 +247,8 @@ def test_secrets_hold_only_placeholders(objects):
         for key, value in values.items():
             assert value == PLACEHOLDER, f"Secret {name} key {key} holds a real-looking value"
             keys.add(key)
-    assert keys == {"RECLO_DATABASE_URL", "RECLO_BUS_URL", "RECLO_INTERNAL_KEY"}
+    assert keys == {"RECLO_DATABASE_URL", "RECLO_BUS_URL", "RECLO_INTERNAL_KEY",
+                    "RECLO_AUTH__SMTP_PASSWORD"}
 
 
 def test_no_aws_keys_anywhere_irsa_instead(objects):
