@@ -1,6 +1,6 @@
 """Backup engines side by side: ReClo, restic and borg on the same data, in one run.
 
-    .venv/bin/python bench/backup.py --size-mb 1024 [--work DIR] [--out results.json]
+    .venv/bin/python bench/backup.py --size-mb 1024 [--work DIR] [--out results.json] [--dataset DIR]
                                      [--plot docs/benchmarks/backup.png] [--s3] [--warm]
 
 Needs `restic` and `borg` on the PATH (Debian: `apt-get install restic borgbackup`); the
@@ -109,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed afterwards); "
                                              "its data, repositories and restores are replaced")
     p.add_argument("--dataset-tool", type=Path, default=DEFAULT_DATASET_TOOL, help="make_dataset.py")
+    p.add_argument("--dataset", type=Path,
+                   help="a pristine generated data set to copy instead of generating one (generated there "
+                        "first if missing; never mutated, so it can serve many runs; --size-mb must match)")
     p.add_argument("--engines", type=lambda s: s.split(","), default=list(ENGINES),
                    help=f"comma-separated subset of {','.join(ENGINES)}")
     p.add_argument("--s3", action="store_true",
@@ -153,9 +156,18 @@ def run(args, work: Path) -> dict:
         print("\n".join(f"{k}: {v}" for k, v in results["versions"].items()))
 
         started = time.perf_counter()
-        step(f"generating {args.size_mb} MiB with {args.dataset_tool}")
-        subprocess.run([sys.executable, str(args.dataset_tool), str(data), "--size-mb", str(args.size_mb)],
-                       check=True)
+        if args.dataset is not None:
+            # Generating takes minutes of CPU; a kept pristine copy gives the same bytes.
+            if not args.dataset.is_dir():
+                step(f"generating {args.size_mb} MiB into {args.dataset} (kept for later runs)")
+                subprocess.run([sys.executable, str(args.dataset_tool), str(args.dataset), "--size-mb",
+                                str(args.size_mb)], check=True)
+            step(f"copying the pristine data set {args.dataset}")
+            subprocess.run(["cp", "-a", str(args.dataset), str(data)], check=True)
+        else:
+            step(f"generating {args.size_mb} MiB with {args.dataset_tool}")
+            subprocess.run([sys.executable, str(args.dataset_tool), str(data), "--size-mb", str(args.size_mb)],
+                           check=True)
         size = folder_size(data)
         results["dataset"] = {"bytes": size.bytes, "files": size.files,
                               "generate_seconds": round(time.perf_counter() - started, 1)}

@@ -19,6 +19,7 @@ changes while read is stored as read; each is reported in the result's warnings.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import fnmatch
 import os
@@ -26,12 +27,15 @@ import socket
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import FormatError, SourceNotFound
+from .memory import return_big_buffers_to_the_system
+from .chunker import Piece
 from .pack import BlobType
 from .repository import BlobSaver, Repository
 from .snapshot import (
@@ -51,6 +55,29 @@ from .snapshot import (
 )
 
 FOLDER = "folder"
+
+# Files that their programs rewrite in place, block by block: databases, mail stores and
+# virtual disks. Inside a folder source they are cut into fixed, aligned chunks like an
+# image source (in repositories that record fixed chunking), so a day of scattered page
+# writes costs a few small chunks instead of re-chunking the whole file. Matched
+# case-insensitively against the file's name.
+DEFAULT_IN_PLACE_PATTERNS = (
+    "*.db", "*.sqlite", "*.sqlite3", "*.db3",  # SQLite and friends
+    "*.mdf", "*.ndf", "*.ldf",  # SQL Server
+    "*.ibd", "ibdata*",  # MySQL / MariaDB InnoDB
+    "*.edb", "*.stm",  # Exchange, Windows Search
+    "*.pst", "*.ost", "*.nsf",  # Outlook, Notes
+    "*.mdb", "*.accdb", "*.fdb", "*.gdb",  # Access, Firebird
+    "*.vhd", "*.vhdx", "*.avhd", "*.avhdx", "*.vmdk", "*.vdi", "*.qcow2", "*.img", "*.raw",  # VM disks
+)
+# Files at least this large are hashed, compressed and sealed on every core (a few chunks
+# at a time), not only on the thread that reads them: otherwise the last big file of a
+# backup runs alone on one core.
+_FAN_OUT_MIN_SIZE = 8 * 1024 * 1024
+_BATCH_BYTES = 1024 * 1024
+
+# Below this size a file is a chunk or two whatever the chunker: FastCDC keeps it whole.
+DEFAULT_IN_PLACE_MIN_SIZE = 1024 * 1024
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)  # don't touch atime (allowed for the file's owner or root)
@@ -138,6 +165,8 @@ class Archiver:
         progress_interval: float = 0.25,
         workers: int | None = None,
         adopt_unindexed: bool = True,
+        in_place: Sequence[str] = DEFAULT_IN_PLACE_PATTERNS,
+        in_place_min_size: int = DEFAULT_IN_PLACE_MIN_SIZE,
     ):
         self.repo = repo
         self.host = host or socket.gethostname()
@@ -150,6 +179,14 @@ class Archiver:
         # even they are uploaded again. Costs one listing of data/ (1000 packs per request
         # on S3, i.e. ~32 GiB of repository per request).
         self.adopt_unindexed = adopt_unindexed
+        self.in_place = [p.lower() for p in in_place]
+        self.in_place_min_size = in_place_min_size
+
+    def rewritten_in_place(self, name: str, size: int) -> bool:
+        if size < self.in_place_min_size:
+            return False
+        lowered = name.lower()
+        return any(fnmatch.fnmatchcase(lowered, p) for p in self.in_place)
 
     async def backup(
         self, sources: Sequence[Source | str], *, kind: str = INCREMENTAL, parent: str | None = None
@@ -169,6 +206,7 @@ class Archiver:
         for s in srcs:
             if not os.path.exists(s.path):
                 raise SourceNotFound(s.path)
+        return_big_buffers_to_the_system()
         run = _Run(self, srcs, kind, parent)
         return await run.execute()
 
@@ -203,6 +241,8 @@ class _Run:
                 self.warn("repository", f"unindexed pack left alone: {problem}")
         parent_root = await self._parent_root()
         self.pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-backup")
+        # Pieces of big files; a separate pool, as file tasks wait for it (no deadlock).
+        self.chunk_pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-chunks")
         self.file_slots = asyncio.Semaphore(self.a.workers * 2)
         self.saver: BlobSaver = self.repo.saver()
         loop = asyncio.get_running_loop()
@@ -231,6 +271,7 @@ class _Run:
             # a failing progress callback stops the reports, never the backup
             await asyncio.gather(scanner, *([ticker] if ticker else []), return_exceptions=True)
             self.pool.shutdown(wait=True)
+            self.chunk_pool.shutdown(wait=True)
 
         s = self.stats
         s.new_chunks = self.saver.stats.new_blobs[BlobType.DATA]
@@ -345,9 +386,18 @@ class _Run:
             raise SourceNotFound(path) from e
         if not stat.S_ISDIR(st.st_mode):
             raise FormatError(f"folder source {path!r} is not a directory (use an image source for files)")
-        return await self._dir(path, "", name, st, old)
+        return await (await self._dir(path, "", name, st, old))
 
-    async def _dir(self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None) -> Node:
+    async def _dir(
+        self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None
+    ) -> asyncio.Future[Node]:
+        """Walk a directory: start reading its files, walk its subdirectories, and return
+        a task that finishes its node once all of them are done.
+
+        The walk does not wait for a directory's files before going on to the next one,
+        or the last big file of each directory would run alone on one core while the
+        others idle. What is in flight stays bounded by file_slots (files being read),
+        so at most that many directories wait for their files."""
         old_nodes: dict[str, Node] = {}
         if old is not None and old.type == DIR and old.subtree is not None:
             try:
@@ -376,6 +426,12 @@ class _Run:
             else:
                 self.warn(child, f"skipped special file ({_kind_of(mode)})")
 
+        task = asyncio.ensure_future(self._finish_dir(pending, name, st))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _finish_dir(self, pending: list[Node | asyncio.Future | None], name: str, st: os.stat_result) -> Node:
         nodes = []
         for p in pending:
             node = (await p) if isinstance(p, asyncio.Future) else p
@@ -462,17 +518,23 @@ class _Run:
             else:
                 size = before.st_size
                 chunker = self.repo.file_chunker
+                if self.repo.in_place_chunker is not None and self.a.rewritten_in_place(name, size):
+                    chunker = self.repo.in_place_chunker
             content: list[ChunkRef] = []
             total = 0
             try:
-                for piece in chunker.pieces(f, size, on_read=self._count_read):
-                    if piece.data is None:
-                        append_ref(content, ChunkRef(None, piece.length))
-                    else:
-                        blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
-                        content.append(ChunkRef(blob_id, piece.length))
-                    total += piece.length
-                    self._advance(nbytes=piece.length)  # holes count as done: progress is logical
+                pieces = chunker.pieces(f, size, on_read=self._count_read)
+                if size >= _FAN_OUT_MIN_SIZE:
+                    total = self._save_fanned_out(pieces, content)
+                else:
+                    for piece in pieces:
+                        if piece.data is None:
+                            append_ref(content, ChunkRef(None, piece.length))
+                        else:
+                            blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+                            content.append(ChunkRef(blob_id, piece.length))
+                        total += piece.length
+                        self._advance(nbytes=piece.length)  # holes count as done: progress is logical
             except OSError as e:
                 self.warn(path, f"read error, skipped: {e.strerror or e}")
                 self._advance(files=1, nbytes=size - total)
@@ -489,6 +551,55 @@ class _Run:
         if total < size:
             self._advance(nbytes=size - total)
         return node
+
+    def _save_fanned_out(self, pieces: Iterator[Piece], content: list[ChunkRef]) -> int:
+        """Save a big file's pieces on every core: this thread reads and cuts, batches of
+        pieces are hashed, compressed and sealed in the chunk pool. At most a few batches
+        are in flight (bounded memory), and their chunk refs are appended in file order."""
+        window: collections.deque[Future[list[ChunkRef]]] = collections.deque()
+        limit = 2 * self.a.workers
+        total = 0
+
+        def collect(future: Future[list[ChunkRef]]) -> None:
+            for ref in future.result():
+                if ref.id is None:
+                    append_ref(content, ref)
+                else:
+                    content.append(ref)
+
+        batch: list[Piece] = []
+        batch_bytes = 0
+        try:
+            for piece in pieces:
+                batch.append(piece)
+                total += piece.length
+                if piece.data is not None:
+                    batch_bytes += piece.length
+                if batch_bytes >= _BATCH_BYTES:
+                    window.append(self.chunk_pool.submit(self._save_batch, batch))
+                    batch, batch_bytes = [], 0
+                    while len(window) > limit:
+                        collect(window.popleft())
+            if batch:
+                window.append(self.chunk_pool.submit(self._save_batch, batch))
+            while window:
+                collect(window.popleft())
+        finally:
+            for future in window:  # after a failure: nothing may still write into content
+                future.cancel()
+            futures.wait(window)
+        return total
+
+    def _save_batch(self, batch: list[Piece]) -> list[ChunkRef]:
+        refs = []
+        for piece in batch:
+            if piece.data is None:
+                refs.append(ChunkRef(None, piece.length))
+            else:
+                blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+                refs.append(ChunkRef(blob_id, piece.length))
+        self._advance(nbytes=sum(p.length for p in batch))
+        return refs
 
     # --- images ---
 

@@ -28,6 +28,9 @@ from .constants import (
     CDC_MAX_SIZE,
     CDC_MIN_SIZE,
     CDC_NORMALIZATION,
+    FIXED_CHUNK_MAX,
+    FIXED_CHUNK_MIN,
+    FIXED_CHUNKS_PER_FILE,
     IMAGE_CHUNK_SIZE,
     SPARSE_HOLE_MIN,
 )
@@ -208,17 +211,59 @@ class FileChunker:
             yield Piece(start + chunk.offset, chunk.length, None if is_zero(piece) else piece)
 
 
-class ImageChunker:
-    """Fixed, aligned chunks of a disk image or block device."""
+@dataclass(frozen=True)
+class FixedChunking:
+    """How large the fixed chunks of a file of a given size are; stored in the repository
+    config so every client cuts alike. The size is the smallest power of two that cuts
+    the file into at most `per_file` chunks, within [min_size, max_size]: small chunks
+    make scattered writes cheap, the cap keeps the chunk list of a huge disk bounded."""
 
-    def __init__(self, chunk_size: int = IMAGE_CHUNK_SIZE):
-        if not 4096 <= chunk_size <= len(_ZEROS) or chunk_size % 4096:
-            raise FormatError(f"image chunk size {chunk_size} must be a multiple of 4 KiB up to {len(_ZEROS)}")
-        self.chunk_size = chunk_size
+    min_size: int = FIXED_CHUNK_MIN
+    max_size: int = FIXED_CHUNK_MAX
+    per_file: int = FIXED_CHUNKS_PER_FILE
+
+    def __post_init__(self) -> None:
+        for size in (self.min_size, self.max_size):
+            if not 4096 <= size <= len(_ZEROS) or size & (size - 1):
+                raise FormatError(f"fixed chunk size {size} must be a power of two from 4 KiB to {len(_ZEROS)}")
+        if self.min_size > self.max_size or self.per_file < 1:
+            raise FormatError(f"invalid fixed chunking {self.min_size}..{self.max_size}, {self.per_file} per file")
+
+    def chunk_size(self, file_size: int) -> int:
+        size = self.min_size
+        while size < self.max_size and size * self.per_file < file_size:
+            size *= 2
+        return size
+
+    def to_json(self) -> dict:
+        return {"min_size": self.min_size, "max_size": self.max_size, "per_file": self.per_file}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> FixedChunking:
+        return cls(int(doc["min_size"]), int(doc["max_size"]), int(doc["per_file"]))
+
+    @classmethod
+    def constant(cls, chunk_size: int) -> FixedChunking:
+        """One size whatever the file's size (repositories made before fixed_chunks)."""
+        return cls(chunk_size, chunk_size, 1)
+
+
+class ImageChunker:
+    """Fixed, aligned chunks of a disk image, a block device, or a file rewritten in place."""
+
+    def __init__(self, chunking: int | FixedChunking = IMAGE_CHUNK_SIZE):
+        if isinstance(chunking, int):
+            if not 4096 <= chunking <= len(_ZEROS) or chunking % 4096:
+                raise FormatError(f"image chunk size {chunking} must be a multiple of 4 KiB up to {len(_ZEROS)}")
+            chunking = FixedChunking.constant(chunking) if chunking & (chunking - 1) == 0 else _Constant(chunking)
+        self.chunking = chunking
+
+    def chunk_size(self, size: int) -> int:
+        return self.chunking.chunk_size(size)
 
     def pieces(self, f: BinaryIO, size: int, on_read=None) -> Iterator[Piece]:
         fd = f.fileno()
-        chunk = self.chunk_size
+        chunk = self.chunking.chunk_size(size)
         pos = 0
         while pos < size:
             n = min(chunk, size - pos)
@@ -238,6 +283,16 @@ class ImageChunker:
             pos += len(data)
             if len(data) < n:
                 return
+
+
+@dataclass(frozen=True)
+class _Constant:
+    """A constant chunk size that is not a power of two (allowed by format 1.0 configs)."""
+
+    size: int
+
+    def chunk_size(self, file_size: int) -> int:
+        return self.size
 
 
 def _read_full(f: BinaryIO, n: int, pos: int) -> bytes:

@@ -39,6 +39,21 @@ CDC_NORMALIZATION = 1
 # of partitions made by every modern partitioning tool.
 IMAGE_CHUNK_SIZE = 1 * MiB
 
+# In repositories whose config has "fixed_chunks" (all made since 2026-11), the fixed chunk size
+# depends on the size of what is cut: the smallest power of two that cuts it into at most
+# FIXED_CHUNKS_PER_FILE chunks, within [FIXED_CHUNK_MIN, FIXED_CHUNK_MAX]. The same rule
+# serves image sources and the files of a folder that are rewritten in place (databases,
+# VM disks: IN_PLACE_PATTERNS). Measured on the benchmark's database and disk image
+# (docs/format.md, "Fixed chunks"): 1,308 scattered 4 KiB writes change 478 chunks of
+# 1 MiB (209 MiB stored) but 1,261 chunks of 32 KiB (20 MiB stored). 32 KiB is where the
+# cost of a scattered write stops being dominated by the chunk (below it, halving the chunk
+# halves the upload but doubles the index); the cap of 32,768 chunks per file keeps a
+# file's chunk list and its share of the index bounded (a 2 TiB disk still gets 1 MiB
+# chunks, 2 M of them, as before).
+FIXED_CHUNK_MIN = 32 * KiB
+FIXED_CHUNK_MAX = 1 * MiB
+FIXED_CHUNKS_PER_FILE = 32 * KiB
+
 # In a sparse regular file, a hole (as reported by SEEK_HOLE) shorter than this is read
 # as zeros and chunked with the data around it: tiny holes would only fragment chunks.
 SPARSE_HOLE_MIN = 1 * MiB
@@ -76,10 +91,13 @@ TAG_SIZE = 16  # full-length GCM tag
 # With random 96-bit nonces, NIST SP 800-38D bounds one key to 2**32 encryptions; at
 # ~1 MiB per blob that is 4 PiB of unique data per repository, far above an SMB's needs.
 
-# scrypt for the passphrase key slot: N=2**17, r=8 takes ~0.5 s and 128 MiB on a current
-# core, which is affordable once per backup and expensive for an offline guesser.
-# The parameters are stored in each key slot, so they can be raised for new slots.
-SCRYPT_N = 2**17
+# scrypt for new passphrase key slots: N=2**16, r=8 needs 64 MiB (128 * N * r bytes) and
+# ~0.25 s on a current core: once per backup, and ~2**16 times the cost of a hash per guess
+# for an offline guesser. It was N=2**17 (128 MiB) until 2026-11, which made the KDF the
+# largest allocation of a backup (peak RSS 1.3x restic's, whose scrypt is calibrated to
+# about 60 MiB). The parameters are stored in each key slot, so older slots still open
+# with theirs, and they can be raised again for new slots.
+SCRYPT_N = 2**16
 SCRYPT_R = 8
 SCRYPT_P = 1
 SCRYPT_SALT_SIZE = 16

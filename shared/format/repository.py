@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Iterable, TypeVar
 
 from . import compression
-from .chunker import ChunkerParams, FileChunker, ImageChunker
+from .chunker import ChunkerParams, FileChunker, FixedChunking, ImageChunker
 from .constants import (
     CONFIG_KEY,
     DATA_PREFIX,
@@ -126,26 +126,31 @@ class RepositoryConfig:
     created: str
     chunker: ChunkerParams
     image_chunk_size: int = IMAGE_CHUNK_SIZE
+    # Fixed chunks sized by the file's size, for image sources and files rewritten in
+    # place. None in repositories made before it existed: there image sources keep
+    # image_chunk_size and every file of a folder is cut by FastCDC, as they always were.
+    fixed_chunks: FixedChunking | None = None
 
     @classmethod
     def new(cls) -> RepositoryConfig:
         # seed in [1, 2**63): pyfastcdc treats 0 as "no seed" and needs seed << 1 to fit 64 bits
-        return cls(uuid.uuid4().hex, _utc_now_text(), ChunkerParams(seed=secrets.randbits(63) | 1))
+        return cls(uuid.uuid4().hex, _utc_now_text(), ChunkerParams(seed=secrets.randbits(63) | 1),
+                   fixed_chunks=FixedChunking())
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "version": FORMAT_VERSION,
-                "id": self.id,
-                "created": self.created,
-                "chunker": self.chunker.to_json(),
-                "image_chunk_size": self.image_chunk_size,
-                "chunk_id": "blake3-keyed-256",
-                "cipher": "aes-256-gcm",
-                "compression": "zstd",
-            },
-            sort_keys=True,
-        ).encode()
+        doc = {
+            "version": FORMAT_VERSION,
+            "id": self.id,
+            "created": self.created,
+            "chunker": self.chunker.to_json(),
+            "image_chunk_size": self.image_chunk_size,
+            "chunk_id": "blake3-keyed-256",
+            "cipher": "aes-256-gcm",
+            "compression": "zstd",
+        }
+        if self.fixed_chunks is not None:
+            doc["fixed_chunks"] = self.fixed_chunks.to_json()
+        return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> RepositoryConfig:
@@ -155,7 +160,14 @@ class RepositoryConfig:
                 raise FormatError(f"unsupported repository version {doc.get('version')!r}")
             if (doc["chunk_id"], doc["cipher"], doc["compression"]) != ("blake3-keyed-256", "aes-256-gcm", "zstd"):
                 raise FormatError("unknown algorithms in config")
-            return cls(str(doc["id"]), str(doc["created"]), ChunkerParams.from_json(doc["chunker"]), int(doc["image_chunk_size"]))
+            fixed = doc.get("fixed_chunks")
+            return cls(
+                str(doc["id"]),
+                str(doc["created"]),
+                ChunkerParams.from_json(doc["chunker"]),
+                int(doc["image_chunk_size"]),
+                FixedChunking.from_json(fixed) if fixed is not None else None,
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"config does not parse: {e!r}") from None
 
@@ -182,7 +194,13 @@ class Repository:
         # garbage collection, docs/format.md §12): their entries are not trusted.
         self.gone_packs: set[str] = set()
         self.file_chunker = FileChunker(config.chunker)
-        self.image_chunker = ImageChunker(config.image_chunk_size)
+        if config.fixed_chunks is not None:
+            self.image_chunker = ImageChunker(config.fixed_chunks)
+            # Files of a folder that are rewritten in place (databases, VM disks)
+            self.in_place_chunker: ImageChunker | None = self.image_chunker
+        else:
+            self.image_chunker = ImageChunker(config.image_chunk_size)
+            self.in_place_chunker = None
         self._loaded_index_files: set[str] = set()
 
     # --- creating and opening ---------------------------------------------------------
