@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backup_engines import ROOT  # noqa: E402
 from measure import MiB, compare_trees, folder_size, machine, run_measured  # noqa: E402
+from backup_engines import ReClo  # noqa: E402
 from reclo_s3 import ReCloS3  # noqa: E402
 
 EXPORTED = ("shared", "clients", "services")
@@ -61,6 +62,49 @@ def s3_gets(log: Path, start: int) -> tuple[int, int]:
     return sum(1 for line in text.splitlines() if b'"GET /' in line and b"X-Amz-Signature=" in line), start + len(text)
 
 
+def measure_engine(engine: ReClo, dataset: Path, work: Path, versions: dict[str, str], runs: int,
+                   results: dict) -> None:
+    engine.prepare()
+    s3 = isinstance(engine, ReCloS3)
+    moto, server = engine.processes if s3 else (None, None)
+    argv_backup, cwd = engine.backup(dataset, "full")
+    backup = run_measured(argv_backup, env=engine.env, cwd=cwd, logs=work / "logs", name=f"backup-{engine.name}",
+                          cold=True)
+    print(f"{engine.name}: full backup {backup.seconds:.1f} s (load {backup.load_before[0]:.2f})", flush=True)
+    results.setdefault("backups", {})[engine.name] = backup.as_dict()
+    for run in range(runs):
+        for label in ("baseline", "candidate"):
+            target = work / "restored"
+            shutil.rmtree(target, ignore_errors=True)
+            env = {**engine.env, "PYTHONPATH": str(work / f"code-{label}")}
+            argv_restore, cwd = engine.restore(target)
+            if s3:
+                cpu_before = cpu_seconds(moto.pid), cpu_seconds(server.pid)
+                _, log_at = s3_gets(engine.work / "moto.log", 0)
+            measured = run_measured(argv_restore, env=env, cwd=cwd, logs=work / "logs",
+                                    name=f"restore-{engine.name}-{label}-{run}", cold=True)
+            load_after = os.getloadavg()
+            row = {"engine": engine.name, "version": label, "commit": versions[label], "run": run,
+                   **measured.as_dict(), "load_after": load_after}
+            note = ""
+            if s3:
+                row["moto_cpu_seconds"] = cpu_seconds(moto.pid) - cpu_before[0]
+                row["server_cpu_seconds"] = cpu_seconds(server.pid) - cpu_before[1]
+                row["s3_gets"], _ = s3_gets(engine.work / "moto.log", log_at)
+                note = (f"GETs {row['s3_gets']:5d}  moto {row['moto_cpu_seconds']:6.1f} CPU-s  "
+                        f"server {row['server_cpu_seconds']:5.1f} CPU-s  ")
+            comparison = compare_trees(dataset, engine.restored_root(target, dataset))
+            row["mib_s"] = comparison.bytes / MiB / measured.seconds
+            row["comparison"] = comparison.as_dict()
+            results["runs"].append(row)
+            print(f"{engine.name:<9} {label:<9} {versions[label]}  restore {measured.seconds:7.1f} s  "
+                  f"{row['mib_s']:6.1f} MiB/s  peak RSS {measured.peak_rss_bytes / MiB:5.0f} MiB  {note}"
+                  f"load {measured.load_before[0]:.2f} -> {load_after[0]:.2f}  "
+                  f"{'identical' if comparison.identical else 'DIFFERS: ' + '; '.join(comparison.listed[:3])}",
+                  flush=True)
+            time.sleep(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=Path, required=True, help="the folder to back up and restore")
@@ -69,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=1, help="restores per version, alternating")
     p.add_argument("--work", type=Path, default=Path("/var/tmp/reclo-restore-s3"))
     p.add_argument("--out", type=Path, help="JSON results")
+    p.add_argument("--local", action="store_true",
+                   help="also restore from a local folder repository (no server), both versions")
     args = p.parse_args(argv)
 
     dataset = args.dataset.resolve()
@@ -81,43 +127,13 @@ def main(argv: list[str] | None = None) -> int:
           f"({folder_size(dataset).bytes / MiB:.0f} MiB)", flush=True)
     # the server and the backup run the candidate's code
     os.environ["PYTHONPATH"] = str(work / "code-candidate")
-    engine = ReCloS3(work / "engine")
     results: dict = {"versions": versions, "dataset": str(dataset), "machine": machine(work), "runs": []}
-    try:
-        engine.prepare()
-        moto, server = engine.processes
-        argv_backup, cwd = engine.backup(dataset, "full")
-        backup = run_measured(argv_backup, env=engine.env, cwd=cwd, logs=work / "logs", name="backup", cold=True)
-        print(f"full backup: {backup.seconds:.1f} s (load {backup.load_before[0]:.2f})", flush=True)
-        results["backup"] = backup.as_dict()
-        for run in range(args.runs):
-            for label in ("baseline", "candidate"):
-                target = work / "restored"
-                shutil.rmtree(target, ignore_errors=True)
-                env = {**engine.env, "PYTHONPATH": str(work / f"code-{label}")}
-                argv_restore, cwd = engine.restore(target)
-                cpu_before = cpu_seconds(moto.pid), cpu_seconds(server.pid)
-                _, log_at = s3_gets(engine.work / "moto.log", 0)
-                measured = run_measured(argv_restore, env=env, cwd=cwd, logs=work / "logs",
-                                        name=f"restore-{label}-{run}", cold=True)
-                moto_cpu = cpu_seconds(moto.pid) - cpu_before[0]
-                server_cpu = cpu_seconds(server.pid) - cpu_before[1]
-                load_after = os.getloadavg()
-                gets, _ = s3_gets(engine.work / "moto.log", log_at)
-                comparison = compare_trees(dataset, engine.restored_root(target, dataset))
-                row = {"version": label, "commit": versions[label], "run": run, **measured.as_dict(),
-                       "load_after": load_after, "moto_cpu_seconds": moto_cpu, "server_cpu_seconds": server_cpu, "s3_gets": gets,
-                       "mib_s": comparison.bytes / MiB / measured.seconds, "comparison": comparison.as_dict()}
-                results["runs"].append(row)
-                print(f"{label:<9} {versions[label]}  restore {measured.seconds:7.1f} s  "
-                      f"{row['mib_s']:6.1f} MiB/s  peak RSS {measured.peak_rss_bytes / MiB:5.0f} MiB  "
-                      f"S3 GETs {gets:5d}  moto {moto_cpu:6.1f} CPU-s  server {server_cpu:5.1f} CPU-s  "
-                      f"load {measured.load_before[0]:.2f} -> {load_after[0]:.2f}  "
-                      f"{'identical' if comparison.identical else 'DIFFERS: ' + '; '.join(comparison.listed[:3])}",
-                      flush=True)
-                time.sleep(1)
-    finally:
-        engine.close()
+    engines = [ReCloS3(work / "engine")] + ([ReClo(work / "engine")] if args.local else [])
+    for engine in engines:
+        try:
+            measure_engine(engine, dataset, work, versions, args.runs, results)
+        finally:
+            engine.close()
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
     return 0 if all(r["comparison"]["identical"] for r in results["runs"]) else 1
