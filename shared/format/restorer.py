@@ -335,7 +335,15 @@ class _PathFs(_Fs):
             return
         if stat.S_ISDIR(st.st_mode):  # a directory, or a junction to one: leave it alone
             raise IsADirectoryError(f"a directory is in the way: {full}")
-        os.unlink(full)  # a file or a link: removes the link itself, never its target
+        try:
+            os.unlink(full)  # a file or a link: removes the link itself, never its target
+        except PermissionError:
+            # Windows refuses to delete a read-only file; clear the flag, but never on a
+            # link (chmod would follow it to its target)
+            if _is_link(st) or not stat.S_ISREG(st.st_mode) or st.st_mode & stat.S_IWRITE:
+                raise
+            os.chmod(full, st.st_mode | stat.S_IWRITE)
+            os.unlink(full)
 
     def create_file(self, parent: _PathDir, name: str) -> _PathFile:
         full = os.path.join(self._checked(parent), name)
