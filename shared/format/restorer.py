@@ -64,7 +64,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
-from .pack import open_blob
+from .pack import BlobType, open_blob
 from .packreader import Blob, PackReader
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
@@ -453,32 +453,79 @@ class _File:
 
 
 class _Trees:
-    """Directory listings, read a few ahead of the walk."""
+    """Directory listings, read ahead of the walk: when a directory is listed, the listings
+    of all its subdirectories are read together (one pack reader plan: usually one
+    request), a few directories' worth at a time."""
 
     def __init__(self, repo: Repository):
         self.repo = repo
+        self.reader = PackReader(repo)
         self.gate = asyncio.Semaphore(_TREES_AHEAD)
-        self.ahead: dict[bytes, asyncio.Task] = {}
+        self.ahead: dict[bytes, asyncio.Future] = {}
+        self.groups: set[asyncio.Task] = set()
 
     def prefetch(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            if node.type == DIR and node.subtree is not None and node.subtree not in self.ahead:
-                self.ahead[node.subtree] = asyncio.ensure_future(self._load(node.subtree))
+        ids = {n.subtree for n in nodes if n.type == DIR and n.subtree is not None and n.subtree not in self.ahead}
+        if not ids:
+            return
+        loop = asyncio.get_running_loop()
+        futures = {tree_id: loop.create_future() for tree_id in ids}
+        self.ahead.update(futures)
+        task = asyncio.ensure_future(self._read_group(futures))
+        self.groups.add(task)
+        task.add_done_callback(self.groups.discard)
 
-    async def _load(self, tree_id: bytes) -> Tree:
+    async def _read_group(self, futures: dict[bytes, asyncio.Future]) -> None:
+        try:
+            await self._read_into(futures)
+        except Exception as e:  # e.g. the store failed: whoever waits for a listing learns why
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(e)
+        finally:  # cancelled: nobody waits for ever
+            for future in futures.values():
+                if not future.done():
+                    future.cancel()
+
+    async def _read_into(self, futures: dict[bytes, asyncio.Future]) -> None:
         async with self.gate:
-            return await self.repo.load_tree(tree_id)
+            plan = self.reader.plan_by_pack(futures)
+            async with aclosing(self.reader.read(plan)) as blobs:
+                async for blob in blobs:
+                    future = futures[blob.id]
+                    try:
+                        tree = await asyncio.to_thread(self._open, blob)
+                    except FormatError as e:
+                        if not future.done():
+                            future.set_exception(e)
+                    else:
+                        if not future.done():
+                            future.set_result(tree)
+
+    def _open(self, blob: Blob) -> Tree:
+        if blob.error is not None:
+            raise blob.error
+        location = blob.location
+        if location.type is not BlobType.TREE:  # type: ignore[union-attr]
+            raise FormatError(f"blob {blob.id.hex()} is not a tree")
+        return Tree.decode(open_blob(self.repo.key, location.entry(blob.id), blob.sealed,  # type: ignore[union-attr,arg-type]
+                                     pack_id=location.pack_id))  # type: ignore[union-attr]
 
     async def load(self, tree_id: bytes) -> Tree:
-        task = self.ahead.pop(tree_id, None)
-        return await (task if task is not None else self.repo.load_tree(tree_id))
+        future = self.ahead.pop(tree_id, None)
+        if future is None or future.cancelled():
+            return await self.repo.load_tree(tree_id)
+        return await future
 
     async def cancel(self) -> None:
-        tasks = list(self.ahead.values())
+        groups = list(self.groups)
+        for task in groups:
+            task.cancel()
+        await asyncio.gather(*groups, return_exceptions=True)
+        for future in self.ahead.values():
+            if future.done() and not future.cancelled():
+                future.exception()  # read, so that an unused failure is not logged as lost
         self.ahead.clear()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Run:

@@ -185,3 +185,27 @@ async def test_a_restore_from_a_store_that_fails_reads_names_every_file(counted,
         await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
     assert sorted(path for path, _ in e.value.damaged) == ["src/a.bin", "src/b.bin"]
     assert all(isinstance(error, MissingPack) for _, error in e.value.damaged)
+
+
+async def test_a_corrupt_directory_listing_is_reported_and_its_siblings_restored(counted, tmp_path):
+    store, repo = counted
+    src = tmp_path / "src"
+    for d in ("one", "two", "three"):
+        (src / d).mkdir(parents=True)
+        (src / d / "f.txt").write_text(d)
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    snap = await repo.load_snapshot(result.snapshot_id)
+    top = (await repo.load_tree(snap.tree)).find("src")
+    two = (await repo.load_tree(top.subtree)).find("two")
+    loc = repo.index.lookup(two.subtree)
+    with open(store.root / pack_key(loc.pack_id), "r+b") as f:
+        f.seek(loc.offset + 20)
+        byte = f.read(1)
+        f.seek(loc.offset + 20)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(RestoreIncomplete) as e:
+        await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert [path for path, _ in e.value.damaged] == ["src/two/"]
+    assert isinstance(e.value.damaged[0][1], CorruptBlob) and loc.pack_id in str(e.value)
+    for d in ("one", "three"):
+        assert (tmp_path / "out" / "src" / d / "f.txt").read_text() == d
