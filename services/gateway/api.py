@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import datetime
 
 import aiohttp
@@ -59,7 +60,13 @@ async def authenticate(gateway, request: web.Request) -> Identity:
     if cached is None:
         cached, expires_at = await gateway.introspect(token)
         gateway.tokens.put(token, cached, not_after=_monotonic_deadline(expires_at))
-    return cached.model_copy(update={"client_ip": client_ip})
+    return _from_address(cached, client_ip)
+
+
+@functools.lru_cache(maxsize=10_000)
+def _from_address(identity: Identity, client_ip: str | None) -> Identity:
+    # The same callers come from the same addresses: copy once, not per request.
+    return identity.model_copy(update={"client_ip": client_ip})
 
 
 def _monotonic_deadline(expires_at: datetime | None) -> float | None:

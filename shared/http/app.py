@@ -4,6 +4,7 @@ the operational ones, and ``/healthz``, ``/readyz``, ``/metrics``."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +72,16 @@ class _Metrics:
         if latency is None:
             latency = self._latencies[route] = LATENCY.labels(self.service, route)
         latency.observe(seconds)
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Once per process, when the first service starts: what exists then (modules, models,
+    routes, settings) lives as long as the process, so the collector stops scanning it.
+    A full collection over those ~150,000 objects stalled every request in flight for
+    100-300 ms (the p99). Without a collect first: startup garbage is small and bounded,
+    and a collect here would cost every start (tests start stacks often) that long."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
 
 
 def _http_problem(exc: web.HTTPException) -> Problem:
@@ -154,6 +165,7 @@ def create_app(
         middlewares=[observe, *checks, *middlewares], client_max_size=max_body_bytes
     )
     app[RUNTIME] = context
+    app.on_startup.append(_freeze_startup_objects)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
