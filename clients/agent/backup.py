@@ -137,7 +137,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
                             "what they held is stored again if needed")
         references = repo.references = PackReferences(repo) if target.is_server else None
         archiver = Archiver(repo, host=cfg.host, tags=request.tags, excludes=cfg.excludes,
-                            progress=reporter.progress)
+                            progress=reporter.progress, in_place=cfg.in_place.patterns,
+                            in_place_min_size=cfg.in_place.min_size)
         async with _readable(cfg, request.sources) as sources:
             result = await archiver.backup(sources, kind=kind, parent=parent)
         warnings.extend(result.warnings)

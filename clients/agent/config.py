@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import time, timedelta
 from pathlib import Path
 
+from shared.format.archiver import DEFAULT_IN_PLACE_MIN_SIZE, DEFAULT_IN_PLACE_PATTERNS
+
 from .exits import ConfigError
 
 FOLDER = "folder"
@@ -94,6 +96,14 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class InPlace:
+    """Files their programs rewrite in place (databases, VM disks): cut into fixed chunks."""
+
+    patterns: tuple[str, ...] = DEFAULT_IN_PLACE_PATTERNS
+    min_size: int = DEFAULT_IN_PLACE_MIN_SIZE
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     exists: bool = False
@@ -104,6 +114,7 @@ class AgentConfig:
     excludes: tuple[str, ...] = ()
     schedule: Schedule = Schedule()
     upload: Upload = Upload()
+    in_place: InPlace = InPlace()
     hook_timeout: timedelta = DEFAULT_HOOK_TIMEOUT
     use_vss: bool = True  # Windows: read folders from a VSS shadow copy
     secrets_path: Path = Path()
@@ -128,7 +139,7 @@ def load(path: Path | None = None) -> AgentConfig:
 
 def parse(doc: dict, path: Path) -> AgentConfig:
     where = _Where(path)
-    known = {"server", "repository", "host", "sources", "excludes", "schedule", "upload",
+    known = {"server", "repository", "host", "sources", "excludes", "schedule", "upload", "in_place",
              "hook_timeout", "use_vss", "secrets", "state_dir", "log_file"}
     where.no_unknown(doc, known, "")
     server = where.optional_str(doc, "server")
@@ -164,6 +175,7 @@ def parse(doc: dict, path: Path) -> AgentConfig:
 
     schedule = _schedule(doc.get("schedule", {}), where)
     upload = _upload(doc.get("upload", {}), where)
+    in_place = _in_place(doc.get("in_place", {}), where)
     hook_timeout = where.duration(doc, "hook_timeout", DEFAULT_HOOK_TIMEOUT)
     use_vss = doc.get("use_vss", True)
     if not isinstance(use_vss, bool):
@@ -183,6 +195,7 @@ def parse(doc: dict, path: Path) -> AgentConfig:
         excludes=tuple(excludes),
         schedule=schedule,
         upload=upload,
+        in_place=in_place,
         hook_timeout=hook_timeout,
         use_vss=use_vss,
         secrets_path=_relative_to(path, secrets) if secrets else path.parent / SECRETS_NAME,
@@ -235,6 +248,19 @@ def _upload(doc, where: _Where) -> Upload:
     if not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_UPLOAD_CONCURRENCY:
         raise where.error("upload.concurrency", f"must be a whole number from 1 to {MAX_UPLOAD_CONCURRENCY}")
     return Upload(limit, concurrency)
+
+
+def _in_place(doc, where: _Where) -> InPlace:
+    if not isinstance(doc, dict):
+        raise where.error("in_place", "must be a table")
+    where.no_unknown(doc, {"patterns", "min_size"}, "in_place.")
+    patterns = doc.get("patterns", list(DEFAULT_IN_PLACE_PATTERNS))
+    if not isinstance(patterns, list) or not all(isinstance(x, str) and x and "/" not in x for x in patterns):
+        raise where.error("in_place.patterns", "must be a list of file name patterns such as '*.mdf' (no '/')")
+    min_size = parse_size(doc.get("min_size", DEFAULT_IN_PLACE_MIN_SIZE))
+    if min_size is None:
+        raise where.error("in_place.min_size", "must be a size such as '1 MiB'")
+    return InPlace(tuple(patterns), min_size)
 
 
 def parse_size(value) -> int | None:
