@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     event as sa_event,
+    func,
     select,
     update,
 )
@@ -124,10 +125,10 @@ class Outbox:
 
     async def pending(self) -> int:
         async with self.db.sessions() as session:
-            rows = await session.execute(
-                select(self.table.c.seq).where(self.table.c.sent_at.is_(None))
+            return await session.scalar(
+                select(func.count()).select_from(self.table)
+                .where(self.table.c.sent_at.is_(None))
             )
-            return len(rows.all())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")

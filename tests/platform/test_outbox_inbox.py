@@ -200,3 +200,97 @@ async def test_two_relays_publish_each_event_once(mariadb_url, rabbitmq_url, tmp
         await db.drop_database()
         await delete_queues(settings.model_copy(update={"bus": settings.bus.model_copy(
             update={"retry_delays": (0.05,)})}), ["test"])
+
+
+# Deliveries that arrive together are handled in one transaction (shared/inbox.py).
+
+class Batches:
+    """Handlers for the batch tests: counts effects in the database like ``World``, fails
+    for chosen events, and counts the consumer's commits."""
+
+    def __init__(self, world):
+        self.world = world
+        self.failing: dict[str, Exception] = {}
+        self.commits = 0
+
+    async def handler(self, ctx, event):
+        await self.world.count_effect(ctx, event)
+        error = self.failing.get(str(ctx.envelope.id))
+        if error is not None:
+            raise error
+
+    def dispatcher(self):
+        from sqlalchemy import event as sa_event
+
+        def committed(_conn):
+            self.commits += 1
+
+        sa_event.listen(self.world.db.engine.sync_engine, "commit", committed)
+        return Dispatcher(service_name="test", runtime=None, db=self.world.db,
+                          bus=self.world.bus, outbox=self.world.outbox, inbox=inbox,
+                          handlers={TokensExpiryDue: self.handler},
+                          queue_prefix=self.world.queue)
+
+
+async def test_deliveries_arriving_together_share_one_commit(world):
+    batches = Batches(world)
+    dispatcher = batches.dispatcher()
+    envelopes = [envelope_for(tick()) for _ in range(20)]
+    await asyncio.gather(*(dispatcher.handle(e) for e in envelopes))
+    assert await world.effect_counts() == {str(e.id): 1 for e in envelopes}
+    assert batches.commits < len(envelopes)
+
+
+async def test_failing_handler_in_a_batch_fails_alone(world):
+    from shared.events import MalformedMessage
+
+    batches = Batches(world)
+    dispatcher = batches.dispatcher()
+    envelopes = [envelope_for(tick()) for _ in range(10)]
+    broken, malformed = envelopes[3], envelopes[7]
+    batches.failing[str(broken.id)] = RuntimeError("database briefly away")
+    batches.failing[str(malformed.id)] = MalformedMessage("payload makes no sense")
+    results = await asyncio.gather(*(dispatcher.handle(e) for e in envelopes),
+                                   return_exceptions=True)
+    assert isinstance(results[3], RuntimeError)
+    assert isinstance(results[7], MalformedMessage)
+    assert [r for i, r in enumerate(results) if i not in (3, 7)] == [None] * 8
+    # The others committed once each (their rolled-back first run left nothing); the
+    # failing ones left no effect and no inbox row, so their retry will run them.
+    assert await world.effect_counts() == {
+        str(e.id): 1 for e in envelopes if e not in (broken, malformed)}
+    batches.failing.clear()
+    await dispatcher.handle(broken)
+    assert (await world.effect_counts())[str(broken.id)] == 1
+
+
+async def test_same_event_twice_in_a_batch_has_one_effect(world):
+    batches = Batches(world)
+    dispatcher = batches.dispatcher()
+    twice = envelope_for(tick())
+    others = [envelope_for(tick()) for _ in range(5)]
+    await asyncio.gather(*(dispatcher.handle(e) for e in [twice, *others, twice, twice]))
+    assert await world.effect_counts() == {str(e.id): 1 for e in [twice, *others]}
+
+
+async def test_failing_event_among_many_is_dead_lettered_and_the_rest_handled(world):
+    """Through the bus (both adapters): a burst with one event whose handler always fails."""
+    batches = Batches(world)
+    dispatcher = batches.dispatcher()
+    envelopes = [envelope_for(tick()) for _ in range(30)]
+    broken = envelopes[11]
+    batches.failing[str(broken.id)] = ValueError("no such host 42")
+    await world.bus.subscribe(dispatcher.queue, [TokensExpiryDue.routing_key()],
+                              dispatcher.handle)
+    for envelope in envelopes:
+        await world.bus.publish(envelope)
+    letters = []
+
+    async def dead():
+        letters.extend(await world.bus.dead_letters(dispatcher.queue))
+        return letters
+
+    await eventually(dead)
+    assert [letter.reason for letter in letters] == ["ValueError: no such host 42"]
+    assert letters[0].attempts == 2
+    assert await world.effect_counts() == {str(e.id): 1 for e in envelopes if e is not broken}
