@@ -85,7 +85,7 @@ class VmdkError(Exception):
 
 
 class Cancelled(Exception):
-    pass
+    """The caller set ``stop``: nothing is left behind."""
 
 
 @dataclass(frozen=True)
@@ -278,6 +278,9 @@ class _Output:
         except OSError as e:  # a full scratch disk, most likely
             raise VmdkError(f"cannot write the VMDK: {e.strerror}") from None
         self.sector += len(blob) // SECTOR
+        if self.sector > MAX_IMAGE_SECTORS:
+            raise VmdkError("the VMDK would pass 2 TiB, which its tables cannot address; "
+                            "choose the VHD format")
 
 
 def write_stream_optimized(source: Path, dest: Path,
@@ -344,9 +347,6 @@ def _write(fd: int, size: int, f, name: str, progress, stop, workers: int) -> Wr
                 for grain, sector in packed.grains:
                     tables.current[grain % GTES_PER_GT] = out.sector + sector
                 out.write(packed.blob)
-                if out.sector > MAX_IMAGE_SECTORS:
-                    raise VmdkError("the VMDK would pass 2 TiB, which its tables cannot "
-                                    "address; choose the VHD format")
                 done += packed.read_bytes
                 grains += len(packed.grains)
                 stored += packed.stored
