@@ -59,11 +59,11 @@ def s3_gets(log: Path, start: int) -> tuple[int, int]:
     with open(log, "rb") as f:
         f.seek(start)
         text = f.read()
-    return sum(1 for line in text.splitlines() if b'"GET /' in line and b"X-Amz-Signature=" in line), start + len(text)
+    return sum(1 for line in text.splitlines() if b"GET /" in line and b"X-Amz-Signature=" in line), start + len(text)
 
 
-def measure_engine(engine: ReClo, dataset: Path, work: Path, versions: dict[str, str], runs: int,
-                   results: dict) -> None:
+def measure_engine(engine: ReClo, dataset: Path, work: Path, versions: dict[str, str], labels: list[str],
+                   runs: int, results: dict) -> None:
     engine.prepare()
     s3 = isinstance(engine, ReCloS3)
     moto, server = engine.processes if s3 else (None, None)
@@ -73,7 +73,7 @@ def measure_engine(engine: ReClo, dataset: Path, work: Path, versions: dict[str,
     print(f"{engine.name}: full backup {backup.seconds:.1f} s (load {backup.load_before[0]:.2f})", flush=True)
     results.setdefault("backups", {})[engine.name] = backup.as_dict()
     for run in range(runs):
-        for label in ("baseline", "candidate"):
+        for label in labels:
             target = work / "restored"
             shutil.rmtree(target, ignore_errors=True)
             env = {**engine.env, "PYTHONPATH": str(work / f"code-{label}")}
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default="b62f7e1", help="the version before (a commit)")
     p.add_argument("--candidate", default="HEAD", help="the version after (a commit)")
     p.add_argument("--runs", type=int, default=1, help="restores per version, alternating")
+    p.add_argument("--versions", type=lambda v: v.split(","), default=["baseline", "candidate"],
+                   help="which to run: baseline,candidate (default both)")
     p.add_argument("--work", type=Path, default=Path("/var/tmp/reclo-restore-s3"))
     p.add_argument("--out", type=Path, help="JSON results")
     p.add_argument("--local", action="store_true",
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = [ReCloS3(work / "engine")] + ([ReClo(work / "engine")] if args.local else [])
     for engine in engines:
         try:
-            measure_engine(engine, dataset, work, versions, args.runs, results)
+            measure_engine(engine, dataset, work, versions, args.versions, args.runs, results)
         finally:
             engine.close()
     if args.out:
