@@ -9,10 +9,10 @@ are never written, and all-zero 4 KiB blocks inside chunks are skipped, so the f
 sparse as the disk was.
 
 Chunks are read a window at a time (``PackReader.read_in_order``): the window's chunks
-grouped by pack and fetched as a few coalesced byte ranges, so a 32 MiB pack is a few
-of requests instead of one per chunk. They are decrypted several at once and written in
-the disk's order; the caller is told after each one. Because they are written in order, "the first N chunks are
-on disk" is a checkpoint a resumed task can start from (after ``sync``).
+grouped by pack and fetched as a few coalesced byte ranges per pack instead of one request
+per chunk. They are decrypted several at once and written in the disk's order; the caller
+is told after each one. Because they are written in order, "the first N chunks are on
+disk" is a checkpoint a resumed task can start from (after ``sync``).
 """
 
 from __future__ import annotations
