@@ -31,7 +31,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from .errors import FormatError, SourceNotFound
 from .memory import return_big_buffers_to_the_system
@@ -522,23 +522,19 @@ class _Run:
                     chunker = self.repo.in_place_chunker
             content: list[ChunkRef] = []
             total = 0
+            sink = _FannedOut(self, content) if size >= _FAN_OUT_MIN_SIZE else _Inline(self, content)
             try:
-                pieces = chunker.pieces(f, size, on_read=self._count_read)
-                if size >= _FAN_OUT_MIN_SIZE:
-                    total = self._save_fanned_out(pieces, content)
-                else:
-                    for piece in pieces:
-                        if piece.data is None:
-                            append_ref(content, ChunkRef(None, piece.length))
-                        else:
-                            blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
-                            content.append(ChunkRef(blob_id, piece.length))
-                        total += piece.length
-                        self._advance(nbytes=piece.length)  # holes count as done: progress is logical
+                for piece in chunker.pieces(f, size, on_read=self._count_read):
+                    sink.add(piece)
+                    total += piece.length
+                    self._advance(nbytes=piece.length)  # holes count as done: progress is logical
+                sink.finish()
             except OSError as e:
                 self.warn(path, f"read error, skipped: {e.strerror or e}")
                 self._advance(files=1, nbytes=size - total)
                 return None
+            finally:
+                sink.close()
             after = os.fstat(f.fileno())
         if node_type == FILE and (
             total != size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
@@ -551,55 +547,6 @@ class _Run:
         if total < size:
             self._advance(nbytes=size - total)
         return node
-
-    def _save_fanned_out(self, pieces: Iterator[Piece], content: list[ChunkRef]) -> int:
-        """Save a big file's pieces on every core: this thread reads and cuts, batches of
-        pieces are hashed, compressed and sealed in the chunk pool. At most a few batches
-        are in flight (bounded memory), and their chunk refs are appended in file order."""
-        window: collections.deque[Future[list[ChunkRef]]] = collections.deque()
-        limit = 2 * self.a.workers
-        total = 0
-
-        def collect(future: Future[list[ChunkRef]]) -> None:
-            for ref in future.result():
-                if ref.id is None:
-                    append_ref(content, ref)
-                else:
-                    content.append(ref)
-
-        batch: list[Piece] = []
-        batch_bytes = 0
-        try:
-            for piece in pieces:
-                batch.append(piece)
-                total += piece.length
-                if piece.data is not None:
-                    batch_bytes += piece.length
-                if batch_bytes >= _BATCH_BYTES:
-                    window.append(self.chunk_pool.submit(self._save_batch, batch))
-                    batch, batch_bytes = [], 0
-                    while len(window) > limit:
-                        collect(window.popleft())
-            if batch:
-                window.append(self.chunk_pool.submit(self._save_batch, batch))
-            while window:
-                collect(window.popleft())
-        finally:
-            for future in window:  # after a failure: nothing may still write into content
-                future.cancel()
-            futures.wait(window)
-        return total
-
-    def _save_batch(self, batch: list[Piece]) -> list[ChunkRef]:
-        refs = []
-        for piece in batch:
-            if piece.data is None:
-                refs.append(ChunkRef(None, piece.length))
-            else:
-                blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
-                refs.append(ChunkRef(blob_id, piece.length))
-        self._advance(nbytes=sum(p.length for p in batch))
-        return refs
 
     # --- images ---
 
@@ -616,6 +563,85 @@ class _Run:
             if reused is not None:
                 return reused
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE)
+
+
+class _Inline:
+    """Pieces of a small file, saved by the thread that reads it."""
+
+    def __init__(self, run: _Run, content: list[ChunkRef]):
+        self.saver = run.saver
+        self.content = content
+
+    def add(self, piece: Piece) -> None:
+        if piece.data is None:
+            append_ref(self.content, ChunkRef(None, piece.length))
+        else:
+            blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+            self.content.append(ChunkRef(blob_id, piece.length))
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FannedOut:
+    """Pieces of a big file, saved on every core: the reading thread reads and cuts,
+    batches of pieces are hashed, compressed and sealed in the chunk pool. At most a few
+    batches are in flight (bounded memory); their refs are appended in file order."""
+
+    def __init__(self, run: _Run, content: list[ChunkRef]):
+        self.saver = run.saver
+        self.pool = run.chunk_pool
+        self.limit = 2 * run.a.workers
+        self.content = content
+        self.window: collections.deque[Future[list[ChunkRef]]] = collections.deque()
+        self.batch: list[Piece] = []
+        self.batch_bytes = 0
+
+    def add(self, piece: Piece) -> None:
+        self.batch.append(piece)
+        if piece.data is not None:
+            self.batch_bytes += piece.length
+        if self.batch_bytes >= _BATCH_BYTES:
+            self._submit()
+            while len(self.window) > self.limit:
+                self._collect()
+
+    def finish(self) -> None:
+        if self.batch:
+            self._submit()
+        while self.window:
+            self._collect()
+
+    def close(self) -> None:
+        """After a failure: nothing may still be writing into content when we return."""
+        for future in self.window:
+            future.cancel()
+        futures.wait(self.window)
+        self.window.clear()
+
+    def _submit(self) -> None:
+        self.window.append(self.pool.submit(self._save, self.batch))
+        self.batch, self.batch_bytes = [], 0
+
+    def _collect(self) -> None:
+        for ref in self.window.popleft().result():
+            if ref.id is None:
+                append_ref(self.content, ref)
+            else:
+                self.content.append(ref)
+
+    def _save(self, batch: list[Piece]) -> list[ChunkRef]:
+        refs = []
+        for piece in batch:
+            if piece.data is None:
+                refs.append(ChunkRef(None, piece.length))
+            else:
+                blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+                refs.append(ChunkRef(blob_id, piece.length))
+        return refs
 
 
 def _scan(path: str) -> list[tuple[str, os.stat_result]]:
