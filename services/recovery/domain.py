@@ -25,7 +25,7 @@ TERMINAL = (COMPLETE, FAILED)
 
 # Steps record how far a task got inside its state, so a resumed task skips what finished.
 ASSEMBLE = "assemble"  # downloading: chunks fetched, verified and written to the raw disk
-CONVERT = "convert"  # downloading: qemu-img into the provider's format
+CONVERT = "convert"  # downloading: into the provider's format (vmdk.py; qemu-img for VHD)
 STAGE = "stage"  # downloading: the image handed to the provider (uploaded, or kept)
 IMPORT = "import"  # importing: the provider turns the image into something bootable
 LAUNCH = "launch"  # finishing: instances starts the machine

@@ -3,8 +3,8 @@ row says it stands.
 
     pending      pre-flight checks of the provider
     downloading  assemble (read, verify, write the sparse raw disk; checkpoint: chunks
-                 written) → convert (qemu-img) → stage (upload to the import bucket, or
-                 keep the file)
+                 written) → convert (vmdk.py, or qemu-img for VHD) → stage (upload to the
+                 import bucket, or keep the file)
     importing    the provider's import, polled (aws: ImportImage → AMI); the image's digest
     finishing    ImportCompleted sent; instances starts the machine (handlers.py)
 

@@ -42,9 +42,10 @@ class LocalProvider(ComputeProvider):
     async def preflight(self, disk_format: str) -> None:
         if disk_format not in self.formats:
             raise ProviderError(f"a local image is raw, vhd or vmdk, not {disk_format}")
-        if disk_format != "raw" and shutil.which(self.qemu_img) is None:
+        # raw needs no conversion and VMDKs are written by our own writer (vmdk.py).
+        if disk_format == "vhd" and shutil.which(self.qemu_img) is None:
             raise ProviderError(f"{disk_format} images need qemu-img, which is not installed on "
-                                "the recovery worker; choose raw or install qemu-utils")
+                                "the recovery worker; choose raw or vmdk, or install qemu-utils")
         try:
             await asyncio.to_thread(self.images_dir.mkdir, parents=True, exist_ok=True)
         except OSError as e:
