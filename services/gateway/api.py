@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from datetime import datetime
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +16,6 @@ from services.gateway.domain import (
     owner_of,
     revoked_agent_key,
 )
-from shared.events import utcnow
 from shared.http.identity import Identity, sign
 from shared.http.keys import REQUEST_ID, RUNTIME
 from shared.http.problems import Problem, not_found, unauthorized
@@ -58,8 +56,7 @@ async def authenticate(gateway, request: web.Request) -> Identity:
         raise unauthorized("the Authorization header must be `Bearer <token>`")
     cached = gateway.tokens.get(token)
     if cached is None:
-        cached, expires_at = await gateway.introspect(token)
-        gateway.tokens.put(token, cached, not_after=_monotonic_deadline(expires_at))
+        cached = await gateway.check_token(token)
     return _from_address(cached, client_ip)
 
 
@@ -67,12 +64,6 @@ async def authenticate(gateway, request: web.Request) -> Identity:
 def _from_address(identity: Identity, client_ip: str | None) -> Identity:
     # The same callers come from the same addresses: copy once, not per request.
     return identity.model_copy(update={"client_ip": client_ip})
-
-
-def _monotonic_deadline(expires_at: datetime | None) -> float | None:
-    if expires_at is None:
-        return None
-    return asyncio.get_running_loop().time() + (expires_at - utcnow()).total_seconds()
 
 
 async def forward(gateway, request: web.Request, service: str, identity: Identity, *,

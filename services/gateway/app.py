@@ -12,6 +12,7 @@ from services.gateway import api, portal
 from services.gateway.domain import UPSTREAMS, TokenCache
 from shared.api.auth import Introspection
 from shared.bus import Bus
+from shared.events import utcnow
 from shared.http.identity import Identity, sign
 from shared.http.problems import Problem, unauthorized
 from shared.logs import get_logger
@@ -36,6 +37,7 @@ class Gateway:
         self.tokens = TokenCache(settings.gateway.token_cache_seconds)
         self._http: aiohttp.ClientSession | None = None
         self._openapi: dict[str, Any] | None = None
+        self._checks: dict[str, asyncio.Future[Identity]] = {}
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -60,6 +62,34 @@ class Gateway:
         headers = sign(GATEWAY, method, path, self.key)
         return await self.http.request(method, self.urls[service] + path, json=json,
                                        headers=headers)
+
+    async def check_token(self, token: str) -> Identity:
+        """Who ``token`` belongs to, asking auth once however many requests carrying it
+        arrive meanwhile (every connection of a client misses the cache together when its
+        entry runs out), and caching the answer."""
+        key = self.tokens.key(token)
+        check = self._checks.get(key)
+        if check is None:
+            check = asyncio.ensure_future(self._check_and_cache(token))
+            self._checks[key] = check
+            check.add_done_callback(lambda done: self._check_done(key, done))
+        # Shielded: one caller hanging up must not cancel the others' answer.
+        return await asyncio.shield(check)
+
+    async def _check_and_cache(self, token: str) -> Identity:
+        ticket = self.tokens.ticket()
+        identity, expires_at = await self.introspect(token)
+        not_after = None
+        if expires_at is not None:
+            not_after = self.tokens.clock() + (expires_at - utcnow()).total_seconds()
+        self.tokens.put(token, identity, not_after=not_after, ticket=ticket)
+        return identity
+
+    def _check_done(self, key: str, check: asyncio.Future) -> None:
+        if self._checks.get(key) is check:
+            del self._checks[key]
+        if not check.cancelled():
+            check.exception()  # retrieved here too, in case every caller hung up
 
     async def introspect(self, token: str) -> tuple[Identity, datetime | None]:
         try:

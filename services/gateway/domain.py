@@ -93,13 +93,16 @@ class TokenCache:
         self.clock = clock
         self._entries: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
         self._by_token_id: dict[str, str] = {}
+        # Counts forgets: a check that began before one must not cache its answer (it may
+        # describe the token as it was before a logout or revocation).
+        self._forgets = 0
 
     @staticmethod
-    def _key(token: str) -> str:
+    def key(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
     def get(self, token: str) -> Identity | None:
-        key = self._key(token)
+        key = self.key(token)
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -109,13 +112,19 @@ class TokenCache:
             return None
         return identity
 
-    def put(self, token: str, identity: Identity, not_after: float | None = None) -> None:
-        if self.ttl <= 0:
+    def ticket(self) -> int:
+        """Taken before checking a token; ``put`` with it caches only if nothing was
+        forgotten meanwhile."""
+        return self._forgets
+
+    def put(self, token: str, identity: Identity, not_after: float | None = None,
+            ticket: int | None = None) -> None:
+        if self.ttl <= 0 or (ticket is not None and ticket != self._forgets):
             return
         expires = self.clock() + self.ttl
         if not_after is not None:
             expires = min(expires, not_after)
-        key = self._key(token)
+        key = self.key(token)
         self._entries[key] = (expires, identity)
         self._entries.move_to_end(key)
         if identity.token_id is not None:
@@ -124,9 +133,11 @@ class TokenCache:
             self._drop(next(iter(self._entries)))
 
     def forget(self, token: str) -> None:
-        self._drop(self._key(token))
+        self._forgets += 1
+        self._drop(self.key(token))
 
     def forget_token_id(self, token_id: str) -> None:
+        self._forgets += 1
         key = self._by_token_id.get(token_id)
         if key is not None:
             self._drop(key)

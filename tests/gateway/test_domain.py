@@ -56,6 +56,17 @@ def test_cache_forgets_by_token_id_and_keeps_its_index_bounded():
     assert cache.get("t3") is None and set(cache._by_token_id) == {"k4"}
 
 
+def test_a_check_that_began_before_a_forget_is_not_cached():
+    cache = TokenCache(ttl=5)
+    who = Identity(kind="user", user_id="u", token_id="k1")
+    ticket = cache.ticket()
+    cache.forget_token_id("k1")  # a revocation while the check was in flight
+    cache.put("t1", who, ticket=ticket)
+    assert cache.get("t1") is None
+    cache.put("t1", who, ticket=cache.ticket())
+    assert cache.get("t1") == who
+
+
 def test_revoked_agent_key_paths():
     assert revoked_agent_key("/api/v1/agent-keys/abc") == "abc"
     assert revoked_agent_key("/api/v1/agent-keys/") is None

@@ -2,7 +2,10 @@
 trusts its cache of token checks; a token ended behind the gateway's back only within
 that bound."""
 
+import asyncio
+
 import aiohttp
+from prometheus_client import REGISTRY
 from sqlalchemy import update
 
 from services.auth.tables import TokenRow
@@ -56,3 +59,22 @@ async def test_a_token_ended_behind_the_gateways_back_lasts_only_the_cache_bound
                                                           deactivated_reason="logout"))
         status, problem, _ = await api.call("GET", "/api/v1/auth/me")
         assert status == 401 and problem["detail"] == "the token was logout"
+
+
+def _introspections() -> float:
+    return REGISTRY.get_sample_value("reclo_http_requests_total", {
+        "service": "auth", "method": "POST", "route": "/internal/introspect",
+        "status": "200"}) or 0.0
+
+
+async def test_concurrent_requests_with_one_token_ask_auth_once(tmp_path, unique):
+    settings = settings_for("embedded", tmp_path, unique, gateway=LONG_CACHE)
+    async with running_stack(settings, ["gateway", "auth"]) as (_stack, base), \
+            aiohttp.ClientSession() as http:
+        api = Api(http, base)
+        await api.register_and_login("kate")
+        before = _introspections()
+        answers = await asyncio.gather(*(api.call("GET", "/api/v1/auth/me")
+                                         for _ in range(20)))
+        assert [status for status, _, _ in answers] == [200] * 20
+        assert _introspections() - before == 1
