@@ -2,9 +2,14 @@
 
 A backup walks each folder source depth first, directory by directory, and turns it
 into tree blobs; files are read, chunked, hashed, compressed and sealed in worker threads
-(all of that releases the GIL) while the event loop uploads finished packs. Image sources
+(all of that releases the GIL) while the event loop uploads finished packs. The walk goes
+on while a directory's files are still being read (a directory's node is finished by a
+task once they are done), and a big file's chunks are hashed, compressed and sealed on
+every core, so neither a directory nor a file ever leaves a core idle. Image sources
 (a raw image file, a VHD(X) file, a block device) become one `image` entry cut into
-fixed, aligned chunks.
+fixed, aligned chunks; so do the files of a folder that are rewritten in place
+(databases, VM disks: DEFAULT_IN_PLACE_PATTERNS), where the repository records fixed
+chunking.
 
 - full: every file is read and hashed again; only chunks the repository lacks are stored,
   so a weekly full costs little more upload than an incremental.
