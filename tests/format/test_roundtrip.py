@@ -9,6 +9,7 @@ from pathlib import Path
 
 from shared.format import FULL, INCREMENTAL, Archiver, Checker, Restorer
 from shared.format.constants import GiB, MiB
+from shared.format.snapshot import Tree
 
 from .conftest import describe, reopen
 
@@ -209,3 +210,32 @@ async def test_files_that_change_or_vanish_during_the_backup_are_warnings_not_fa
     assert not (tmp_path / "out" / "src" / "z-vanishes.txt").exists()
     restored = (tmp_path / "out" / "src" / "a" / "growing.log").read_bytes()
     assert restored[: 48 * MiB] == growing.read_bytes()[: 48 * MiB]
+
+
+async def test_an_incremental_encodes_only_the_trees_on_the_path_of_a_change(repo, tmp_path, monkeypatch):
+    """Unchanged directories keep their parent's tree (nothing encoded or hashed again),
+    which is what keeps an incremental of a huge, quiet tree fast; a change deep down
+    still produces new trees all the way up, and restores."""
+    src = tmp_path / "src"
+    for top in ("a", "b"):
+        for sub in ("x", "y"):
+            (src / top / sub).mkdir(parents=True)
+            for i in range(3):
+                (src / top / sub / f"f{i}.txt").write_text(f"{top}/{sub}/{i}")
+    full = await Archiver(repo, host="h").backup([str(src)], kind=FULL)
+
+    encoded = []
+    real_encode = Tree.encode
+    monkeypatch.setattr(Tree, "encode", lambda tree: encoded.append(tree) or real_encode(tree))
+    quiet = await Archiver(repo, host="h").backup([str(src)])
+    assert quiet.snapshot.kind == INCREMENTAL and quiet.snapshot.tree == full.snapshot.tree
+    assert len(encoded) == 1  # the snapshot's root only: every directory kept its tree
+
+    encoded.clear()
+    (src / "a" / "y" / "f1.txt").write_text("changed")
+    changed = await Archiver(repo, host="h").backup([str(src)])
+    # the root, src, a and a/y; b, b/x, b/y and a/x kept theirs
+    assert len(encoded) == 4 and changed.snapshot.tree != full.snapshot.tree
+    await Restorer(repo).restore(changed.snapshot_id, tmp_path / "out")
+    assert (tmp_path / "out" / "src" / "a" / "y" / "f1.txt").read_text() == "changed"
+    assert (tmp_path / "out" / "src" / "b" / "x" / "f2.txt").read_text() == "b/x/2"
