@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -110,9 +109,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from shared.http.loop import run as run_loop  # uvloop where installed
+
     args = parser().parse_args(argv)
     try:
-        code = asyncio.run(args.run(args))
+        code = run_loop(args.run(args))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -23,6 +23,7 @@ from shared.bus import Bus, create_bus
 from shared.db import Database
 from shared.events import Event
 from shared.http.app import create_app
+from shared.http.loop import run as run_loop
 from shared.http.routes import Routes
 from shared.inbox import Dispatcher, EventHandler
 from shared.logs import bind, configure_logging, get_logger
@@ -71,7 +72,7 @@ def serve_alone(name: str, build: Callable[[Settings, Bus, bytes], ServiceRuntim
             await runtime.stop()
         return 0
 
-    return asyncio.run(run())
+    return run_loop(run())
 
 
 def internal_key(settings: Settings) -> bytes:
