@@ -82,6 +82,25 @@ class Plan:
     missing: list[tuple[int, bytes]]  # (position, blob id) of blobs no index knows
 
 
+class _Fill:
+    """One window of read_in_order being read: what has arrived so far."""
+
+    def __init__(self) -> None:
+        self.found: dict[bytes, Blob] = {}
+        self.arrived = asyncio.Event()
+        self.done = False
+        self.error: Exception | None = None
+        self.task: asyncio.Future = None  # type: ignore[assignment]
+
+    async def wait(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.done:
+            raise AssertionError("a planned blob never arrived")
+        await self.arrived.wait()
+        self.arrived.clear()
+
+
 class PackReader:
     def __init__(self, repo: Repository, *, max_gap: int = MAX_GAP, max_range: int = MAX_RANGE,
                  concurrency: int = CONCURRENCY, memory: int = MEMORY) -> None:
@@ -183,22 +202,50 @@ class PackReader:
 
         A backup's parallel workers interleave a file's or a disk's chunks inside a pack,
         so neighbours in the list are not always neighbours in the pack: the list is read
-        in windows of about ``window`` stored bytes, each planned by pack, and the next
-        window is read while this one is handed out (at most two windows held)."""
+        in windows of about ``window`` stored bytes, each planned by pack. A blob is handed
+        out as soon as it and every position before it have arrived (so progress shows
+        while a window is read), and the next window is read once this one has arrived:
+        at most two windows are held."""
         windows = self._windows(blob_ids, window)
-        next_window = asyncio.ensure_future(self._collect(windows[0])) if windows else None
+        fills: list[_Fill] = []
         try:
             for i, positions in enumerate(windows):
-                found = await next_window  # type: ignore[misc]
-                next_window = asyncio.ensure_future(self._collect(windows[i + 1])) if i + 1 < len(windows) else None
+                if i == 0:
+                    fills.append(self._start_fill(positions))
+                fill = fills[i]
                 for position, blob_id in positions:
-                    b = found[blob_id]
+                    while blob_id not in fill.found:
+                        await fill.wait()
+                    if fill.done and len(fills) == i + 1 and i + 1 < len(windows):
+                        fills.append(self._start_fill(windows[i + 1]))
+                    b = fill.found[blob_id]
                     yield Blob(position, blob_id, b.location, b.sealed, b.error)
-                del found
+                if len(fills) == i + 1 and i + 1 < len(windows):
+                    fills.append(self._start_fill(windows[i + 1]))
+                fills[i] = None  # type: ignore[call-overload]  # let the window's bytes go
         finally:
-            if next_window is not None:
-                next_window.cancel()
-                await asyncio.gather(next_window, return_exceptions=True)
+            tasks = [f.task for f in fills if f is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start_fill(self, positions: list[tuple[int, bytes]]) -> _Fill:
+        fill = _Fill()
+        fill.task = asyncio.ensure_future(self._fill(fill, positions))
+        return fill
+
+    async def _fill(self, fill: _Fill, positions: list[tuple[int, bytes]]) -> None:
+        try:
+            plan = self.plan_by_pack(blob_id for _, blob_id in positions)
+            async with aclosing(self._stream(plan)) as blobs:
+                async for b in blobs:
+                    fill.found[b.id] = b
+                    fill.arrived.set()
+        except Exception as e:  # the reader's own failure (not a blob's): the consumer raises it
+            fill.error = e
+        finally:
+            fill.done = True
+            fill.arrived.set()
 
     def _windows(self, blob_ids: Sequence[bytes], window: int) -> list[list[tuple[int, bytes]]]:
         windows: list[list[tuple[int, bytes]]] = []
@@ -214,11 +261,6 @@ class PackReader:
         if current:
             windows.append(current)
         return windows
-
-    async def _collect(self, positions: list[tuple[int, bytes]]) -> dict[bytes, Blob]:
-        plan = self.plan_by_pack(blob_id for _, blob_id in positions)
-        async with aclosing(self._stream(plan)) as blobs:
-            return {b.id: b async for b in blobs}
 
     async def _fetch(self, r: PackRange) -> bytes:
         self.requests += 1

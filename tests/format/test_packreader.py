@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from contextlib import aclosing
 
@@ -209,3 +210,37 @@ async def test_a_corrupt_directory_listing_is_reported_and_its_siblings_restored
     assert isinstance(e.value.damaged[0][1], CorruptBlob) and loc.pack_id in str(e.value)
     for d in ("one", "three"):
         assert (tmp_path / "out" / "src" / d / "f.txt").read_text() == d
+
+
+class GatedStore(LocalFolderStore):
+    """A real local store whose pack reads after the first wait until the test opens the gate."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.pack_gets = 0
+
+    async def get(self, key, offset=None, length=None):
+        if key.startswith("data/"):
+            self.pack_gets += 1
+            if self.pack_gets > 1:
+                await self.gate.wait()
+        return await super().get(key, offset, length)
+
+
+async def test_in_order_hands_out_what_has_arrived_before_the_window_is_complete(tmp_path):
+    from shared.format import Repository
+
+    store = GatedStore(tmp_path / "repo")
+    repo = await Repository.init(store, PASSPHRASE, kdf=FAST_KDF, pack_size=TEST_PACK_SIZE)
+    blobs = await data_blobs(repo, 60)  # two packs: two ranges
+    store.pack_gets = 0
+    reader = PackReader(repo, concurrency=1)
+    stream = reader.read_in_order([b for b, _ in blobs], window=64 * MiB)
+    async with aclosing(stream):
+        first = await asyncio.wait_for(anext(stream), timeout=60)  # while the second read waits
+        assert first.position == 0 and first.error is None
+        assert not store.gate.is_set()
+        store.gate.set()
+        rest = [b async for b in stream]
+    assert [b.position for b in rest] == list(range(1, 60))
