@@ -239,7 +239,9 @@ class SchedulerSettings(ServiceSettings):
 
 
 class BusSettings(BaseModel):
-    prefetch: int = Field(default=16, gt=0)
+    # Unacknowledged deliveries per consumer; also the largest batch the inbox commits at
+    # once (docs/events.md, group commit), so a burst costs one commit per 64 events.
+    prefetch: int = Field(default=64, gt=0)
     # Seconds to wait before each retry of a failing handler; after the last, dead letter.
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
     # How often the outbox relay looks for unsent events when nothing woke it.
