@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from urllib.parse import urlsplit
 
 
 async def eventually(condition, timeout: float = 10.0, interval: float = 0.02):
@@ -22,19 +23,35 @@ async def eventually(condition, timeout: float = 10.0, interval: float = 0.02):
 
 
 class TcpProxy:
-    """A loopback TCP forwarder that a test can cut and restore, to take a broker or a
-    database away from the code under test without touching the real server."""
+    """A loopback TCP forwarder between the code under test and a real server (broker,
+    database, S3). A test can cut it and restore it on the same port (an outage without
+    touching the real server), count what clients sent through it (``sent``: every byte,
+    also of uploads a kill cut short, which never reach the server), and cap the rate of
+    what comes back (``down_rate``, bytes/s: a thin line, so a test can act while a
+    download is under way instead of racing one that ends in a blink)."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, down_rate: int | None = None) -> None:
         self.target = (target_host, target_port)
+        self.down_rate = down_rate
+        self.sent = 0
         self.port: int | None = None
         self._server: asyncio.base_events.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> int:
+    @classmethod
+    def to(cls, url: str, **options) -> TcpProxy:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, **options)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> TcpProxy:
+        """Listen (again on the same port after ``cut``)."""
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port or 0)
         self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
+        return self
 
     async def cut(self) -> None:
         """Stop accepting and drop every open connection."""
@@ -46,8 +63,8 @@ class TcpProxy:
             writer.transport.abort()
         self._pipes.clear()
 
-    async def restore(self) -> None:
-        await self.start()
+    restore = start
+    stop = cut
 
     async def _accept(self, reader, writer) -> None:
         try:
@@ -56,16 +73,25 @@ class TcpProxy:
             writer.close()
             return
         self._pipes.update({writer, up_writer})
+        try:
+            await asyncio.gather(self._pump(reader, up_writer, count=True),
+                                 self._pump(up_reader, writer, rate=self.down_rate))
+        finally:
+            self._pipes.difference_update({writer, up_writer})
 
-        async def pump(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort() if dst.transport else None
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self._pipes.difference_update({writer, up_writer})
+    async def _pump(self, src, dst, *, count: bool = False, rate: int | None = None) -> None:
+        # Small pieces when the rate is capped, so that the cap is smooth.
+        piece = 16 * 1024 if rate else 64 * 1024
+        try:
+            while data := await src.read(piece):
+                if count:
+                    self.sent += len(data)
+                dst.write(data)
+                await dst.drain()
+                if rate:
+                    await asyncio.sleep(len(data) / rate)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if dst.transport is not None:
+                dst.transport.abort()

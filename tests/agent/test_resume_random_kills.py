@@ -32,10 +32,10 @@ from shared.format.constants import CDC_MAX_SIZE, PACK_TARGET_SIZE
 from shared.settings import BackupSettings
 from tests import infra
 from tests.harness import settings_for
+from tests.support import TcpProxy
 
 from .bulk_tree import file_digests, make_bulk_tree
 from .conftest import PASSPHRASE, MiB, registered
-from .counting_proxy import CountingProxy
 
 # Kill points, drawn from the seed: two kills once the run added a random share of what
 # was left to store (so every one of them gets further), each after a random pause so that
@@ -53,7 +53,7 @@ RUN_TIMEOUT = 180
 @pytest.fixture
 async def s3_proxy():
     endpoint = urlsplit(infra.s3_endpoint())
-    proxy = CountingProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80)
+    proxy = TcpProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80)
     await proxy.start()
     yield proxy
     await proxy.stop()

@@ -15,9 +15,9 @@ def aws_credentials(monkeypatch):
 async def slow_s3(aws_credentials):
     """moto behind a slow line: a drill's reading of the backup takes seconds."""
     from tests import infra
-    from tests.recovery.slowlink import SlowLink
+    from tests.support import TcpProxy
 
-    link = await SlowLink(infra.s3_endpoint(), SLOW_LINE).start()
+    link = await TcpProxy.to(infra.s3_endpoint(), down_rate=SLOW_LINE).start()
     yield link
     await link.stop()
 

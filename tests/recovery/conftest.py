@@ -1,7 +1,7 @@
 import pytest
 
 from tests import infra
-from tests.recovery.slowlink import SlowLink
+from tests.support import TcpProxy
 
 # A small disk's data (~8 MiB with its filesystem's) takes about four seconds through the
 # slow line: time to act mid-download.
@@ -20,6 +20,6 @@ def aws_credentials(monkeypatch):
 @pytest.fixture
 async def slow_s3(aws_credentials):
     """moto behind a slow line: what recovery reads from S3 trickles in."""
-    link = await SlowLink(infra.s3_endpoint(), SLOW_LINE).start()
+    link = await TcpProxy.to(infra.s3_endpoint(), down_rate=SLOW_LINE).start()
     yield link
     await link.stop()
