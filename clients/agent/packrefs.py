@@ -8,9 +8,10 @@ repository, yet its garbage collection must know what to keep and what to delete
 
 An incremental reuses chunks stored by earlier backups, so a snapshot's packs are not
 "the packs this backup uploaded". Every directory of a backup passes through the blob
-saver as a tree blob, changed or not, so a saver that reads each tree as it goes sees
-every chunk the snapshot references: one already indexed names its pack at once; one
-still on its way is looked up once the saver has been flushed. Nothing is downloaded.
+saver, changed or not (saved as a tree blob, or reused from the parent unchanged), so a
+saver that reads each tree as it goes sees every chunk the snapshot references: one
+already indexed names its pack at once; one still on its way is looked up once the saver
+has been flushed. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from shared.format.constants import INDEX_PREFIX
 from shared.format.index import IndexedPack
 from shared.format.pack import BlobType
 from shared.format.repository import BlobSaver
-from shared.format.snapshot import Tree
+from shared.format.snapshot import Node, Tree
 from shared.format.store import Bytes, ForwardingStore, ObjectStore
 
 # The packs of the index file being written by this task (set around write_index).
@@ -38,10 +39,11 @@ class PackReferences:
         self._pending: set[bytes] = set()  # blobs in packs not indexed yet when seen
         self._lock = threading.Lock()
 
-    def note_tree(self, tree_id: bytes, data: bytes) -> None:
-        """Called from the saver's worker threads for every tree of the backup."""
+    def note_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
+        """Called by the saver (from worker threads or the loop) for every tree of the
+        backup, saved or reused."""
         ids = [tree_id]
-        for node in Tree.decode(data).nodes:
+        for node in nodes:
             ids.extend(ref.id for ref in node.content or () if ref.id is not None)
         index = self.repo.index
         for blob_id in ids:
@@ -90,8 +92,11 @@ class _RecordingSaver(BlobSaver):
     def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
         blob_id, new = super().save(blob_type, data, blob_id)
         if blob_type is BlobType.TREE:
-            self.references.note_tree(blob_id, data)
+            self.references.note_tree(blob_id, Tree.decode(data).nodes)
         return blob_id, new
+
+    def reuse_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
+        self.references.note_tree(tree_id, nodes)
 
 
 class DeclaringStore(ForwardingStore):

@@ -86,7 +86,7 @@ from .pack import (
     open_header,
     seal_blob,
 )
-from .snapshot import Snapshot, Tree
+from .snapshot import Node, Snapshot, Tree
 from .store import ObjectStore
 
 T = TypeVar("T")
@@ -527,6 +527,11 @@ class BlobSaver:
         if full is not None:
             self._ship(full.finish(key))
         return blob_id, True
+
+    def reuse_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
+        """A tree the backup references again without saving it (an unchanged directory
+        keeps its parent's tree): nothing to store. A saver that tracks what a backup
+        references hears of it here, as it hears of saved trees in save()."""
 
     def _ship(self, pack: SealedPack) -> None:
         self._slots.acquire()  # backpressure: wait while enough packs are uploading
