@@ -64,6 +64,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
+from .memory import return_big_buffers_to_the_system
 from .pack import BlobType, open_blob
 from .packreader import Blob, PackReader
 from .repository import Repository
@@ -140,6 +141,7 @@ class Restorer:
         if path:
             nodes = [await self._find(root.nodes, path)]
         os.makedirs(target, exist_ok=True)
+        return_big_buffers_to_the_system()  # chunk buffers back to the OS (memory.py)
         fs: _Fs = _PathFs() if self.portable else _AtFs()
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="reclo-restore")
         run = _Run(self, fs, pool)
