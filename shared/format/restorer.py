@@ -148,7 +148,7 @@ class Restorer:
         top = fs.open_root(os.fspath(target))
         try:
             await run.walk(top, nodes, "")
-            await run.flush()
+            await run.finish()
         finally:
             await run.abandon()
             fs.close_dir(top)
@@ -543,6 +543,7 @@ class _Run:
         self.places: dict[bytes, list[tuple[_File, int, int]]] = {}  # chunk id -> (file, offset, length)
         self.chunks = 0
         self.finished_dirs: list[tuple[object, Node, str]] = []  # closed when the batch ends
+        self.writing: asyncio.Future | None = None  # the batch being written
 
     def damaged(self, path: str, error: Exception) -> None:
         self.result.damaged.append((path, error))
@@ -612,10 +613,36 @@ class _Run:
     # --- writing a batch ---
 
     async def flush(self) -> None:
+        """Hand the batch gathered so far to the writer and go on walking: the walk (tree
+        listings, folders created) of the next batch overlaps the writing of this one.
+        Batches are written one at a time and in order, so a folder's metadata, applied
+        at the end of the batch it was finished in, comes after every file in it."""
+        if self.writing is not None:
+            await self.writing  # the previous batch first (and its failure, if any)
+        files, places, dirs = self.files, self.places, self.finished_dirs
+        self.files, self.places, self.chunks, self.finished_dirs = [], {}, 0, []
+        self.writing = asyncio.ensure_future(self._write(files, places, dirs))
+
+    async def finish(self) -> None:
+        await self.flush()
+        await self.writing
+
+    async def _write(self, files: list[_File], places: dict, dirs: list[tuple[object, Node, str]]) -> None:
         """Read the batch's chunks pack by pack, write them, finish its files, then the
         metadata of the directories finished in it (deepest first)."""
-        files, places = self.files, self.places
-        self.files, self.places, self.chunks = [], {}, 0
+        try:
+            await self._write_files(files, places)
+            for handle, node, path in dirs:
+                try:
+                    await self._io(self.fs.dir_metadata, handle, node, self.r.restore_owner)
+                except OSError as e:
+                    self.damaged(path + "/", e)
+                self.result.dirs += 1
+        finally:
+            for handle, _, _ in dirs:
+                self.fs.close_dir(handle)
+
+    async def _write_files(self, files: list[_File], places: dict) -> None:
         loop = asyncio.get_running_loop()
         try:
             for file in files:
@@ -646,17 +673,6 @@ class _Run:
             else:
                 self.result.files += 1
                 self.result.bytes += file.node.size
-        dirs, self.finished_dirs = self.finished_dirs, []
-        try:
-            for handle, node, path in dirs:
-                try:
-                    await self._io(self.fs.dir_metadata, handle, node, self.r.restore_owner)
-                except OSError as e:
-                    self.damaged(path + "/", e)
-                self.result.dirs += 1
-        finally:
-            for handle, _, _ in dirs:
-                self.fs.close_dir(handle)
 
     def _place(self, blob: Blob, places: list[tuple[_File, int, int]]) -> None:
         """In a worker thread: open the chunk once, write it wherever the batch needs it."""
@@ -676,6 +692,9 @@ class _Run:
 
     async def abandon(self) -> None:
         """After a failure (or at the end): nothing left open, nothing left running."""
+        if self.writing is not None and not self.writing.done():
+            self.writing.cancel()  # its own files and folders are closed as it stops
+            await asyncio.gather(self.writing, return_exceptions=True)
         await self.trees.cancel()
         for file in self.files:
             file.close()
