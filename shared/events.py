@@ -108,6 +108,21 @@ def _short(exc: Exception) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# auth
+# ---------------------------------------------------------------------------------------
+
+
+class TokenEnded(Event):
+    """A session logged out or an agent key revoked: every gateway replica drops it from
+    its cache of token checks at once (the token itself never travels)."""
+
+    source = "auth"
+    token_id: str
+    user_id: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------
 # backup
 # ---------------------------------------------------------------------------------------
 
@@ -283,6 +298,7 @@ class BackupsVerifyDue(Tick):
 CATALOG: dict[str, type[Event]] = {
     cls.type_name(): cls
     for cls in (
+        TokenEnded,
         BackupUploaded,
         BackupFailed,
         BackupOverdue,

@@ -30,7 +30,7 @@ from shared.api.notifications import (
     NotificationSettingsRequest,
     NotificationSettingsSaved,
 )
-from shared.events import utcnow
+from shared.events import TokenEnded, utcnow
 from shared.http.problems import Problem, conflict, not_found, unauthorized
 from shared.http.routes import ANYONE, SERVICE, USER, USER_OR_AGENT, Call, Routes
 from shared.pagination import decode_cursor, encode_cursor, paginate
@@ -195,7 +195,11 @@ async def _deactivate(auth, token_id: str | None, user_id: str, reason: str,
         query = query.where(TokenRow.kind == kind)
     async with auth.db.transaction() as session:
         result = await session.execute(query)
-    return result.rowcount == 1
+        ended = result.rowcount == 1
+        if ended:  # gateways drop it from their caches (docs/auth.md)
+            await auth.outbox.add(session, TokenEnded(token_id=token_id, user_id=user_id,
+                                                      reason=reason))
+    return ended
 
 
 

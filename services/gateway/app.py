@@ -12,7 +12,7 @@ from services.gateway import api, portal
 from services.gateway.domain import UPSTREAMS, TokenCache
 from shared.api.auth import Introspection
 from shared.bus import Bus
-from shared.events import utcnow
+from shared.events import Envelope, TokenEnded, utcnow
 from shared.http.identity import Identity, sign
 from shared.http.problems import Problem, unauthorized
 from shared.logs import get_logger
@@ -159,7 +159,20 @@ def build(settings: Settings, bus: Bus, key: bytes,
         name="gateway", settings=settings, bus=bus, key=key, verify_callers=False,
         max_body_bytes=settings.gateway.max_body_bytes,
     )
-    runtime.context = Gateway(settings, key, urls)
+    runtime.context = gateway = Gateway(settings, key, urls)
+
+    async def follow_ended_tokens() -> None:
+        """A logout or revocation through any replica reaches this one's cache at once
+        (a queue of this process's own on the bus; missed while it is down, and then the
+        cache's bound applies)."""
+        async def on_token_ended(envelope: Envelope) -> None:
+            token_id = envelope.payload.get("token_id")
+            if isinstance(token_id, str):
+                gateway.tokens.forget_token_id(token_id)
+
+        await bus.subscribe_transient([TokenEnded.routing_key()], on_token_ended)
+
+    runtime.background.append(follow_ended_tokens)
     # The portal's own routes first: a few /api/v1 paths are answered by the gateway.
     portal.install(runtime)
     runtime.app.router.add_route("*", "/api/v1/{tail:.*}", api.proxy)
