@@ -70,6 +70,11 @@ READ_BUFFER_SIZE = 2 * CDC_MAX_SIZE
 # bounded (open packs plus packs in flight) and an interrupted backup loses at most about
 # one pack of upload.
 PACK_TARGET_SIZE = 32 * MiB
+# ... or once it holds this many blobs, whichever comes first. Tiny files make tiny blobs
+# (~100 bytes sealed), so a 32 MiB pack of them would list ~300,000 blobs; its header and
+# its index file (one per pack) would then take hundreds of MiB to decode at once. 32,768
+# entries keep an index file near 3.5 MB of JSON (~10 MB decoded) whatever the files.
+PACK_MAX_BLOBS = 32_768
 
 # How many sealed packs may be uploading at once. More overlap hides latency to S3; each
 # one costs PACK_TARGET_SIZE of memory.

@@ -42,6 +42,7 @@ from .constants import (
     IMAGE_CHUNK_SIZE,
     INDEX_PREFIX,
     KEYS_PREFIX,
+    PACK_MAX_BLOBS,
     PACK_TARGET_SIZE,
     PACK_TRAILER_SIZE,
     SNAPSHOTS_PREFIX,
@@ -521,7 +522,7 @@ class BlobSaver:
             writer.add(blob_type, blob_id, sealed, len(data))
             self.stats.new_blobs[blob_type] += 1
             self.stats.new_bytes[blob_type] += len(data)
-            if writer.size >= self.repo.pack_size:
+            if writer.size >= self.repo.pack_size or len(writer) >= PACK_MAX_BLOBS:
                 full = writer
                 self._open[blob_type] = PackWriter()
         if full is not None:

@@ -6,7 +6,7 @@ import pytest
 from shared.format.crypto import MasterKey
 from shared.format.errors import CorruptBlob, FormatError
 from shared.format.index import Index, IndexedPack, decode_index, encode_index
-from shared.format.pack import BlobType, PackWriter, open_blob, read_pack, seal_blob
+from shared.format.pack import BlobType, PackEntry, PackWriter, open_blob, read_pack, seal_blob
 from shared.format.snapshot import ChunkRef, Node, Snapshot, Tree, append_ref
 
 
@@ -90,3 +90,42 @@ def test_node_whose_content_does_not_add_up_is_refused():
         Node.from_json(doc)
     with pytest.raises(FormatError):
         Snapshot.decode(b'{"version": 1}')
+
+
+def test_the_index_keeps_locations_exactly_at_the_edges_of_their_fields():
+    index = Index()
+    edges = [
+        PackEntry(BlobType.TREE, b"\x01" * 32, (1 << 40) - 1, (1 << 32) - 1, (1 << 32) - 1),
+        PackEntry(BlobType.DATA, b"\x02" * 32, 0, 0, 0),
+        PackEntry(BlobType.DATA, b"\x03" * 32, 12345, 678, 910),
+    ]
+    for n in range(300):  # pack numbers grow without a bound
+        index.add_pack(IndexedPack(f"{n:064x}", 1000, edges if n == 299 else []))
+    for entry in edges:
+        location = index.lookup(entry.id)
+        assert location.pack_id == f"{299:064x}"
+        assert (location.type, location.offset, location.length, location.raw_length) == \
+            (entry.type, entry.offset, entry.length, entry.raw_length)
+
+
+@pytest.mark.parametrize("offset,length", [(1 << 40, 1), (-1, 1), (0, 1 << 32), (0, -5)])
+def test_a_location_that_does_not_fit_is_refused(offset, length):
+    with pytest.raises(FormatError, match="out of range"):
+        Index().add_pack(IndexedPack("ab" * 32, 1000, [
+            PackEntry(BlobType.DATA, b"\x04" * 32, offset, length, 1)]))
+
+
+async def test_a_pack_of_tiny_blobs_is_sealed_at_the_entry_limit(repo, monkeypatch):
+    """Bounded index files and pack headers however small the files: a pack closes at
+    PACK_MAX_BLOBS entries even far below its target size."""
+    import shared.format.repository as repository
+
+    monkeypatch.setattr(repository, "PACK_MAX_BLOBS", 10)
+    saver = repo.saver()
+    for i in range(35):
+        await saver.save_async(BlobType.DATA, f"tiny file {i}".encode())
+    await saver.flush()
+    sizes = sorted(len([e for e in p.entries]) for p in
+                   [await repo.read_pack_header(pack_id) for pack_id in repo.index.packs()])
+    assert sizes == [5, 10, 10, 10]
+    assert len(repo.index) == 35
