@@ -23,3 +23,13 @@ async def slow_s3(aws_credentials):
     link = await TcpProxy.to(infra.s3_endpoint(), down_rate=SLOW_LINE).start()
     yield link
     await link.stop()
+
+
+@pytest.fixture
+async def lifetimes():
+    """Stacks a test starts (and restarts), all stopped at its end."""
+    from tests.recovery.helpers import Lifetimes
+
+    lives = Lifetimes()
+    yield lives
+    await lives.close()

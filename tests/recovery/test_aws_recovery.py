@@ -19,7 +19,6 @@ from tests import infra
 from tests.harness import Api, settings_for
 from tests.recovery.helpers import (
     PASSPHRASE,
-    Lifetimes,
     Observer,
     image_backup,
     make_disk,
@@ -32,13 +31,6 @@ from tests.recovery.test_resume import sweep
 from tests.support import eventually
 
 SERVICES = ["auth", "recovery", "gateway"]
-
-
-@pytest.fixture
-async def lifetimes():
-    lives = Lifetimes()
-    yield lives
-    await lives.close()
 
 
 @pytest.fixture

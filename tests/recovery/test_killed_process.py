@@ -15,7 +15,6 @@ import urllib.request
 import uuid
 
 import aiohttp
-import pytest
 from pydantic import SecretStr
 
 from services.recovery import domain
@@ -27,7 +26,6 @@ from shared.settings import Settings
 from tests import infra
 from tests.harness import Api
 from tests.recovery.helpers import (
-    Lifetimes,
     announce_backup,
     kms_key,
     make_disk,
@@ -83,13 +81,6 @@ def ready(port: int) -> bool:
             return answer.status == 200
     except OSError:
         return False
-
-
-@pytest.fixture
-async def lifetimes():
-    lives = Lifetimes()
-    yield lives
-    await lives.close()
 
 
 async def test_a_worker_process_killed_mid_download_is_resumed(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
 
 from services.recovery import domain
 from shared.events import RecoveriesReconcileDue, envelope_for, utcnow
@@ -24,7 +23,6 @@ from tests import infra
 from tests.harness import Api, settings_for
 from tests.recovery.helpers import (
     PASSPHRASE,
-    Lifetimes,
     Observer,
     image_backup,
     kms_key,
@@ -38,13 +36,6 @@ from tests.support import eventually
 
 SERVICES = ["auth", "recovery", "gateway"]
 LEASE = 1.0
-
-
-@pytest.fixture
-async def lifetimes():
-    lives = Lifetimes()
-    yield lives
-    await lives.close()
 
 
 def settings_of(mode, tmp_path, unique, slow_s3, **recovery):

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import uuid
 
-import pytest
 from sqlalchemy import select
 
 from services.recovery import domain
@@ -20,18 +19,11 @@ from shared.format.snapshot import IMAGE
 from shared.settings import RecoverySettings
 from tests import infra
 from tests.harness import settings_for
-from tests.recovery.helpers import Lifetimes, kms_key, make_disk, sha256_of, write_backup
+from tests.recovery.helpers import kms_key, make_disk, sha256_of, write_backup
 from tests.support import eventually
 
 TASKS = 6
 EACH = 3  # max_concurrent: both workers together have room for every task
-
-
-@pytest.fixture
-async def lifetimes():
-    lives = Lifetimes()
-    yield lives
-    await lives.close()
 
 
 async def add_tasks(db, user_id: str, host_id: str, snapshot_id: str, n: int) -> list[str]:
