@@ -35,11 +35,9 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,6 +45,7 @@ from sqlalchemy.orm import aliased
 
 from services.recovery import domain
 from services.recovery.assembly import Damaged, DiskPlan, NoImage, assemble, plan_disk
+from services.recovery.chores import Chores
 from services.recovery.keys import CannotOpen, has_kms_slot, open_repository
 from services.recovery.pipeline import FORGOTTEN, code_path
 from services.recovery.tables import DrillRow, RecoverableBackupRow
@@ -231,7 +230,7 @@ class Drills:
         self.max_concurrent = max_concurrent
         self.runs: dict[str, asyncio.Task] = {}
         self._lost: set[str] = set()
-        self._chores: set[asyncio.Task] = set()
+        self._chores = Chores("drill sweep failed; the next one makes up for it")
         self._sweeping = asyncio.Lock()
         self._stopping = False
 
@@ -299,7 +298,7 @@ class Drills:
             self.runs.pop(drill_id, None)
             self._lost.discard(drill_id)
             if not self._stopping:
-                self._spawn(self.sweep())  # the next waiting drill
+                self._chores.spawn(self.sweep())  # the next waiting drill
 
     async def _execute(self, drill_id: str, work_dir: Path) -> None:
         async with self.db.sessions() as session:
@@ -392,18 +391,6 @@ class Drills:
 
     # --- the process's life ----------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(work)
-        self._chores.add(task)
-
-        def done(t: asyncio.Task) -> None:
-            self._chores.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("drill sweep failed; the next one makes up for it",
-                            error=str(t.exception()) or type(t.exception()).__name__)
-
-        task.add_done_callback(done)
-
     async def run(self) -> None:
         """The background task of the service: nothing to do but wait; when the process
         stops, cancel the drills (their rows stay running, run again after their lease)."""
@@ -411,7 +398,7 @@ class Drills:
             await asyncio.Event().wait()
         finally:
             self._stopping = True
-            tasks = list(self.runs.values()) + list(self._chores)
+            tasks = list(self.runs.values()) + self._chores.running()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

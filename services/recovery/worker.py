@@ -30,6 +30,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.recovery import domain
+from services.recovery.chores import Chores
 from services.recovery.keys import PassphraseVault
 from services.recovery.pipeline import Run, code_path
 from services.recovery.tables import RecoveryRow
@@ -65,7 +66,7 @@ class Worker:
         self.slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._interrupted: set[str] = set()
         self._relaunch: set[str] = set()
-        self._chores: set[asyncio.Task] = set()
+        self._chores = Chores("worker chore failed; the reconcile sweep makes up for it")
         # Runs that are removing a failed task's leftovers: its failed state is expected.
         self.cleaning: set[str] = set()
 
@@ -166,19 +167,7 @@ class Worker:
         writer), nor hold its transaction open for slow work. Lost with a crash between the
         commit and the run, which the next reconcile sweep makes up for."""
         sa_event.listen(session.sync_session, "after_commit",
-                        lambda _s: self._spawn(work()), once=True)
-
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(work)
-        self._chores.add(task)
-
-        def done(t: asyncio.Task) -> None:
-            self._chores.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("worker chore failed; the reconcile sweep makes up for it",
-                            error=str(t.exception()) or type(t.exception()).__name__)
-
-        task.add_done_callback(done)
+                        lambda _s: self._chores.spawn(work()), once=True)
 
     async def sweep(self) -> None:
         """The reconcile sweep of this worker: take what nobody holds, tidy the scratch."""
@@ -271,7 +260,7 @@ class Worker:
         try:
             await self.keep_leases()
         finally:
-            runs = list(self.runs.values()) + list(self._chores)
+            runs = list(self.runs.values()) + self._chores.running()
             for task in runs:
                 task.cancel()
             for task in runs:
