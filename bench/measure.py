@@ -8,6 +8,8 @@ import os
 import platform
 import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import time
@@ -227,3 +229,22 @@ def _os_name() -> str:
         return platform.system()
     found = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.M)
     return found.group(1) if found else platform.system()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM each (the last started first), then SIGKILL what did not stop in time."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    procs.clear()

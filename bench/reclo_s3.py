@@ -10,8 +10,6 @@ measured is the agent's alone. The repository's size is the bucket's (one user, 
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from backup_engines import ROOT, ReClo, clean_env
-from measure import FolderSize, run_quiet
+from measure import FolderSize, free_port, run_quiet, stop_processes
 
 USERNAME = "bench"
 PASSWORD = "benchmark password"  # a throw-away user on a throw-away server
@@ -31,20 +29,14 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ReCloS3(ReClo):
     name = "ReClo-S3"
 
     def __init__(self, work: Path) -> None:
         super().__init__(work)
         self.bin = Path(sys.executable).parent
-        self.s3_url = f"http://127.0.0.1:{_free_port()}"
-        self.server_url = f"http://127.0.0.1:{_free_port()}"
+        self.s3_url = f"http://127.0.0.1:{free_port()}"
+        self.server_url = f"http://127.0.0.1:{free_port()}"
         self.processes: list[subprocess.Popen] = []
         self.logs_open: list = []
 
@@ -99,13 +91,6 @@ class ReCloS3(ReClo):
         return FolderSize(total, total, count)
 
     def close(self) -> None:
-        for proc in reversed(self.processes):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.processes.clear()
+        stop_processes(self.processes, STOP_TIMEOUT)
         for log in self.logs_open:
             log.close()

@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from measure import free_port, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -275,12 +275,6 @@ def build_disk(work: Path, size: int, fraction: float, seed: int) -> Disk:
 # --- the server -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(url: str, body: dict | None = None, token: str | None = None,
          method: str | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
@@ -326,14 +320,7 @@ class Processes:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        for proc in reversed(self.running):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.running.clear()
+        stop_processes(self.running, STOP_TIMEOUT)
 
 
 def proc_status(pid: int, key: str) -> int:
