@@ -1,6 +1,7 @@
 import os
 import uuid
 
+import aiohttp
 import pytest
 
 from tests import infra
@@ -15,6 +16,13 @@ for _name in list(os.environ):
 def unique() -> str:
     """A short unique name for queues, databases and users of one test."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def http():
+    """An HTTP client for the test's calls (to the gateway, a webhook receiver...)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture(scope="session")

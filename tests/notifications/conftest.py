@@ -1,4 +1,3 @@
-import aiohttp
 import pytest
 
 from shared.events import Event, envelope_for
@@ -56,12 +55,6 @@ async def stack(mode, tmp_path, unique, smtp):
     async with running_stack(settings, ["gateway", "auth"]) as (stack, base):
         stack.base_url = base
         yield stack
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

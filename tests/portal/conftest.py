@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import aiohttp
 import pytest
 from playwright.async_api import Page, async_playwright
 
@@ -33,12 +32,6 @@ async def stack(settings):
     async with running_stack(settings) as (stack, base):
         stack.base_url = base
         yield stack
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

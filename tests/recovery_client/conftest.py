@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.harness import MODES, Api, running_stack, settings_for
@@ -53,12 +52,6 @@ class Recover:
 @pytest.fixture
 def recover(tmp_path):
     return Recover(tmp_path / "recover-config")
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def api_for(http, stack) -> Api:
