@@ -464,7 +464,8 @@ class _Run:
             # is this tree, so skip encoding and hashing it again. On a million unchanged
             # files this is most of what the walk would otherwise spend.
             tree_id = old_tree[0]
-            self.saver.reuse_tree(tree_id, nodes)
+            # in a worker: a saver that tracks references looks up every chunk of the folder
+            await asyncio.get_running_loop().run_in_executor(self.pool, self.saver.reuse_tree, tree_id, nodes)
         else:
             tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
         with self._stats_lock:
