@@ -12,7 +12,7 @@ from services.gateway import api, portal
 from services.gateway.domain import UPSTREAMS, TokenCache
 from shared.api.auth import Introspection
 from shared.bus import Bus
-from shared.events import Envelope, TokenEnded, utcnow
+from shared.events import Envelope, TokenEnded, payload_of, utcnow
 from shared.http.identity import Identity, sign
 from shared.http.problems import Problem, unauthorized
 from shared.logs import get_logger
@@ -37,7 +37,7 @@ class Gateway:
         self.tokens = TokenCache(settings.gateway.token_cache_seconds)
         self._http: aiohttp.ClientSession | None = None
         self._openapi: dict[str, Any] | None = None
-        self._checks: dict[str, asyncio.Future[Identity]] = {}
+        self._checks: dict[str, tuple[int, asyncio.Future[Identity]]] = {}  # key -> (ticket, check)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -68,16 +68,20 @@ class Gateway:
         arrive meanwhile (every connection of a client misses the cache together when its
         entry runs out), and caching the answer."""
         key = self.tokens.key(token)
-        check = self._checks.get(key)
-        if check is None:
-            check = asyncio.ensure_future(self._check_and_cache(token))
-            self._checks[key] = check
+        ticket = self.tokens.ticket()
+        running = self._checks.get(key)
+        # A check that began before a logout or revocation may answer as things were then:
+        # join only one that began since the last forget.
+        if running is not None and running[0] == ticket:
+            check = running[1]
+        else:
+            check = asyncio.ensure_future(self._check_and_cache(token, ticket))
+            self._checks[key] = (ticket, check)
             check.add_done_callback(lambda done: self._check_done(key, done))
         # Shielded: one caller hanging up must not cancel the others' answer.
         return await asyncio.shield(check)
 
-    async def _check_and_cache(self, token: str) -> Identity:
-        ticket = self.tokens.ticket()
+    async def _check_and_cache(self, token: str, ticket: int) -> Identity:
         identity, expires_at = await self.introspect(token)
         not_after = None
         if expires_at is not None:
@@ -86,7 +90,8 @@ class Gateway:
         return identity
 
     def _check_done(self, key: str, check: asyncio.Future) -> None:
-        if self._checks.get(key) is check:
+        running = self._checks.get(key)
+        if running is not None and running[1] is check:
             del self._checks[key]
         if not check.cancelled():
             check.exception()  # retrieved here too, in case every caller hung up
@@ -161,18 +166,16 @@ def build(settings: Settings, bus: Bus, key: bytes,
     )
     runtime.context = gateway = Gateway(settings, key, urls)
 
-    async def follow_ended_tokens() -> None:
-        """A logout or revocation through any replica reaches this one's cache at once
-        (a queue of this process's own on the bus; missed while it is down, and then the
-        cache's bound applies)."""
-        async def on_token_ended(envelope: Envelope) -> None:
-            token_id = envelope.payload.get("token_id")
-            if isinstance(token_id, str):
-                gateway.tokens.forget_token_id(token_id)
+    async def on_token_ended(envelope: Envelope) -> None:
+        gateway.tokens.forget_token_id(payload_of(envelope).token_id)
 
+    async def follow_ended_tokens(_app) -> None:
+        """A logout or revocation through any replica reaches this one's cache at once (a
+        queue of this process's own on the bus; subscribed at start-up, so a failure to
+        subscribe fails the start)."""
         await bus.subscribe_transient([TokenEnded.routing_key()], on_token_ended)
 
-    runtime.background.append(follow_ended_tokens)
+    runtime.app.on_startup.append(follow_ended_tokens)
     # The portal's own routes first: a few /api/v1 paths are answered by the gateway.
     portal.install(runtime)
     runtime.app.router.add_route("*", "/api/v1/{tail:.*}", api.proxy)
