@@ -34,25 +34,20 @@ def _note_checkin(dbapi_connection, record) -> None:
     record.info["checked_in_at"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection, record, proxy) -> None:
+def _ping_if_idle(dialect):
     """Pessimistic disconnect handling for idle connections only: raising
     DisconnectionError makes the pool drop this connection and hand out a fresh one."""
-    last = record.info.get("checked_in_at")
-    if last is None or time.monotonic() - last < IDLE_PING_SECONDS:
-        return  # new (just connected) or used moments ago
-    cursor = None
-    try:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SELECT 1")
-        cursor.fetchall()
-    except Exception as e:
-        raise exc.DisconnectionError(str(e)) from e
-    finally:
-        if cursor is not None:
-            try:
-                cursor.close()
-            except Exception:
-                pass
+
+    def on_checkout(dbapi_connection, record, proxy) -> None:
+        last = record.info.get("checked_in_at")
+        if last is None or time.monotonic() - last < IDLE_PING_SECONDS:
+            return  # new (just connected) or used moments ago
+        try:
+            dialect.do_ping(dbapi_connection)  # the driver's own ping (COM_PING on MySQL)
+        except Exception as e:
+            raise exc.DisconnectionError(str(e)) from e
+
+    return on_checkout
 
 
 class UTCDateTime(TypeDecorator):
@@ -89,7 +84,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if not self.is_sqlite:
             event.listen(self.engine.sync_engine, "checkin", _note_checkin)
-            event.listen(self.engine.sync_engine, "checkout", _ping_if_idle)
+            event.listen(self.engine.sync_engine, "checkout", _ping_if_idle(self.engine.dialect))
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
