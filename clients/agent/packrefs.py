@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from contextvars import ContextVar
-from typing import AsyncIterator
 
 from shared.format import FormatError, Repository
 from shared.format.constants import INDEX_PREFIX
@@ -102,9 +101,6 @@ class _RecordingSaver(BlobSaver):
 class DeclaringStore(ForwardingStore):
     """Passes an index file's packs to a store that takes them (`put(..., packs=)`, the
     remote store); everything else goes straight through."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        super().__init__(inner)
 
     async def put(self, key: str, data: Bytes) -> None:
         packs = _INDEX_PACKS.get()

@@ -18,7 +18,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from shared.format.errors import InvalidKey, ObjectExists, ObjectNotFound, StoreError
-from shared.format.store import Bytes, ObjectStore
+from shared.format.store import Bytes, ForwardingStore, ObjectStore
 
 # Pauses between attempts (seconds): about a minute in all, long enough to ride out a
 # router restart or a rolling deployment, short enough that a dead link fails the run soon.
@@ -38,9 +38,9 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, StoreError) and bool(_TRANSIENT_STATUS.search(str(error)))
 
 
-class RetryingStore(ObjectStore):
+class RetryingStore(ForwardingStore):
     def __init__(self, inner: ObjectStore, delays: tuple[float, ...] = RETRY_DELAYS) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.delays = delays
 
     async def _retry(self, call):
@@ -80,9 +80,3 @@ class RetryingStore(ObjectStore):
 
         for key in await self._retry(once):
             yield key
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)

@@ -242,11 +242,6 @@ class FixedChunking:
     def from_json(cls, doc: dict) -> FixedChunking:
         return cls(int(doc["min_size"]), int(doc["max_size"]), int(doc["per_file"]))
 
-    @classmethod
-    def constant(cls, chunk_size: int) -> FixedChunking:
-        """One size whatever the file's size (repositories made before fixed_chunks)."""
-        return cls(chunk_size, chunk_size, 1)
-
 
 class ImageChunker:
     """Fixed, aligned chunks of a disk image, a block device, or a file rewritten in place."""
@@ -255,11 +250,8 @@ class ImageChunker:
         if isinstance(chunking, int):
             if not 4096 <= chunking <= len(_ZEROS) or chunking % 4096:
                 raise FormatError(f"image chunk size {chunking} must be a multiple of 4 KiB up to {len(_ZEROS)}")
-            chunking = FixedChunking.constant(chunking) if chunking & (chunking - 1) == 0 else _Constant(chunking)
+            chunking = _Constant(chunking)
         self.chunking = chunking
-
-    def chunk_size(self, size: int) -> int:
-        return self.chunking.chunk_size(size)
 
     def pieces(self, f: BinaryIO, size: int, on_read=None) -> Iterator[Piece]:
         fd = f.fileno()
@@ -287,7 +279,7 @@ class ImageChunker:
 
 @dataclass(frozen=True)
 class _Constant:
-    """A constant chunk size that is not a power of two (allowed by format 1.0 configs)."""
+    """One chunk size whatever the file's size (repositories made before fixed_chunks)."""
 
     size: int
 
