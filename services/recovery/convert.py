@@ -22,9 +22,7 @@ from pathlib import Path
 
 from services.recovery.vmdk import Cancelled, VmdkError, write_stream_optimized
 
-QEMU_OUTPUT = {
-    # Kept for comparison and as a fallback (``convert_with_qemu_img``); not the VMDK path.
-    "vmdk": ["-O", "vmdk", "-o", "subformat=streamOptimized"],
+QEMU_OUTPUT = {  # what qemu-img still writes (VMDKs are vmdk.py's)
     "vhd": ["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
 }
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")

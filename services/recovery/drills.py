@@ -292,9 +292,9 @@ class Drills:
                       traceback=code_path(error))
         finally:
             keeper.cancel()
-            # Synchronous: this may run while the task is being cancelled, and an unlink
-            # of a sparse file is quick.
-            shutil.rmtree(work_dir, ignore_errors=True)
+            # In a thread: the disk holds the backup's whole data, and unlinking tens of
+            # GiB blocks for seconds. Awaiting here is safe while cancelled (once, by run()).
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
             self.runs.pop(drill_id, None)
             self._lost.discard(drill_id)
             if not self._stopping:
