@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.format import FormatError, Repository
-from shared.format.pack import open_blob
 from shared.format.packreader import Blob, PackReader
 from shared.format.snapshot import IMAGE, Node
 
@@ -124,12 +123,9 @@ async def assemble(repo: Repository, plan: DiskPlan, path: Path, *, start: int,
 
 def _open_chunk(repo: Repository, chunk: tuple[int, int, bytes], blob: Blob) -> bytes:
     """In a worker thread: the chunk's verified plaintext, or Damaged naming where it is."""
-    offset, length, blob_id = chunk
+    offset, length, _ = chunk
     try:
-        if blob.error is not None:
-            raise blob.error
-        data = open_blob(repo.key, blob.location.entry(blob_id), blob.sealed,  # type: ignore[union-attr,arg-type]
-                         pack_id=blob.location.pack_id)  # type: ignore[union-attr]
+        data = blob.open(repo.key)
     except FormatError as e:  # MissingBlob, MissingPack, CorruptBlob, a store error
         raise Damaged(f"{e} (the chunk at disk offset {offset})") from None
     if len(data) != length:

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 
 from .constants import MiB
 from .errors import FormatError, MissingBlob, MissingPack, ObjectNotFound
+from .crypto import MasterKey
 from .index import BlobLocation
+from .pack import open_blob
 from .repository import Repository, pack_key
 
 # Unwanted bytes worth fetching to save a request: at ~100 MiB/s and ~10-30 ms a request,
@@ -61,6 +63,14 @@ class Blob:
     location: BlobLocation | None
     sealed: bytes | None
     error: FormatError | None
+
+    def open(self, key: MasterKey) -> bytes:
+        """The verified plaintext (``pack.open_blob``), or the FormatError why there is none."""
+        if self.error is not None:
+            raise self.error
+        assert self.location is not None and self.sealed is not None
+        return open_blob(key, self.location.entry(self.id), self.sealed,
+                         pack_id=self.location.pack_id)
 
 
 @dataclass

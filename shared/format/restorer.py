@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .memory import return_big_buffers_to_the_system
-from .pack import BlobType, open_blob
+from .pack import BlobType
 from .packreader import Blob, PackReader
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
@@ -508,13 +508,9 @@ class _Trees:
                             future.set_result(tree)
 
     def _open(self, blob: Blob) -> Tree:
-        if blob.error is not None:
-            raise blob.error
-        location = blob.location
-        if location.type is not BlobType.TREE:  # type: ignore[union-attr]
+        if blob.error is None and blob.location.type is not BlobType.TREE:  # type: ignore[union-attr]
             raise FormatError(f"blob {blob.id.hex()} is not a tree")
-        return Tree.decode(open_blob(self.repo.key, location.entry(blob.id), blob.sealed,  # type: ignore[union-attr,arg-type]
-                                     pack_id=location.pack_id))  # type: ignore[union-attr]
+        return Tree.decode(blob.open(self.repo.key))
 
     async def load(self, tree_id: bytes) -> Tree:
         future = self.ahead.pop(tree_id, None)
@@ -694,14 +690,12 @@ class _Run:
 
     def _place(self, blob: Blob, places: list[tuple[_File, int, int]]) -> None:
         """In a worker thread: open the chunk once, write it wherever the batch needs it."""
-        error: Exception | None = blob.error
+        error: Exception | None = None
         data = None
-        if error is None:
-            try:
-                data = open_blob(self.repo.key, blob.location.entry(blob.id), blob.sealed,  # type: ignore[union-attr,arg-type]
-                                 pack_id=blob.location.pack_id)  # type: ignore[union-attr]
-            except FormatError as e:  # CorruptBlob: leave a hole, go on
-                error = e
+        try:
+            data = blob.open(self.repo.key)
+        except FormatError as e:  # missing or corrupt: leave a hole, go on
+            error = e
         for file, offset, length in places:
             if data is not None and len(data) != length:
                 file.put(None, offset, FormatError(f"chunk at offset {offset} is {len(data)} bytes, expected {length}"))
