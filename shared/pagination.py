@@ -28,13 +28,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def paginate(session: AsyncSession, query: Select, created_col, id_col, *,
-                   limit: int, cursor: str | None):
-    """Rows of ``query`` ordered by (created, id), after ``cursor``; and the next cursor."""
+                   limit: int, cursor: str | None, newest_first: bool = False):
+    """Rows of ``query`` ordered by (created, id), after ``cursor``; and the next cursor.
+    ``newest_first``: the same, from the newest row down."""
     if cursor:
         created, row_id = decode_cursor(cursor)
-        query = query.where(tuple_(created_col, id_col) > tuple_(created, row_id))
-    rows = (await session.execute(
-        query.order_by(created_col, id_col).limit(limit + 1))).scalars().all()
+        key, after = tuple_(created_col, id_col), tuple_(created, row_id)
+        query = query.where(key < after if newest_first else key > after)
+    order = (created_col.desc(), id_col.desc()) if newest_first else (created_col, id_col)
+    rows = (await session.execute(query.order_by(*order).limit(limit + 1))).scalars().all()
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None

@@ -3,7 +3,7 @@ notifications package)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.auth import domain
@@ -33,7 +33,7 @@ from shared.api.notifications import (
 from shared.events import TokenEnded, utcnow
 from shared.http.problems import Problem, conflict, not_found, unauthorized
 from shared.http.routes import ANYONE, SERVICE, USER, USER_OR_AGENT, Call, Routes
-from shared.pagination import decode_cursor, encode_cursor, paginate
+from shared.pagination import paginate
 
 routes = Routes("auth")
 
@@ -289,16 +289,8 @@ async def list_deliveries(call: Call) -> Page[Delivery]:
         NotificationDeliveryRow.user_id == call.user_id)
     if query.state is not None:
         statement = statement.where(NotificationDeliveryRow.state == query.state)
-    if query.cursor:
-        created, row_id = decode_cursor(query.cursor)
-        statement = statement.where(tuple_(NotificationDeliveryRow.created_at,
-                                           NotificationDeliveryRow.id) < tuple_(created, row_id))
-    statement = statement.order_by(NotificationDeliveryRow.created_at.desc(),
-                                   NotificationDeliveryRow.id.desc()).limit(query.limit + 1)
     async with call.service.db.sessions() as session:
-        rows = (await session.scalars(statement)).all()
-    cursor = None
-    if len(rows) > query.limit:
-        rows = rows[:query.limit]
-        cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+        rows, cursor = await paginate(session, statement, NotificationDeliveryRow.created_at,
+                                      NotificationDeliveryRow.id, limit=query.limit,
+                                      cursor=query.cursor, newest_first=True)
     return Page[Delivery](items=[_delivery(r) for r in rows], next_cursor=cursor)

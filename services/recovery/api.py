@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import or_, select
 
 from services.recovery import domain
 from services.recovery.download import send_file
@@ -17,7 +17,7 @@ from shared.api.recovery import Drill, DrillsQuery, Recovery, RecoveryRequest
 from shared.events import RecoveryFailed, RecoveryRequested, utcnow
 from shared.http.problems import Problem, conflict, not_found
 from shared.http.routes import USER, Call, Routes
-from shared.pagination import decode_cursor, encode_cursor, paginate
+from shared.pagination import paginate
 
 routes = Routes("recovery")
 
@@ -182,17 +182,9 @@ async def list_drills(call: Call) -> Page[Drill]:
     if query.host is not None:
         statement = statement.where(or_(DrillRow.host_id == query.host,
                                         DrillRow.host == query.host))
-    if query.cursor:
-        created, row_id = decode_cursor(query.cursor)
-        statement = statement.where(tuple_(DrillRow.created_at, DrillRow.id)
-                                    < tuple_(created, row_id))
-    statement = statement.order_by(DrillRow.created_at.desc(), DrillRow.id.desc())
     async with call.service.db.sessions() as session:
-        rows = (await session.scalars(statement.limit(query.limit + 1))).all()
-    cursor = None
-    if len(rows) > query.limit:
-        rows = rows[:query.limit]
-        cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+        rows, cursor = await paginate(session, statement, DrillRow.created_at, DrillRow.id,
+                                      limit=query.limit, cursor=query.cursor, newest_first=True)
     return Page[Drill](items=[drill_model(r) for r in rows], next_cursor=cursor)
 
 
