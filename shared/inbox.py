@@ -16,6 +16,7 @@ can fail, a process can die before the acknowledgement); see docs/events.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,16 @@ class Dispatcher:
             return
         patterns = sorted({cls.routing_key() for cls, _ in self.handlers.values()})
         await self.bus.subscribe(self.queue, patterns, self.handle)
+
+    async def stop(self) -> None:
+        """Stop handling, before the service's database goes: a batch under way rolls back
+        and its deliveries, never acknowledged, come again (after a restart, or to a
+        replica). Closing the bus alone stops only the consumers waiting on the batch."""
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and not drainer.done():
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drainer
 
     async def handle(self, envelope: Envelope) -> None:
         """Handle one delivery; returns once its effect committed (or it was a duplicate),

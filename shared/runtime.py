@@ -165,6 +165,8 @@ class ServiceRuntime:
         return self.port
 
     async def stop(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()  # first: a handler may start background work
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -294,3 +294,37 @@ async def test_failing_event_among_many_is_dead_lettered_and_the_rest_handled(wo
     assert [letter.reason for letter in letters] == ["ValueError: no such host 42"]
     assert letters[0].attempts == 2
     assert await world.effect_counts() == {str(e.id): 1 for e in envelopes if e is not broken}
+
+
+async def test_a_batch_under_way_when_the_service_stops_rolls_back_and_frees_the_database(world):
+    """Closing the bus cancels only the consumers waiting on a batch; stopping the
+    dispatcher ends the batch itself, before the service's database is disposed."""
+    batches = Batches(world)
+    dispatcher = batches.dispatcher()
+    entered, release = asyncio.Event(), asyncio.Event()
+    finished = []
+
+    async def slow(ctx, event):
+        await world.count_effect(ctx, event)
+        entered.set()
+        await release.wait()
+        finished.append(ctx.envelope.id)
+
+    dispatcher.handlers[TokensExpiryDue.type_name()] = (TokensExpiryDue, slow)
+    envelopes = [envelope_for(tick()) for _ in range(3)]
+    consumers = [asyncio.create_task(dispatcher.handle(e)) for e in envelopes]
+    await asyncio.wait_for(entered.wait(), 10)
+    for consumer in consumers:  # what closing the bus does
+        consumer.cancel()
+    await asyncio.gather(*consumers, return_exceptions=True)
+
+    await dispatcher.stop()
+    release.set()
+    await asyncio.sleep(0.1)
+    assert finished == []  # the handler did not outlive the stop
+    # Its transaction rolled back and let go of the database: a writer gets in at once
+    # (SQLite has one writer; a lingering batch would hold it).
+    async with world.db.transaction() as session:
+        await session.execute(effects.insert().values(event_id="after", count=1))
+        assert await session.scalar(select(func.count()).select_from(inbox)) == 0
+    assert await world.effect_counts() == {"after": 1}
