@@ -134,13 +134,16 @@ class Observer:
         await bus.subscribe_transient(["recovery.#"], keep)
         return self
 
-    def of(self, recovery_id: str, event_type: str | None = None) -> list[dict]:
+    def of(self, recovery_id: str, event_type: str | None = None, *,
+           since: datetime | None = None) -> list[dict]:
         """Payloads (with their type) in the order they were made: the outbox relay may
-        publish the events of one batch concurrently, so arrival order is not theirs."""
+        publish the events of one batch concurrently, so arrival order is not theirs.
+        ``since`` leaves out older events, such as a dead process's outbox relayed late."""
         ordered = sorted(self.envelopes, key=lambda e: e.occurred_at)
         return [e.payload | {"type": e.type} for e in ordered
                 if e.payload.get("recovery_id") == recovery_id
-                and (event_type is None or e.type == event_type)]
+                and (event_type is None or e.type == event_type)
+                and (since is None or e.occurred_at >= since)]
 
 
 async def user(api: Api, name: str) -> str:
