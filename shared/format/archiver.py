@@ -14,7 +14,9 @@ chunking.
 - full: every file is read and hashed again; only chunks the repository lacks are stored,
   so a weekly full costs little more upload than an incremental.
 - incremental: a file whose size, mtime, ctime and inode equal those recorded in the
-  parent snapshot keeps the parent's chunk list and is not read.
+  parent snapshot keeps the parent's chunk list and is not read. With a tree cache (the
+  agent keeps one, treecache.py), a folder none of whose entries changed keeps its
+  parent's tree without the parent's tree being read at all.
 
 Nothing about one file stops the backup: a special file (fifo, socket, device) inside a
 folder is skipped, a file that vanishes or cannot be read is left out, a file that
@@ -27,6 +29,7 @@ import asyncio
 import collections
 import errno
 import fnmatch
+import json
 import os
 import socket
 import stat
@@ -43,6 +46,7 @@ from .memory import return_big_buffers_to_the_system
 from .chunker import Piece
 from .pack import BlobType
 from .repository import BlobSaver, Repository
+from .treecache import FolderRecord, TreeCache, entry_fields, signature
 from .snapshot import (
     DIR,
     FILE,
@@ -172,6 +176,7 @@ class Archiver:
         adopt_unindexed: bool = True,
         in_place: Sequence[str] = DEFAULT_IN_PLACE_PATTERNS,
         in_place_min_size: int = DEFAULT_IN_PLACE_MIN_SIZE,
+        tree_cache: TreeCache | None = None,
     ):
         self.repo = repo
         self.host = host or socket.gethostname()
@@ -186,6 +191,14 @@ class Archiver:
         self.adopt_unindexed = adopt_unindexed
         self.in_place = [p.lower() for p in in_place]
         self.in_place_min_size = in_place_min_size
+        # Written by every backup; the caller commits it once the snapshot counts.
+        self.tree_cache = tree_cache
+
+    def tree_settings(self) -> str:
+        """What, besides the files, decides a folder's tree: a tree cache made under other
+        settings is not used."""
+        return json.dumps([self.repo.config.encode().decode(), sorted(self.excludes),
+                           sorted(self.in_place), self.in_place_min_size])
 
     def rewritten_in_place(self, name: str, size: int) -> bool:
         if size < self.in_place_min_size:
@@ -233,6 +246,11 @@ class _Run:
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
         self._tasks: set[asyncio.Future] = set()
+        self.cache: TreeCache | None = archiver.tree_cache
+        self.cache_usable = False  # the cache describes the parent: unchanged folders are kept
+        self.source_name = ""  # the folder source being walked (the cache's key)
+        self._warned_dirs: set[str] = set()  # folders not to record in the cache
+        self.parent_snapshot: Snapshot | None = None
 
     # --- the whole run ---
 
@@ -245,13 +263,28 @@ class _Run:
             for problem in unreadable:
                 self.warn("repository", f"unindexed pack left alone: {problem}")
         parent_root = await self._parent_root()
+        if self.cache is not None:
+            self.cache_usable = self.cache.begin(
+                parent=self.parent_id if self.kind == INCREMENTAL else None,
+                settings=self.a.tree_settings())
+            packs = self.cache.parent_packs
+            if packs is not None and not all(self.repo.index.has_pack(p) for p in packs):
+                self.cache.set_aside()  # some of the parent's data is gone: look at everything
+                self.cache_usable = False
         self.pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-backup")
         # Pieces of big files; a separate pool, as file tasks wait for it (no deadlock).
         self.chunk_pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-chunks")
         self.file_slots = asyncio.Semaphore(self.a.workers * 2)
         self.saver: BlobSaver = self.repo.saver()
         loop = asyncio.get_running_loop()
-        scanner = loop.run_in_executor(None, self._count_totals)
+        if self.cache_usable and self.parent_snapshot is not None:
+            # No second walk: the parent's totals are a good guess, final at the end.
+            parent_stats = self.parent_snapshot.stats
+            self._add_total(parent_stats.files + parent_stats.images, parent_stats.bytes)
+            scanner = loop.create_future()
+            scanner.set_result(None)
+        else:
+            scanner = loop.run_in_executor(None, self._count_totals)
         ticker = asyncio.create_task(self._tick()) if self.a.progress_callback else None
         try:
             nodes = []
@@ -260,6 +293,7 @@ class _Run:
                 if source.kind == IMAGE:
                     node = await self._image(source.path, name, old)
                 else:
+                    self.source_name = name
                     node = await self._folder(source.path, name, old)
                 if node is not None:
                     nodes.append(node)
@@ -268,6 +302,8 @@ class _Run:
         except BaseException:
             await self._drain()
             await self.saver.abort()
+            if self.cache is not None:
+                self.cache.close()  # the current cache stays as it was
             raise
         finally:
             self._stop.set()
@@ -312,8 +348,8 @@ class _Run:
         if self.parent_id is None:
             self.kind = FULL
             return None
-        parent = await self.repo.load_snapshot(self.parent_id)
-        return await self.repo.load_tree(parent.tree)
+        self.parent_snapshot = await self.repo.load_snapshot(self.parent_id)
+        return await self.repo.load_tree(self.parent_snapshot.tree)
 
     async def _drain(self) -> None:
         """After a failure, wait for file tasks still running in threads."""
@@ -322,6 +358,9 @@ class _Run:
 
     def warn(self, path: str, reason: str) -> None:
         self.warnings.append(f"{path}: {reason}")
+        # The folder the path is in (and the path, if a folder) is not recorded in the tree
+        # cache: the next backup looks at it again, and warns again if it must.
+        self._warned_dirs.update((path, os.path.dirname(path)))
 
     # --- progress ---
 
@@ -399,41 +438,96 @@ class _Run:
             raise SourceNotFound(path) from e
         if not stat.S_ISDIR(st.st_mode):
             raise FormatError(f"folder source {path!r} is not a directory (use an image source for files)")
-        return await (await self._dir(path, "", name, st, old))
+        return (await (await self._dir(path, "", name, st, old))).node
+
+    def _remembered(self, rel: str) -> FolderRecord | None:
+        return self.cache.lookup(self.source_name, rel) if self.cache_usable else None  # type: ignore[union-attr]
 
     async def _dir(
-        self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None
-    ) -> asyncio.Future[Node]:
+        self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None,
+        remembered: FolderRecord | None | bool = True,
+    ) -> asyncio.Future[_DirDone]:
         """Walk a directory: start reading its files, walk its subdirectories, and return
         a task that finishes its node once all of them are done.
 
         The walk does not wait for a directory's files before going on to the next one,
         or the last big file of each directory would run alone on one core while the
         others idle. What is in flight stays bounded by file_slots (files being read),
-        so at most that many directories wait for their files."""
-        old_nodes: dict[str, Node] = {}
-        old_tree: tuple[bytes, list[Node]] | None = None
-        if old is not None and old.type == DIR and old.subtree is not None:
-            try:
-                old_list = (await self.repo.load_tree(old.subtree)).nodes
-                old_nodes = {n.name: n for n in old_list}
-                old_tree = (old.subtree, old_list)
-            except FormatError as e:
-                self.warn(path, f"parent snapshot's tree unreadable, reading everything: {e}")
+        so at most that many directories wait for their files.
+
+        ``remembered``: the tree cache's record of this folder (True: look it up)."""
+        if remembered is True:
+            remembered = self._remembered(rel)
         try:
             entries = await asyncio.to_thread(_scan, path)
         except OSError as e:
             self.warn(path, f"cannot list directory: {e.strerror or e}")
             entries = []
+        kept = [(n, est) for n, est in entries
+                if not excluded(self.a.excludes, f"{rel}/{n}" if rel else n, n)]
+        own = None
+        if self.cache is not None:
+            own = signature([entry_fields(n, s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns,
+                                          s.st_ctime_ns, s.st_ino, s.st_dev, s.st_size)
+                             for n, s in kept])
+        if isinstance(remembered, FolderRecord) and remembered.own == own:
+            # Its own entries are as remembered: only its subfolders are walked (here, as
+            # the walk goes, like any folder's).
+            walked = []
+            old_nodes: dict[str, Node] | None = None
+            for entry_name, est in kept:
+                if not stat.S_ISDIR(est.st_mode):
+                    continue
+                child_rel = f"{rel}/{entry_name}" if rel else entry_name
+                record = self._remembered(child_rel)
+                sub_old = None
+                if record is None:  # not recorded (it warned): compare it with its old tree
+                    if old_nodes is None:
+                        old_tree = await self._old_tree(path, remembered.tree)
+                        old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
+                    sub_old = old_nodes.get(entry_name)
+                walked.append(await self._dir(os.path.join(path, entry_name), child_rel,
+                                              entry_name, est, sub_old, record))
+            work = self._finish_remembered(path, rel, name, st, kept, own, remembered, walked)
+        else:
+            if old is not None and old.type == DIR:
+                old_tree = await self._old_tree(path, old.subtree)
+            elif isinstance(remembered, FolderRecord):  # a walk that skipped the parent's tree
+                old_tree = await self._old_tree(path, remembered.tree)
+            else:
+                old_tree = None
+            old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
+            pending = await self._start_entries(path, rel, kept, old_nodes)
+            work = self._finish_dir(pending, path, rel, name, st, own, old_tree)
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-        pending: list[Node | asyncio.Future | None] = []
-        for entry_name, est in entries:
+    async def _old_tree(self, path: str, tree_id: bytes | None) -> tuple[bytes, list[Node]] | None:
+        """The parent snapshot's tree of this folder and its nodes."""
+        if tree_id is None:
+            return None
+        try:
+            nodes = (await self.repo.load_tree(tree_id)).nodes
+        except FormatError as e:
+            self.warn(path, f"parent snapshot's tree unreadable, reading everything: {e}")
+            return None
+        return tree_id, nodes
+
+    async def _start_entries(self, path: str, rel: str, kept: list[tuple[str, os.stat_result]],
+                             old_nodes: dict[str, Node], walked: dict[str, _DirDone] | None = None,
+                             ) -> list[Node | _DirDone | asyncio.Future | None]:
+        """Start each entry's node: files read (or kept from the parent), subfolders walked
+        (or taken from ``walked``)."""
+        pending: list[Node | _DirDone | asyncio.Future | None] = []
+        for entry_name, est in kept:
             child = os.path.join(path, entry_name)
             child_rel = f"{rel}/{entry_name}" if rel else entry_name
-            if excluded(self.a.excludes, child_rel, entry_name):
-                continue
             mode = est.st_mode
-            if stat.S_ISDIR(mode):
+            if walked is not None and entry_name in walked:
+                pending.append(walked[entry_name])
+            elif stat.S_ISDIR(mode):
                 pending.append(await self._dir(child, child_rel, entry_name, est, old_nodes.get(entry_name)))
             elif stat.S_ISREG(mode):
                 pending.append(await self._file(child, entry_name, est, old_nodes.get(entry_name)))
@@ -441,24 +535,27 @@ class _Run:
                 pending.append(self._symlink(child, entry_name, est))
             else:
                 self.warn(child, f"skipped special file ({_kind_of(mode)})")
-
-        task = asyncio.ensure_future(self._finish_dir(pending, name, st, old_tree))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return pending
 
     async def _finish_dir(
         self,
-        pending: list[Node | asyncio.Future | None],
+        pending: list[Node | _DirDone | asyncio.Future | None],
+        path: str,
+        rel: str,
         name: str,
         st: os.stat_result,
+        own: bytes | None,
         old_tree: tuple[bytes, list[Node]] | None,
-    ) -> Node:
+    ) -> _DirDone:
         nodes = []
+        wholes = []  # (name, whole signature) of the subfolders
         for p in pending:
-            node = (await p) if isinstance(p, asyncio.Future) else p
-            if node is not None:
-                nodes.append(node)
+            done = (await p) if isinstance(p, asyncio.Future) else p
+            if isinstance(done, _DirDone):
+                wholes.append((done.node.name, done.whole))
+                done = done.node
+            if done is not None:
+                nodes.append(done)
         if old_tree is not None and nodes == old_tree[1]:
             # Nothing in it changed (the usual case in an incremental): the parent's tree
             # is this tree, so skip encoding and hashing it again. On a million unchanged
@@ -468,11 +565,54 @@ class _Run:
             await asyncio.get_running_loop().run_in_executor(self.pool, self.saver.reuse_tree, tree_id, nodes)
         else:
             tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+        whole = b""
+        if own is not None:
+            whole = signature([own, *wholes])
+            if path not in self._warned_dirs:
+                self.cache.record(self.source_name, rel,  # type: ignore[union-attr]
+                                  FolderRecord(own, whole, tree_id, **_own_totals(nodes)))
+        return self._dir_node(name, st, tree_id, whole)
+
+    async def _finish_remembered(
+        self, path: str, rel: str, name: str, st: os.stat_result,
+        kept: list[tuple[str, os.stat_result]], own: bytes, remembered: FolderRecord,
+        walked: list[asyncio.Future[_DirDone]],
+    ) -> _DirDone:
+        """A folder whose own entries are as the tree cache remembers them: its files are
+        neither read nor compared, only its subfolders are walked. If they are unchanged
+        too, its tree is the remembered one; otherwise its files' nodes come from that
+        tree, with the subfolders' new nodes."""
+        done = [await f for f in walked]
+        whole = signature([own, *((d.node.name, d.whole) for d in done)])
+        if whole == remembered.whole:
+            tree_id = remembered.tree
+        else:
+            old_tree = await self._old_tree(path, remembered.tree)
+            if old_tree is None:  # unreadable: read this folder's files after all
+                pending = await self._start_entries(path, rel, kept, {},
+                                                    walked={d.node.name: d for d in done})
+                return await self._finish_dir(pending, path, rel, name, st, own, None)
+            new = {d.node.name: d.node for d in done}
+            nodes = [new[n.name] if n.type == DIR else n for n in old_tree[1]]
+            tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+        totals = {k: getattr(remembered, k) for k in ("files", "symlinks", "bytes", "chunks", "hole_bytes")}
+        with self._stats_lock:
+            s = self.stats
+            s.files += remembered.files
+            s.symlinks += remembered.symlinks
+            s.bytes += remembered.bytes
+            s.chunks += remembered.chunks
+            s.hole_bytes += remembered.hole_bytes
+        self._advance(files=remembered.files, nbytes=remembered.bytes)
+        self.cache.record(self.source_name, rel, FolderRecord(own, whole, tree_id, **totals))  # type: ignore[union-attr]
+        return self._dir_node(name, st, tree_id, whole)
+
+    def _dir_node(self, name: str, st: os.stat_result, tree_id: bytes, whole: bytes) -> _DirDone:
         with self._stats_lock:
             self.stats.dirs += 1
         node = _node_from_stat(name, DIR, st)
         node.subtree = tree_id
-        return node
+        return _DirDone(node, whole)
 
     def _symlink(self, path: str, name: str, st: os.stat_result) -> Node | None:
         try:
@@ -672,6 +812,31 @@ class _FannedOut:
                 blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
                 refs.append(ChunkRef(blob_id, piece.length))
         return refs
+
+
+@dataclass
+class _DirDone:
+    """A walked folder: its node, and the signature of its whole subtree (tree cache)."""
+
+    node: Node
+    whole: bytes
+
+
+def _own_totals(nodes: list[Node]) -> dict[str, int]:
+    """A folder's own entries counted as the snapshot's statistics count them."""
+    totals = dict(files=0, symlinks=0, bytes=0, chunks=0, hole_bytes=0)
+    for node in nodes:
+        if node.type == SYMLINK:
+            totals["symlinks"] += 1
+        elif node.type == FILE:
+            totals["files"] += 1
+            totals["bytes"] += node.size
+            for r in node.content or ():
+                if r.id is None:
+                    totals["hole_bytes"] += r.length
+                else:
+                    totals["chunks"] += 1
+    return totals
 
 
 def _scan(path: str) -> list[tuple[str, os.stat_result]]:
