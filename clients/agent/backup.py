@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
 
 from shared.format import FULL, INCREMENTAL, Archiver, Snapshot, Source
+from shared.format.treecache import TreeCache
 
 from . import __version__, hooks
 from .config import IMAGE, AgentConfig, SourceConfig
@@ -121,6 +124,7 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         reporter.status(f"backup session {backup_id} opened ({kind})")
 
     succeeded_pre: list[SourceConfig] = []
+    tree_cache: TreeCache | None = None
     warnings: list[str] = []
     ok = False
     try:
@@ -136,9 +140,10 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
             reporter.status(f"{len(target.gone_packs)} indexed pack(s) were deleted by retention; "
                             "what they held is stored again if needed")
         references = repo.references = PackReferences(repo) if target.is_server else None
+        tree_cache = TreeCache(tree_cache_path(cfg, repo.config.id, paths))
         archiver = Archiver(repo, host=cfg.host, tags=request.tags, excludes=cfg.excludes,
                             progress=reporter.progress, in_place=cfg.in_place.patterns,
-                            in_place_min_size=cfg.in_place.min_size)
+                            in_place_min_size=cfg.in_place.min_size, tree_cache=tree_cache)
         async with _readable(cfg, request.sources) as sources:
             result = await archiver.backup(sources, kind=kind, parent=parent)
         warnings.extend(result.warnings)
@@ -146,13 +151,24 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if target.remote is not None and references is not None:
             from shared.api.backup import BackupCommit
 
+            # Folders kept from the tree cache were not looked into: they reference only
+            # what the parent did, so the parent's packs stand in for theirs (a superset:
+            # retention keeps a little more for a week, never less; docs/agent.md).
+            references.note_packs(tree_cache.parent_packs or ())
             packs = references.packs()
             await target.remote.commit(BackupCommit(
                 snapshot_id=result.snapshot_id, packs=packs,
                 is_image=any(s.kind == IMAGE for s in result.snapshot.sources),
                 stats=_api_stats(result.snapshot, len(warnings))))
+        try:
+            tree_cache.commit(result.snapshot_id, packs if references is not None else None)
+        except (OSError, sqlite3.Error) as e:  # the backup counts; the next one looks at everything
+            tree_cache.close()
+            warnings.append(f"tree cache not saved: {e}")
         ok = True
     except BaseException as e:
+        if tree_cache is not None:
+            tree_cache.close()  # the snapshot did not count: the current cache stays
         if target.remote is not None and backup_id is not None:
             await _report_failure(target, state, backup_id, e)
         raise
@@ -161,6 +177,12 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
     if backup_id is not None:
         await _close_stale_sessions(target, state, backup_id)
     return BackupOutcome(result.snapshot_id, result.snapshot, warnings, backup_id, len(packs), len(target.gone_packs))
+
+
+def tree_cache_path(cfg: AgentConfig, repository_id: str, paths: list[tuple[str, str]]):
+    """One tree cache per repository and set of sources (each set has its own parents)."""
+    sources = hashlib.sha256(repr((cfg.host, sorted(paths))).encode()).hexdigest()[:16]
+    return cfg.state_dir / "tree-cache" / f"{repository_id}-{sources}.sqlite"
 
 
 async def _kind_and_parent(repo: RecordingRepository | None, host: str, paths: list[tuple[str, str]],

@@ -25,7 +25,7 @@ from shared.format.index import IndexedPack
 from shared.format.pack import BlobType
 from shared.format.repository import BlobSaver
 from shared.format.snapshot import Node, Tree
-from shared.format.store import Bytes, ForwardingStore, ObjectStore
+from shared.format.store import Bytes, ForwardingStore
 
 # The packs of the index file being written by this task (set around write_index).
 _INDEX_PACKS: ContextVar[list[str] | None] = ContextVar("reclo_index_packs", default=None)
@@ -52,6 +52,11 @@ class PackReferences:
                     self._pending.add(blob_id)
                 else:
                     self._packs.add(loc.pack_id)
+
+    def note_packs(self, packs) -> None:
+        """Packs referenced wholesale (those of the parent, for folders kept unseen)."""
+        with self._lock:
+            self._packs.update(packs)
 
     def packs(self) -> list[str]:
         """Every pack the snapshot references; call after the saver was flushed."""

@@ -83,6 +83,27 @@ async def test_register_backup_incremental_restore_check_forget(agent, server, t
     r = await agent("backup", "--json")
     assert r.code == 0, r
     assert r.result["kind"] == "full" and r.result["stored_bytes"] < 3 * MiB  # the kept incremental's data
+    full = r.result
+
+    # Nothing changed: every folder is kept from the agent's tree cache, unseen. Its pack
+    # list (the parent's) must keep all it references once the full before it is gone.
+    r = await agent("backup", "--json")
+    assert r.code == 0, r
+    assert r.result["kind"] == "incremental" and r.result["bytes_read"] == 0
+    assert r.result["parent"] == full["snapshot"]
+    quiet = r.result
+    r = await agent("forget", "--keep-last", "1", "--json")
+    assert r.code == 0 and r.result["kept"] == [quiet["backup_id"]], r
+
+    async def only_the_quiet_one():
+        r = await agent("snapshots", "--json")
+        return [s["id"] for s in json.loads(r.stdout)] == [quiet["snapshot"]]
+
+    await eventually(only_the_quiet_one, timeout=30, interval=0.5)
+    r = await agent("check", "--read-data", "--json")
+    assert r.code == 0 and r.result["ok"], r
+    assert (await agent("restore", "latest", str(tmp_path / "out3"))).code == 0
+    assert describe(tmp_path / "out3" / "src") == describe(src)
 
 
 # Embedded only, to keep the suite short: the process is what is tested here (SIGKILL, the
