@@ -65,6 +65,21 @@ class Index:
             self._blobs.setdefault(e.id, _pack_location(number, int(e.type), e.offset, e.length,
                                                         e.raw_length))
 
+    def add_kept(self, pack_id: str, size: int, ids: bytes, high, low) -> None:
+        """A pack from the agent's index cache (indexcache.py): ``ids`` side by side,
+        ``high`` = (type << 40) | offset and ``low`` = (length << 32) | raw_length per
+        blob. The same as add_pack without an object per entry."""
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = self._pack_numbers[pack_id] = len(self._pack_ids)
+            self._pack_ids.append(pack_id)
+            self._pack_sizes[pack_id] = size
+        base = number << 106
+        setdefault = self._blobs.setdefault
+        for i, (h, lo) in enumerate(zip(high, low)):
+            at = i * CHUNK_ID_SIZE
+            setdefault(ids[at:at + CHUNK_ID_SIZE], base | h << 64 | lo)
+
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         found = self._blobs.get(blob_id)
         if found is None:

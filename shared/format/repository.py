@@ -77,6 +77,7 @@ from .errors import (
     WrongPassphrase,
 )
 from .index import BlobLocation, Index, IndexedPack, decode_index, encode_index
+from .indexcache import IndexCache
 from .pack import (
     MAX_OBJECT_SIZE,
     BlobType,
@@ -184,8 +185,11 @@ class Repository:
         *,
         pack_size: int = PACK_TARGET_SIZE,
         uploads_in_flight: int = UPLOADS_IN_FLIGHT,
+        index_cache: IndexCache | None = None,
     ):
         self.store = store
+        # Index files read before, kept decoded on this machine (the agent's state).
+        self.index_cache = index_cache
         self.key = key
         self.config = config
         self.pack_size = pack_size
@@ -310,6 +314,18 @@ class Repository:
         problems: list[FormatError] = []
 
         async def load(key: str) -> None:
+            index_id = _object_id(key)
+            kept = None
+            if self.index_cache is not None:
+                kept = await asyncio.to_thread(self.index_cache.get, index_id)
+            if kept is not None:
+                for k in kept:
+                    if k.id in present:
+                        self.index.add_kept(k.id, k.size, k.ids, k.high, k.low)
+                    else:
+                        self.gone_packs.add(k.id)
+                self._loaded_index_files.add(index_id)
+                return
             try:
                 packs = decode_index(await self._get_object(key, AAD_INDEX))
             except FormatError as e:
@@ -317,12 +333,14 @@ class Repository:
                     raise
                 problems.append(e if isinstance(e, CorruptObject) else CorruptObject(key, str(e)))
                 return
+            if self.index_cache is not None:
+                await asyncio.to_thread(self.index_cache.put, index_id, packs)
             for p in packs:
                 if p.id in present:
                     self.index.add_pack(p)
                 else:
                     self.gone_packs.add(p.id)
-            self._loaded_index_files.add(_object_id(key))
+            self._loaded_index_files.add(index_id)
 
         await _bounded_gather([load(k) for k in keys], _FETCH_CONCURRENCY)
         return problems
@@ -330,6 +348,8 @@ class Repository:
     async def write_index(self, packs: list[IndexedPack]) -> str:
         index_id = await self._put_object(INDEX_PREFIX, encode_index(packs), AAD_INDEX)
         self._loaded_index_files.add(index_id)
+        if self.index_cache is not None:  # the next run need not download its own
+            await asyncio.to_thread(self.index_cache.put, index_id, packs)
         return index_id
 
     async def read_pack_header(self, pack_id: str) -> IndexedPack:
