@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
 
 from shared.format import FULL, INCREMENTAL, Archiver, Snapshot, Source
+from shared.format.indexcache import IndexCache
 from shared.format.treecache import TreeCache
 
 from . import __version__, hooks
@@ -105,7 +106,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
     paths = [(recorded_path(cfg, s), s.kind) for s in request.sources]
     repo: RecordingRepository | None
     try:
-        repo = await target.open_repository(passphrase, upload_concurrency=cfg.upload.concurrency)
+        repo = await target.open_repository(passphrase, upload_concurrency=cfg.upload.concurrency,
+                                            index_cache_in=cfg.state_dir / "index-cache")
     except NoRepository:
         if not target.is_server:
             raise
@@ -136,6 +138,7 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if repo is None:
             reporter.status(f"creating the repository at {target.description}")
             repo = await RecordingRepository.init(target.store, passphrase, uploads_in_flight=cfg.upload.concurrency)
+            repo.index_cache = IndexCache(cfg.state_dir / "index-cache" / repo.config.id)
         if target.gone_packs:
             reporter.status(f"{len(target.gone_packs)} indexed pack(s) were deleted by retention; "
                             "what they held is stored again if needed")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.format import LocalFolderStore, ObjectStore, RepositoryNotFound
+from shared.format.indexcache import IndexCache
 
 from .config import AgentConfig, repository_folder
 from .exits import ConfigError, UsageError
@@ -51,15 +52,20 @@ class Target:
             await close()
 
     async def open_repository(self, passphrase: str, *, upload_concurrency: int = 2,
-                              load_index: bool = True) -> RecordingRepository:
+                              load_index: bool = True, index_cache_in: Path | None = None,
+                              ) -> RecordingRepository:
         """Open it; with load_index, the index without entries of packs that are gone
-        (retention's garbage collection; the format leaves them out, docs/format.md §12)."""
+        (retention's garbage collection; the format leaves them out, docs/format.md §12).
+        ``index_cache_in``: a folder keeping the index files read, per repository (not
+        for `check`, which must read the repository's own)."""
         try:
             repo = await RecordingRepository.open(self.store, passphrase, load_index=False,
                                                   uploads_in_flight=upload_concurrency)
         except RepositoryNotFound:
             raise NoRepository(f"there is no repository at {self.description} yet: "
                                "run `reclo-agent init`, then a first backup") from None
+        if index_cache_in is not None:
+            repo.index_cache = IndexCache(index_cache_in / repo.config.id)
         if load_index:
             await repo.load_index()
             self.gone_packs = repo.gone_packs
