@@ -1,0 +1,356 @@
+"""Metadata scale (issue 8): how long, and with how much memory, ReClo and restic take to
+back up a million tiny files, and above all to find out that nothing changed.
+
+    python bench/metadata.py                        # tree, full backups, incrementals
+    python bench/metadata.py --skip-full            # only the incrementals, against the
+                                                    # repositories of an earlier run
+    python bench/metadata.py --at-commit HEAD       # run the agent of a commit, not the
+                                                    # working tree (others' edits stay out)
+
+Steps, for each engine: a full backup (unless --skip-full), the incremental with nothing
+changed (--repeat times), then the incremental after rewriting one file in each of
+--touched folders. Each step is one child process; its wall time and peak RSS (ru_maxrss
+from wait4) are measured, the 1-minute load is read just before it starts. The page cache
+stays warm: the tree is stat'ed once before the first step and never dropped, so the
+figures show CPU and metadata work, not the disk.
+
+The tree (default 1,000 folders x 1,000 files of ~13 bytes) is created on the first run
+and reused: a marker file beside it records its shape. Everything the engines keep
+(repositories, ReClo's config, state and secrets, restic's cache) lives under --work, so
+nothing comes from or goes to the home folder, and --skip-full can reuse it later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from measure import MiB, Run, machine, run_measured, run_quiet
+
+ROOT = Path(__file__).resolve().parent.parent
+# Benchmark repositories only: the passphrase is as public as this file.
+PASSPHRASE = "reclo-benchmark-passphrase"
+# Environment variables of one engine must not leak into another's runs.
+_FOREIGN = ("RECLO_", "RESTIC_", "BORG_", "AWS_")
+FULL, UNCHANGED, TOUCHED = "full", "incremental, unchanged", "incremental, {n} files changed"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    env.update(extra)
+    return env
+
+
+# --- the tree -----------------------------------------------------------------------------------
+
+
+def marker_of(tree: Path) -> Path:
+    # Beside the tree, not in it: the backups must see exactly the files of the shape.
+    return tree.with_name(tree.name + ".shape.json")
+
+
+def ensure_tree(tree: Path, dirs: int, files_per_dir: int) -> str:
+    """Create the tree unless a complete one of this shape is there; say which."""
+    shape = {"dirs": dirs, "files_per_dir": files_per_dir}
+    marker = marker_of(tree)
+    if marker.exists() and tree.is_dir():
+        if json.loads(marker.read_text()) == shape:
+            return "reused"
+        shutil.rmtree(tree)  # ours (the marker says so), of another shape
+        marker.unlink()
+    elif tree.exists() and any(tree.iterdir()):
+        raise SystemExit(f"{tree} exists without {marker.name}: not a tree this script made; "
+                         "remove it or pass another --tree")
+    # Built under another name and renamed at the end, so an interrupted run never leaves
+    # a half tree that looks complete.
+    partial = tree.with_name(tree.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    started = time.perf_counter()
+    for d in range(dirs):
+        folder = partial / f"d{d:04d}"
+        folder.mkdir(parents=True)
+        for f in range(files_per_dir):
+            with open(folder / f"f{f:04d}", "w") as out:
+                out.write(f"file {f} in dir {d}\n")
+    if tree.exists():
+        tree.rmdir()  # empty, checked above
+    partial.rename(tree)
+    marker.write_text(json.dumps(shape) + "\n")
+    return f"created in {time.perf_counter() - started:.0f} s"
+
+
+def warm_cache(tree: Path) -> int:
+    """Stat every entry once, so the first measured step does not pay for cold inodes."""
+    count = 0
+    for dirpath, _, filenames in os.walk(tree):
+        for name in filenames:
+            os.lstat(os.path.join(dirpath, name))
+            count += 1
+    return count
+
+
+def touch_files(tree: Path, folders: int) -> list[str]:
+    """Rewrite the first file of `folders` folders spread over the tree (new bytes, new
+    mtime and size), the "a few files changed" case."""
+    names = sorted(p.name for p in os.scandir(tree) if p.is_dir())
+    if not names or folders <= 0:
+        return []
+    step = max(1, len(names) // folders)
+    changed = []
+    for name in names[::step][:folders]:
+        path = tree / name / "f0000"
+        with open(path, "w") as out:
+            out.write(f"file 0 in dir {name}, changed at {time.time_ns()}\n")
+        changed.append(str(path))
+    return changed
+
+
+# --- the engines --------------------------------------------------------------------------------
+
+
+class Engine:
+    name = ""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work / self.name
+        self.repo = self.work / "repo"
+        self.logs = self.work / "logs"
+        self.env = clean_env()
+
+    def exists(self) -> bool:
+        return self.repo.is_dir()
+
+    def fresh(self) -> None:
+        """Drop whatever an earlier run kept and create an empty repository (not measured)."""
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        self.init()
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def backup(self, tree: Path, full: bool) -> list[str]:
+        raise NotImplementedError
+
+
+class ReClo(Engine):
+    """The real `reclo-agent` against a folder repository: no server, the same archiver
+    and packs as a server-backed backup. Its config, secrets and state (the parent
+    snapshot it compares with) are all under the work folder."""
+
+    name = "reclo"
+
+    def __init__(self, work: Path, code: Path) -> None:
+        super().__init__(work)
+        self.code = code
+        self.config = self.work / "agent.toml"  # need not exist: the defaults plus --repo
+        # PYTHONPATH first on sys.path: the agent of `code` wins over the editable install.
+        self.env = clean_env(RECLO_PASSPHRASE=PASSPHRASE, RECLO_AGENT_CONFIG=str(self.config),
+                             PYTHONPATH=str(code))
+
+    def agent(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "clients.agent", "--config", str(self.config),
+                "--repo", f"file://{self.repo}", *args]
+
+    def init(self) -> None:
+        run_quiet(self.agent("init"), env=self.env, cwd=self.code)
+
+    def version(self) -> str:
+        return run_quiet(self.agent("--version"), env=self.env, cwd=self.code).strip()
+
+    def backup(self, tree: Path, full: bool) -> list[str]:
+        return self.agent("--json", "backup", "--source", str(tree), *(["--full"] if full else []))
+
+    def summary(self, run: Run) -> dict:
+        for line in reversed(Path(run.stdout_path).read_text().splitlines()):
+            if line.startswith("{") and json.loads(line).get("type") == "result":
+                result = json.loads(line)
+                return {k: result.get(k) for k in ("kind", "files", "dirs", "bytes_read", "stored_bytes",
+                                                   "duration_seconds")}
+        return {}
+
+
+class Restic(Engine):
+    """Debian's restic with default settings; it picks the parent snapshot by itself
+    (same host and paths), so the second `restic backup` is the incremental."""
+
+    name = "restic"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.env = clean_env(RESTIC_REPOSITORY=str(self.repo), RESTIC_PASSWORD=PASSPHRASE,
+                             RESTIC_CACHE_DIR=str(self.work / "cache"))
+
+    def init(self) -> None:
+        run_quiet(["restic", "init"], env=self.env)
+
+    def version(self) -> str:
+        return run_quiet(["restic", "version"], env=self.env).strip()
+
+    def backup(self, tree: Path, full: bool) -> list[str]:
+        return ["restic", "backup", str(tree)]
+
+    def summary(self, run: Run) -> dict:
+        lines = Path(run.stdout_path).read_text().splitlines()
+        return {"summary": [line for line in lines if line.startswith(("Files:", "Dirs:", "Added to"))]}
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def export_commit(rev: str, work: Path) -> tuple[Path, str]:
+    """The files of `rev` in a folder of their own (reused if there), and the commit id."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    target = work / "code" / commit[:12]
+    if not target.exists():
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(partial)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise SystemExit(f"git archive {commit} failed")
+        partial.rename(target)
+    return target, commit
+
+
+def working_tree_commit() -> str:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "shared", "clients/agent"],
+                           capture_output=True, text=True).stdout.strip()
+    return commit + (" + uncommitted changes in shared/ or clients/agent" if dirty else "")
+
+
+def measure_step(engine: Engine, tree: Path, step: str, label: str, full: bool, results: list[dict]) -> None:
+    run = run_measured(engine.backup(tree, full), env=engine.env, cwd=engine.work, logs=engine.logs,
+                       name=label.replace(" ", "-").replace(",", ""), cold=False)
+    row = {"engine": engine.name, "step": step, "seconds": round(run.seconds, 2),
+           "peak_rss_mib": round(run.peak_rss_bytes / MiB, 1), "load_before": run.load_before,
+           "said": engine.summary(run)}
+    results.append(row)
+    print(f"  {engine.name:6} {step:34} {run.seconds:8.1f} s {row['peak_rss_mib']:8.1f} MiB"
+          f"   load {run.load_before[0]:.2f}", file=sys.stderr, flush=True)
+
+
+def run_engine(engine: Engine, tree: Path, args, results: list[dict]) -> None:
+    if args.skip_full:
+        if not engine.exists():
+            raise SystemExit(f"--skip-full: no repository of {engine.name} in {engine.work}; run without it first")
+    else:
+        engine.fresh()
+        measure_step(engine, tree, FULL, f"{FULL}", True, results)
+    for i in range(1, args.repeat + 1):
+        measure_step(engine, tree, UNCHANGED, f"{UNCHANGED} {i}", False, results)
+    if args.touched:
+        changed = touch_files(tree, args.touched)
+        step = TOUCHED.format(n=len(changed))
+        measure_step(engine, tree, step, step, False, results)
+
+
+def human_seconds(s: float) -> str:
+    return f"{int(s // 60)} min {s % 60:.0f} s" if s >= 60 else f"{s:.1f} s"
+
+
+def markdown(results: list[dict]) -> str:
+    """step | ReClo | restic | ratio: the n-th run of a step of one engine beside the n-th of the other."""
+    by_key: dict[tuple[str, int], dict[str, dict]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    order: list[tuple[str, int]] = []
+    for row in results:
+        n = seen[(row["engine"], row["step"])] = seen.get((row["engine"], row["step"]), 0) + 1
+        key = (row["step"], n)
+        if key not in by_key:
+            by_key[key] = {}
+            order.append(key)
+        by_key[key][row["engine"]] = row
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "–"
+        return f"{human_seconds(row['seconds'])}, {row['peak_rss_mib']:.0f} MiB (load {row['load_before'][0]:.1f})"
+
+    lines = ["| step | ReClo | restic | ratio ReClo/restic (time, RSS) |", "|---|---|---|---|"]
+    for step, n in order:
+        engines = by_key[(step, n)]
+        ours, theirs = engines.get("reclo"), engines.get("restic")
+        ratio = (f"{ours['seconds'] / theirs['seconds']:.2f}×, {ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}×"
+                 if ours and theirs else "–")
+        lines.append(f"| {step}{f' ({n})' if n > 1 else ''} | {cell(ours)} | {cell(theirs)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", type=Path, default=Path("/var/tmp/million/tree"))
+    parser.add_argument("--dirs", type=int, default=1000)
+    parser.add_argument("--files-per-dir", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/million/work"),
+                        help="repositories, state and caches; kept for --skip-full")
+    parser.add_argument("--engines", default="reclo,restic", help="comma-separated: reclo, restic")
+    parser.add_argument("--skip-full", action="store_true",
+                        help="reuse the repositories (and ReClo's state) of an earlier run in --work")
+    parser.add_argument("--repeat", type=int, default=2, help="how many unchanged incrementals (default 2)")
+    parser.add_argument("--touched", type=int, default=10,
+                        help="then rewrite one file in this many folders and back up again (0: skip)")
+    parser.add_argument("--at-commit", metavar="REV",
+                        help="run the agent of this commit (exported under --work) instead of the working tree")
+    args = parser.parse_args()
+    tree, work = args.tree.resolve(), args.work.resolve()
+    names = [n.strip().lower() for n in args.engines.split(",") if n.strip()]
+    unknown = set(names) - {"reclo", "restic"}
+    if unknown:
+        parser.error(f"unknown engines: {', '.join(sorted(unknown))}")
+
+    tree_note = ensure_tree(tree, args.dirs, args.files_per_dir)
+    print(f"tree {tree}: {tree_note}", file=sys.stderr, flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.at_commit:
+        code, commit = export_commit(args.at_commit, work)
+    else:
+        code, commit = ROOT, working_tree_commit()
+    engines: list[Engine] = []
+    for name in names:
+        if name == "reclo":
+            engines.append(ReClo(work, code))
+        elif shutil.which("restic"):
+            engines.append(Restic(work))
+        else:
+            print("restic is not installed (apt-get install restic): skipped", file=sys.stderr)
+    files = warm_cache(tree)
+
+    results: list[dict] = []
+    for engine in engines:
+        run_engine(engine, tree, args, results)
+    record = {
+        "benchmark": "metadata",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tree": str(tree), "dirs": args.dirs, "files_per_dir": args.files_per_dir, "files": files,
+        "page_cache": "warm (tree stat'ed before the first step, never dropped)",
+        "skip_full": args.skip_full, "reclo_code": commit,
+        "versions": {e.name: e.version() for e in engines},
+        "machine": machine(work),
+        "load_after": os.getloadavg(),
+        "steps": results,
+    }
+    print(json.dumps(record))
+    print()
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
