@@ -46,7 +46,7 @@ from .memory import return_big_buffers_to_the_system
 from .chunker import Piece
 from .pack import BlobType
 from .repository import BlobSaver, Repository
-from .treecache import FolderRecord, TreeCache, entry_fields, signature
+from .treecache import FolderRecord, TreeCache, folder_signature, signature
 from .snapshot import (
     DIR,
     FILE,
@@ -445,7 +445,7 @@ class _Run:
 
     async def _dir(
         self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None,
-        remembered: FolderRecord | None | bool = True,
+        remembered: FolderRecord | None | bool = True, listing: asyncio.Future | None = None,
     ) -> asyncio.Future[_DirDone]:
         """Walk a directory: start reading its files, walk its subdirectories, and return
         a task that finishes its node once all of them are done.
@@ -455,29 +455,28 @@ class _Run:
         others idle. What is in flight stays bounded by file_slots (files being read),
         so at most that many directories wait for their files.
 
-        ``remembered``: the tree cache's record of this folder (True: look it up)."""
+        ``remembered``: the tree cache's record of this folder (True: look it up).
+        ``listing``: its listing, if already started (_ListAhead)."""
         if remembered is True:
             remembered = self._remembered(rel)
         try:
-            entries = await asyncio.to_thread(_scan, path)
+            entries = await (listing or asyncio.to_thread(_scan, path))
         except OSError as e:
             self.warn(path, f"cannot list directory: {e.strerror or e}")
             entries = []
-        kept = [(n, est) for n, est in entries
-                if not excluded(self.a.excludes, f"{rel}/{n}" if rel else n, n)]
-        own = None
-        if self.cache is not None:
-            own = signature([entry_fields(n, s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns,
-                                          s.st_ctime_ns, s.st_ino, s.st_dev, s.st_size)
-                             for n, s in kept])
+        kept = entries
+        if self.a.excludes:
+            kept = [(n, est) for n, est in entries
+                    if not excluded(self.a.excludes, f"{rel}/{n}" if rel else n, n)]
+        own = folder_signature(kept) if self.cache is not None else None
         if isinstance(remembered, FolderRecord) and remembered.own == own:
             # Its own entries are as remembered: only its subfolders are walked (here, as
             # the walk goes, like any folder's).
             walked = []
             old_nodes: dict[str, Node] | None = None
-            for entry_name, est in kept:
-                if not stat.S_ISDIR(est.st_mode):
-                    continue
+            subfolders = [(n, est) for n, est in kept if stat.S_ISDIR(est.st_mode)]
+            listings = _ListAhead(path, [n for n, _ in subfolders])
+            for entry_name, est in subfolders:
                 child_rel = f"{rel}/{entry_name}" if rel else entry_name
                 record = self._remembered(child_rel)
                 sub_old = None
@@ -487,7 +486,7 @@ class _Run:
                         old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
                     sub_old = old_nodes.get(entry_name)
                 walked.append(await self._dir(os.path.join(path, entry_name), child_rel,
-                                              entry_name, est, sub_old, record))
+                                              entry_name, est, sub_old, record, listings.next()))
             work = self._finish_remembered(path, rel, name, st, kept, own, remembered, walked)
         else:
             if old is not None and old.type == DIR:
@@ -521,6 +520,8 @@ class _Run:
         """Start each entry's node: files read (or kept from the parent), subfolders walked
         (or taken from ``walked``)."""
         pending: list[Node | _DirDone | asyncio.Future | None] = []
+        listings = _ListAhead(path, [n for n, est in kept if stat.S_ISDIR(est.st_mode)
+                                     and (walked is None or n not in walked)])
         for entry_name, est in kept:
             child = os.path.join(path, entry_name)
             child_rel = f"{rel}/{entry_name}" if rel else entry_name
@@ -528,7 +529,8 @@ class _Run:
             if walked is not None and entry_name in walked:
                 pending.append(walked[entry_name])
             elif stat.S_ISDIR(mode):
-                pending.append(await self._dir(child, child_rel, entry_name, est, old_nodes.get(entry_name)))
+                pending.append(await self._dir(child, child_rel, entry_name, est,
+                                               old_nodes.get(entry_name), listing=listings.next()))
             elif stat.S_ISREG(mode):
                 pending.append(await self._file(child, entry_name, est, old_nodes.get(entry_name)))
             elif stat.S_ISLNK(mode):
@@ -812,6 +814,29 @@ class _FannedOut:
                 blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
                 refs.append(ChunkRef(blob_id, piece.length))
         return refs
+
+
+class _ListAhead:
+    """Lists a folder's next subfolders in threads while the walk is in the current one:
+    listing is system calls (lstat of every entry), which overlap with the walk's own
+    work instead of leaving the walk waiting for each folder in turn."""
+
+    AHEAD = 2
+
+    def __init__(self, path: str, names: list[str]) -> None:
+        self._path = path
+        self._names = iter(names)
+        self._started: collections.deque[asyncio.Future] = collections.deque()
+
+    def next(self) -> asyncio.Future:
+        """The listing of the next subfolder (in the order given)."""
+        while len(self._started) <= self.AHEAD:
+            name = next(self._names, None)
+            if name is None:
+                break
+            self._started.append(asyncio.ensure_future(
+                asyncio.to_thread(_scan, os.path.join(self._path, name))))
+        return self._started.popleft()
 
 
 @dataclass

@@ -75,10 +75,14 @@ class Index:
             self._pack_ids.append(pack_id)
             self._pack_sizes[pack_id] = size
         base = number << 106
-        setdefault = self._blobs.setdefault
-        for i, (h, lo) in enumerate(zip(high, low)):
-            at = i * CHUNK_ID_SIZE
-            setdefault(ids[at:at + CHUNK_ID_SIZE], base | h << 64 | lo)
+        size = CHUNK_ID_SIZE
+        kept = dict(zip([ids[at:at + size] for at in range(0, len(ids), size)],
+                        [base | h << 64 | lo for h, lo in zip(high, low)]))
+        # A blob stored twice stays where it was first seen (as add_pack): rare, so the
+        # merge is done wholesale in C and the few seen before are put back.
+        seen = {blob_id: self._blobs[blob_id] for blob_id in kept.keys() & self._blobs.keys()}
+        self._blobs.update(kept)
+        self._blobs.update(seen)
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         found = self._blobs.get(blob_id)

@@ -31,6 +31,7 @@ import json
 import os
 import sqlite3
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -62,17 +63,26 @@ class FolderRecord:
     hole_bytes: int = 0
 
 
-def entry_fields(name: str, mode: int, uid: int, gid: int, mtime_ns: int, ctime_ns: int,
-                 inode: int, dev: int, size: int) -> tuple:
-    """One entry as both signatures see it; ``mode`` is the full st_mode (type and
-    permissions), ``size`` counts for regular files only, as in a tree's nodes."""
-    return (name, mode, uid, gid, mtime_ns, ctime_ns, inode, dev, size if stat.S_ISREG(mode) else 0)
+# One entry's lstat as the signatures see it: type and permissions, owner, times, inode,
+# device and (regular files only, as in a tree's nodes) size.
+_ENTRY = struct.Struct("<IIIqqQQQ")
+
+
+def folder_signature(entries: list[tuple[str, os.stat_result]]) -> bytes:
+    """The signature of a folder's own entries (name, lstat), in tree order: fixed-size
+    records packed in C, then the names, one hash per folder."""
+    pack, is_file = _ENTRY.pack, stat.S_ISREG
+    h = hashlib.blake2b(digest_size=SIGNATURE_BYTES)
+    h.update(b"".join([pack(s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_ctime_ns,
+                            s.st_ino, s.st_dev, s.st_size if is_file(s.st_mode) else 0)
+                       for _, s in entries]))
+    h.update("\0".join([name for name, _ in entries]).encode("utf-8", "surrogateescape"))
+    return h.digest()
 
 
 def signature(parts: list) -> bytes:
-    """A short digest of entries (``entry_fields``) or of signatures and (name, signature)
-    pairs, in the order given (the callers give tree order). One repr of the whole list:
-    a folder of thousands of files costs one call, not thousands."""
+    """A short digest of a folder's own signature and its subfolders' (name, signature)
+    pairs, in tree order."""
     text = repr(parts).encode("utf-8", "surrogateescape")
     return hashlib.blake2b(text, digest_size=SIGNATURE_BYTES).digest()
 
