@@ -4,6 +4,7 @@ and a reading of what recovery publishes."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 import subprocess
@@ -211,6 +212,10 @@ class Lifetimes:
         if id(stack) not in self.stopped:
             self.stopped.add(id(stack))
             await stack.stop()
+            # A process that dies lets go of its SQLite locks at once. A stopped stack may
+            # leave a connection its cancelled work never returned, still in a transaction
+            # until the garbage collector closes it: do now what the process's end would.
+            gc.collect()
 
     async def close(self) -> None:
         from shared.db import Database
