@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import sqlite3
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -142,7 +141,9 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if target.gone_packs:
             reporter.status(f"{len(target.gone_packs)} indexed pack(s) were deleted by retention; "
                             "what they held is stored again if needed")
-        references = repo.references = PackReferences(repo) if target.is_server else None
+        # Every target: the server needs the packs for retention, and the tree cache keeps
+        # them so the next backup can check that what it keeps unseen is still there.
+        references = repo.references = PackReferences(repo)
         tree_cache = TreeCache(tree_cache_path(cfg, repo.config.id, paths))
         archiver = Archiver(repo, host=cfg.host, tags=request.tags, excludes=cfg.excludes,
                             progress=reporter.progress, in_place=cfg.in_place.patterns,
@@ -150,22 +151,21 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         async with _readable(cfg, request.sources) as sources:
             result = await archiver.backup(sources, kind=kind, parent=parent)
         warnings.extend(result.warnings)
-        packs: list[str] = []
-        if target.remote is not None and references is not None:
+        # Folders kept from the tree cache were not looked into: they reference only what
+        # the parent did, so the parent's packs stand in for theirs (a superset: retention
+        # keeps a little more for a week, never less; docs/agent.md).
+        references.note_packs(tree_cache.parent_packs or ())
+        packs = references.packs()
+        if target.remote is not None:
             from shared.api.backup import BackupCommit
 
-            # Folders kept from the tree cache were not looked into: they reference only
-            # what the parent did, so the parent's packs stand in for theirs (a superset:
-            # retention keeps a little more for a week, never less; docs/agent.md).
-            references.note_packs(tree_cache.parent_packs or ())
-            packs = references.packs()
             await target.remote.commit(BackupCommit(
                 snapshot_id=result.snapshot_id, packs=packs,
                 is_image=any(s.kind == IMAGE for s in result.snapshot.sources),
                 stats=_api_stats(result.snapshot, len(warnings))))
         try:
-            tree_cache.commit(result.snapshot_id, packs if references is not None else None)
-        except (OSError, sqlite3.Error) as e:  # the backup counts; the next one looks at everything
+            tree_cache.commit(result.snapshot_id, packs)
+        except Exception as e:  # the backup counts; the next one looks at everything
             tree_cache.close()
             warnings.append(f"tree cache not saved: {e}")
         ok = True

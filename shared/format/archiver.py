@@ -64,6 +64,9 @@ from .snapshot import (
 )
 
 FOLDER = "folder"
+# Changes whenever what a tree cache records, or what a tree's nodes hold, changes: caches
+# of other versions are not used.
+TREE_CACHE_VERSION = "tree-cache-2"
 
 # Files that their programs rewrite in place, block by block: databases, mail stores and
 # virtual disks. Inside a folder source they are cut into fixed, aligned chunks like an
@@ -197,8 +200,8 @@ class Archiver:
     def tree_settings(self) -> str:
         """What, besides the files, decides a folder's tree: a tree cache made under other
         settings is not used."""
-        return json.dumps([self.repo.config.encode().decode(), sorted(self.excludes),
-                           sorted(self.in_place), self.in_place_min_size])
+        return json.dumps([TREE_CACHE_VERSION, self.repo.config.encode().decode(),
+                           sorted(self.excludes), sorted(self.in_place), self.in_place_min_size])
 
     def rewritten_in_place(self, name: str, size: int) -> bool:
         if size < self.in_place_min_size:
@@ -551,10 +554,12 @@ class _Run:
     ) -> _DirDone:
         nodes = []
         wholes = []  # (name, whole signature) of the subfolders
+        clean = True  # nothing below warned
         for p in pending:
             done = (await p) if isinstance(p, asyncio.Future) else p
             if isinstance(done, _DirDone):
                 wholes.append((done.node.name, done.whole))
+                clean = clean and done.clean
                 done = done.node
             if done is not None:
                 nodes.append(done)
@@ -568,12 +573,13 @@ class _Run:
         else:
             tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
         whole = b""
+        clean = clean and path not in self._warned_dirs
         if own is not None:
             whole = signature([own, *wholes])
-            if path not in self._warned_dirs:
+            if clean:
                 self.cache.record(self.source_name, rel,  # type: ignore[union-attr]
                                   FolderRecord(own, whole, tree_id, **_own_totals(nodes)))
-        return self._dir_node(name, st, tree_id, whole)
+        return self._dir_node(name, st, tree_id, whole, clean)
 
     async def _finish_remembered(
         self, path: str, rel: str, name: str, st: os.stat_result,
@@ -586,7 +592,7 @@ class _Run:
         tree, with the subfolders' new nodes."""
         done = [await f for f in walked]
         whole = signature([own, *((d.node.name, d.whole) for d in done)])
-        if whole == remembered.whole:
+        if whole == remembered.whole and path not in self._warned_dirs:
             tree_id = remembered.tree
         else:
             old_tree = await self._old_tree(path, remembered.tree)
@@ -606,15 +612,18 @@ class _Run:
             s.chunks += remembered.chunks
             s.hole_bytes += remembered.hole_bytes
         self._advance(files=remembered.files, nbytes=remembered.bytes)
-        self.cache.record(self.source_name, rel, FolderRecord(own, whole, tree_id, **totals))  # type: ignore[union-attr]
-        return self._dir_node(name, st, tree_id, whole)
+        clean = path not in self._warned_dirs and all(d.clean for d in done)
+        if clean:
+            self.cache.record(self.source_name, rel, FolderRecord(own, whole, tree_id, **totals))  # type: ignore[union-attr]
+        return self._dir_node(name, st, tree_id, whole, clean)
 
-    def _dir_node(self, name: str, st: os.stat_result, tree_id: bytes, whole: bytes) -> _DirDone:
+    def _dir_node(self, name: str, st: os.stat_result, tree_id: bytes, whole: bytes,
+                  clean: bool) -> _DirDone:
         with self._stats_lock:
             self.stats.dirs += 1
         node = _node_from_stat(name, DIR, st)
         node.subtree = tree_id
-        return _DirDone(node, whole)
+        return _DirDone(node, whole, clean)
 
     def _symlink(self, path: str, name: str, st: os.stat_result) -> Node | None:
         try:
@@ -841,10 +850,12 @@ class _ListAhead:
 
 @dataclass
 class _DirDone:
-    """A walked folder: its node, and the signature of its whole subtree (tree cache)."""
+    """A walked folder: its node, the signature of its whole subtree, and whether nothing
+    in it warned (tree cache: only clean folders are recorded)."""
 
     node: Node
     whole: bytes
+    clean: bool = True
 
 
 def _own_totals(nodes: list[Node]) -> dict[str, int]:

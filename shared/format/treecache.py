@@ -10,13 +10,15 @@ For every folder a backup stored, the cache keeps, in an SQLite file on the agen
 - the id of the tree the backup stored for the folder, and the totals of its own entries
   (for the snapshot's statistics and the progress bar).
 
-A cache belongs to one snapshot. The next backup uses it only when that snapshot is its
-parent and the settings that shape a tree (chunking, excludes, in-place patterns) are the
+A cache belongs to one snapshot, and lists that snapshot's packs. The next backup uses it
+only when that snapshot is its parent, all those packs are still indexed, and the settings
+that shape a tree (chunking, excludes, in-place patterns, this cache's own version) are the
 same. Then a folder whose ``whole`` is unchanged keeps its tree id; one whose ``own`` is
 unchanged but a subfolder changed takes its entries from its old tree without comparing
 them; any other folder is compared file by file, as without a cache. A folder whose backup
 warned (a file unreadable, vanished, changed while read, a special file skipped) is not
-recorded, so the next backup looks at it again and warns again.
+recorded, and neither is any folder above it: its tree may lack what the next backup
+finds, so the next backup looks at that whole path again (and warns again if it must).
 
 Each backup writes a new cache beside the current one, which :meth:`TreeCache.commit` puts
 in its place once the caller has made the snapshot count (saved it, and committed it to the
@@ -41,7 +43,7 @@ SIGNATURE_BYTES = 16
 _WRITE_BATCH = 1000
 _SCHEMA = """
 CREATE TABLE folders (
-    source TEXT NOT NULL, path TEXT NOT NULL,
+    source BLOB NOT NULL, path BLOB NOT NULL,
     own BLOB NOT NULL, whole BLOB NOT NULL, tree BLOB NOT NULL,
     files INTEGER NOT NULL, symlinks INTEGER NOT NULL, bytes INTEGER NOT NULL,
     chunks INTEGER NOT NULL, hole_bytes INTEGER NOT NULL,
@@ -64,20 +66,27 @@ class FolderRecord:
 
 
 # One entry's lstat as the signatures see it: type and permissions, owner, times, inode,
-# device and (regular files only, as in a tree's nodes) size.
+# device and size (files: their content's; symlinks: their target's length, which tells a
+# new target apart where timestamps are coarse; folders: none).
 _ENTRY = struct.Struct("<IIIqqQQQ")
 
 
 def folder_signature(entries: list[tuple[str, os.stat_result]]) -> bytes:
     """The signature of a folder's own entries (name, lstat), in tree order: fixed-size
     records packed in C, then the names, one hash per folder."""
-    pack, is_file = _ENTRY.pack, stat.S_ISREG
+    pack, is_dir = _ENTRY.pack, stat.S_ISDIR
     h = hashlib.blake2b(digest_size=SIGNATURE_BYTES)
     h.update(b"".join([pack(s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_ctime_ns,
-                            s.st_ino, s.st_dev, s.st_size if is_file(s.st_mode) else 0)
+                            s.st_ino, s.st_dev, 0 if is_dir(s.st_mode) else s.st_size)
                        for _, s in entries]))
     h.update("\0".join([name for name, _ in entries]).encode("utf-8", "surrogateescape"))
     return h.digest()
+
+
+def _key(name: str) -> bytes:
+    """Names as the file system gave them: a folder whose name is not valid UTF-8 (a share
+    mounted with another charset) is as much a key as any."""
+    return os.fsencode(name)
 
 
 def signature(parts: list) -> bytes:
@@ -96,7 +105,7 @@ class TreeCache:
         self._old: sqlite3.Connection | None = None
         self._new: sqlite3.Connection | None = None
         self._rows: list[tuple] = []
-        self.parent_packs: list[str] | None = None
+        self.parent_packs: list[str] | None = None  # of the snapshot the cache describes
 
     # --- a backup's use ---------------------------------------------------------------
 
@@ -116,10 +125,12 @@ class TreeCache:
             old = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             try:
                 meta = dict(old.execute("SELECT key, value FROM meta"))
-                if meta.get("snapshot") == parent and meta.get("settings") == settings:
+                # Without the parent's packs, what the kept folders reference could not be
+                # checked against the index, nor listed for retention.
+                if (meta.get("snapshot") == parent and meta.get("settings") == settings
+                        and meta.get("packs") is not None):
                     self._old, usable = old, True
-                    packs = meta.get("packs")
-                    self.parent_packs = None if packs is None else json.loads(packs)
+                    self.parent_packs = json.loads(meta["packs"])
                 else:
                     old.close()
             except sqlite3.DatabaseError:  # damaged: the backup goes on without it and replaces it
@@ -139,31 +150,44 @@ class TreeCache:
         return self._old is not None
 
     def lookup(self, source: str, path: str) -> FolderRecord | None:
+        """The record of a folder, if the current cache is in use and has one. A cache
+        found damaged here is set aside for the rest of the backup (what was taken from
+        it so far was whole: SQLite checks each page it reads)."""
         if self._old is None:
             return None
-        row = self._old.execute(
-            "SELECT own, whole, tree, files, symlinks, bytes, chunks, hole_bytes FROM folders"
-            " WHERE source = ? AND path = ?", (source, path)).fetchone()
+        try:
+            row = self._old.execute(
+                "SELECT own, whole, tree, files, symlinks, bytes, chunks, hole_bytes FROM folders"
+                " WHERE source = ? AND path = ?", (_key(source), _key(path))).fetchone()
+        except sqlite3.DatabaseError:
+            self._old.close()
+            self._old = None
+            return None
         return None if row is None else FolderRecord(*row)
 
     def record(self, source: str, path: str, folder: FolderRecord) -> None:
-        self._rows.append((source, path, folder.own, folder.whole, folder.tree, folder.files,
+        self._rows.append((_key(source), _key(path), folder.own, folder.whole, folder.tree, folder.files,
                            folder.symlinks, folder.bytes, folder.chunks, folder.hole_bytes))
         if len(self._rows) >= _WRITE_BATCH:
             self._flush()
 
-    def commit(self, snapshot_id: str, packs: Sequence[str] | None = None) -> None:
-        """Make the new cache current: it describes ``snapshot_id``, whose pack list
-        (``packs``, where the caller keeps one) the next backup adds to its own for the
-        folders it keeps without looking at their files."""
+    def commit(self, snapshot_id: str, packs: Sequence[str]) -> None:
+        """Make the new cache current: it describes ``snapshot_id``, which references
+        ``packs`` (all of them, or more): the next backup uses the cache only if they are
+        all still indexed, and adds them to its own for the folders it keeps unseen."""
         if self._new is None:
             raise RuntimeError("no backup wrote this cache")
         self._flush()
         self._new.execute("INSERT INTO meta VALUES ('snapshot', ?)", (snapshot_id,))
-        if packs is not None:
-            self._new.execute("INSERT INTO meta VALUES ('packs', ?)", (json.dumps(sorted(packs)),))
+        self._new.execute("INSERT INTO meta VALUES ('packs', ?)", (json.dumps(sorted(packs)),))
         self._new.execute("COMMIT")
         self.close(keep_new=True)
+        # Written without a journal (it is rebuilt if lost): on disk before it is current.
+        fd = os.open(self._new_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(self._new_path, self.path)
 
     def close(self, *, keep_new: bool = False) -> None:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.format import FULL, INCREMENTAL, Archiver, Restorer
+from shared.format import FULL, INCREMENTAL, Archiver, Restorer, archiver as archiver_module
+from shared.format.constants import DATA_PREFIX
 from shared.format.repository import Repository
 from shared.format.snapshot import Tree
 from shared.format.treecache import TreeCache
 
-from .conftest import describe
+from .conftest import describe, reopen
 
 
 def make_tree(src: Path) -> None:
@@ -55,7 +56,9 @@ class Counting:
 async def backup(repo, src: Path, cache: TreeCache | None, kind=INCREMENTAL, **options):
     result = await Archiver(repo, host="h", tree_cache=cache, **options).backup([str(src)], kind=kind)
     if cache is not None:
-        cache.commit(result.snapshot_id)
+        # Every indexed pack: a superset of what the snapshot references (the agent lists
+        # exactly those, clients/agent/packrefs.py).
+        cache.commit(result.snapshot_id, sorted(repo.index.packs()))
     return result
 
 
@@ -121,8 +124,9 @@ async def test_a_folder_that_warned_is_looked_at_again(repo, tmp_path, cache, mo
     assert [w for w in quiet.warnings if "pipe" in w and "special file" in w]
     assert quiet.snapshot.tree == full.snapshot.tree
     assert quiet.snapshot.stats.bytes_read == 0  # its files compared, not read
-    # b/x and its parent b were not recorded: their old trees were read to compare
-    assert len(counting.loaded) == 3
+    # b/x and the folders above it (b, src) were not recorded: their old trees were read
+    # to compare (after the parent's root); a and its subfolders were kept unseen
+    assert len(counting.loaded) == 4
 
 
 async def test_a_cache_of_other_settings_or_of_another_snapshot_is_not_used(
@@ -162,3 +166,77 @@ async def test_a_damaged_cache_is_replaced_and_a_failed_backup_keeps_the_current
     cache.close()  # what a failed backup does
     assert cache.path.read_bytes() == current
     assert not cache.path.with_name(cache.path.name + ".new").exists()
+
+
+async def test_a_file_that_failed_once_is_in_the_next_backup(repo, tmp_path, cache, monkeypatch):
+    """The folder that warned is not recorded, and neither are the folders above it: its
+    parent's remembered subtree would otherwise bring back the tree without the file."""
+    src = tmp_path / "src"
+    make_tree(src)
+    await backup(repo, src, cache, kind=FULL)
+    (src / "a" / "x" / "late.txt").write_text("locked by another program at first")
+    real_open = archiver_module._open_for_reading
+
+    def locked(path, follow):
+        if path.endswith("late.txt"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, follow)
+
+    monkeypatch.setattr(archiver_module, "_open_for_reading", locked)
+    failed = await backup(repo, src, cache)
+    assert [w for w in failed.warnings if "late.txt" in w]
+    monkeypatch.setattr(archiver_module, "_open_for_reading", real_open)
+
+    for run in range(2):  # the file is found, and stays found once the cache records it
+        later = await backup(repo, src, cache)
+        assert later.warnings == []
+        await restored_equals(repo, later, src, tmp_path / f"out{run}")
+
+
+async def test_a_lost_pack_sets_the_cache_aside_and_what_it_held_is_stored_again(
+        repo, store, tmp_path, cache):
+    src = tmp_path / "src"
+    make_tree(src)
+    (src / "b" / "x" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # its own packs
+    await backup(repo, src, cache, kind=FULL)
+    big = {loc.pack_id for _, loc in repo.index.items() if loc.raw_length > 512 * 1024}
+    lost = [k async for k in store.list(DATA_PREFIX) if k.rsplit("/", 1)[-1] in big][0]
+    await store.delete(lost)  # a disk error, a careless hand
+
+    reopened = await reopen(store)
+    after = await backup(reopened, src, cache)
+    assert after.snapshot.stats.bytes_read >= 3 * 1024 * 1024  # read again, not kept unseen
+    await restored_equals(reopened, after, src, tmp_path / "out")
+
+
+async def test_folders_named_in_no_encoding_are_cached_like_any(repo, tmp_path, cache, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src)
+    odd = os.path.join(os.fsencode(src), b"caf\xe9")  # Latin-1, not UTF-8
+    os.mkdir(odd)
+    with open(os.path.join(odd, b"menu.txt"), "wb") as f:
+        f.write(b"soup")
+    full = await backup(repo, src, cache, kind=FULL)
+    counting = Counting(monkeypatch)
+    quiet = await backup(repo, src, cache)
+    assert quiet.snapshot.tree == full.snapshot.tree and counting.encoded == 1
+    await restored_equals(repo, quiet, src, tmp_path / "out")
+
+
+async def test_a_cache_damaged_inside_is_set_aside_midway(repo, tmp_path, cache):
+    src = tmp_path / "src"
+    for i in range(300):  # enough folders for the cache to span many pages
+        (src / f"d{i:03}").mkdir(parents=True)
+        (src / f"d{i:03}" / "f.txt").write_text(str(i))
+    await backup(repo, src, cache, kind=FULL)
+    data = bytearray(cache.path.read_bytes())
+    page = 4096
+    assert len(data) > 8 * page
+    for at in range(4 * page, len(data), page):  # keep the schema and meta pages
+        data[at:at + page] = os.urandom(page)
+    cache.path.write_bytes(bytes(data))
+    (src / "d150" / "f.txt").write_text("changed")
+    result = await backup(repo, src, cache)
+    await restored_equals(repo, result, src, tmp_path / "out")
+    again = await backup(repo, src, cache)  # the replaced cache is whole again
+    assert again.snapshot.tree == result.snapshot.tree
