@@ -64,6 +64,13 @@ class IndexCache:
         except (ValueError, struct.error, UnicodeDecodeError):
             return None  # damaged: read from the repository again, and kept anew
 
+    def keep_only(self, index_ids: set[str]) -> None:
+        """Forget kept index files not among ``index_ids`` (deleted from the repository)."""
+        for path in self.folder.glob("*.bin"):
+            if path.stem not in index_ids:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def put(self, index_id: str, packs: list[IndexedPack]) -> None:
         """Keep an index file just read (best effort: a full disk only costs a download)."""
         self.folder.mkdir(parents=True, exist_ok=True)

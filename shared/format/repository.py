@@ -309,7 +309,11 @@ class Repository:
         index, and a chunk stored again in a newer pack must be found there. A pack lost
         by accident still shows: the chunks only it held are in no index, which restore and
         check report with the file named."""
-        keys = [k async for k in self.store.list(INDEX_PREFIX) if _object_id(k) not in self._loaded_index_files]
+        listed = [k async for k in self.store.list(INDEX_PREFIX)]
+        if self.index_cache is not None and not self._loaded_index_files:
+            # Kept index files the repository no longer has (collected) go too.
+            await asyncio.to_thread(self.index_cache.keep_only, {_object_id(k) for k in listed})
+        keys = [k for k in listed if _object_id(k) not in self._loaded_index_files]
         present = set(await self.list_packs()) if keys else set()
         problems: list[FormatError] = []
 

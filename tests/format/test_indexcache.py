@@ -66,6 +66,12 @@ async def test_kept_index_files_give_the_same_index_without_a_download(repo, sto
     assert counting.index_gets == 0 and everything(second) == plain
     assert second.index.packs() == first.index.packs()
 
+    collected = sorted([k async for k in store.list(INDEX_PREFIX)])[0]
+    await store.delete(collected)  # what the service's garbage collection does
+    await open_with(store, cache)
+    kept = {p.stem for p in (tmp_path / "cache").glob("*.bin")}
+    assert len(kept) == index_files - 1 and collected.rsplit("/", 1)[-1] not in kept
+
 
 async def test_a_backup_keeps_the_index_files_it_writes(store, tmp_path):
     cache = IndexCache(tmp_path / "cache")
