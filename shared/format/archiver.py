@@ -362,7 +362,8 @@ class _Run:
     def warn(self, path: str, reason: str) -> None:
         self.warnings.append(f"{path}: {reason}")
         # The folder the path is in (and the path, if a folder) is not recorded in the tree
-        # cache: the next backup looks at it again, and warns again if it must.
+        # cache, nor any folder above it (_DirDone.clean): the next backup looks at that
+        # path again, and warns again if it must.
         self._warned_dirs.update((path, os.path.dirname(path)))
 
     # --- progress ---

@@ -8,7 +8,7 @@ import os
 import random
 from pathlib import Path
 
-from shared.format import FULL, Archiver, LocalFolderStore, Repository
+from shared.format import FULL, Archiver, Repository
 from shared.format.constants import DATA_PREFIX, INDEX_PREFIX, MiB
 from shared.format.indexcache import IndexCache
 from shared.format.store import ForwardingStore
