@@ -121,6 +121,10 @@ def create_app(
             status = response.status
             response.headers[REQUEST_ID_HEADER] = request_id
             return response
+        except web.HTTPException as exc:  # a redirect, raised for aiohttp to send as is
+            status = exc.status
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
         finally:
             elapsed = time.perf_counter() - started
             metrics_of_service.observe(request.method, _route_label(request), status, elapsed)

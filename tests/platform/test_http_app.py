@@ -66,3 +66,25 @@ async def test_each_request_logs_with_its_own_ids_and_odd_methods_share_one_labe
 
 async def _ok(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def test_a_redirect_is_logged_and_counted_as_what_was_sent():
+    app = create_app(service="redirecttest", internal_key=None, readiness=_ready)  # as the gateway
+    app.router.add_get("/old", _moved)
+    runner, base = await _serve(app)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/old", allow_redirects=False,
+                                headers={"X-Request-ID": "moved-1"}) as response:
+                assert response.status == 302 and response.headers["Location"] == "/new"
+                assert response.headers["X-Request-ID"] == "moved-1"
+        statuses = {s.labels["status"] for m in REGISTRY.collect()
+                    if m.name == "reclo_http_requests" for s in m.samples
+                    if s.labels.get("service") == "redirecttest"}
+        assert statuses == {"302"}  # not the 500 it was counted as before
+    finally:
+        await runner.cleanup()
+
+
+async def _moved(_request: web.Request) -> web.Response:
+    raise web.HTTPFound("/new")
