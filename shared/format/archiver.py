@@ -46,7 +46,7 @@ from .memory import return_big_buffers_to_the_system
 from .chunker import Piece
 from .pack import BlobType
 from .repository import BlobSaver, Repository
-from .treecache import FolderRecord, TreeCache, folder_signature, signature
+from .treecache import FOLDER_TOTALS, FolderRecord, TreeCache, folder_signature, signature
 from .snapshot import (
     DIR,
     FILE,
@@ -604,18 +604,15 @@ class _Run:
             new = {d.node.name: d.node for d in done}
             nodes = [new[n.name] if n.type == DIR else n for n in old_tree[1]]
             tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
-        totals = {k: getattr(remembered, k) for k in ("files", "symlinks", "bytes", "chunks", "hole_bytes")}
-        with self._stats_lock:
-            s = self.stats
-            s.files += remembered.files
-            s.symlinks += remembered.symlinks
-            s.bytes += remembered.bytes
-            s.chunks += remembered.chunks
-            s.hole_bytes += remembered.hole_bytes
+        with self._stats_lock:  # its files count as they did in the parent
+            for field_name in FOLDER_TOTALS:
+                setattr(self.stats, field_name,
+                        getattr(self.stats, field_name) + getattr(remembered, field_name))
         self._advance(files=remembered.files, nbytes=remembered.bytes)
         clean = path not in self._warned_dirs and all(d.clean for d in done)
         if clean:
-            self.cache.record(self.source_name, rel, FolderRecord(own, whole, tree_id, **totals))  # type: ignore[union-attr]
+            self.cache.record(self.source_name, rel,  # type: ignore[union-attr]
+                              replace(remembered, own=own, whole=whole, tree=tree_id))
         return self._dir_node(name, st, tree_id, whole, clean)
 
     def _dir_node(self, name: str, st: os.stat_result, tree_id: bytes, whole: bytes,
@@ -861,7 +858,7 @@ class _DirDone:
 
 def _own_totals(nodes: list[Node]) -> dict[str, int]:
     """A folder's own entries counted as the snapshot's statistics count them."""
-    totals = dict(files=0, symlinks=0, bytes=0, chunks=0, hole_bytes=0)
+    totals = dict.fromkeys(FOLDER_TOTALS, 0)
     for node in nodes:
         if node.type == SYMLINK:
             totals["symlinks"] += 1

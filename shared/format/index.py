@@ -54,12 +54,17 @@ class Index:
         self._pack_numbers: dict[str, int] = {}
         self._pack_sizes: dict[str, int] = {}
 
-    def add_pack(self, pack: IndexedPack) -> None:
-        number = self._pack_numbers.get(pack.id)
+    def _number_of(self, pack_id: str, size: int) -> int:
+        """The pack's number in locations, given on first sight."""
+        number = self._pack_numbers.get(pack_id)
         if number is None:
-            number = self._pack_numbers[pack.id] = len(self._pack_ids)
-            self._pack_ids.append(pack.id)
-            self._pack_sizes[pack.id] = pack.size
+            number = self._pack_numbers[pack_id] = len(self._pack_ids)
+            self._pack_ids.append(pack_id)
+            self._pack_sizes[pack_id] = size
+        return number
+
+    def add_pack(self, pack: IndexedPack) -> None:
+        number = self._number_of(pack.id, pack.size)
         for e in pack.entries:
             # A blob stored twice (two hosts racing) stays where it was first seen.
             self._blobs.setdefault(e.id, _pack_location(number, int(e.type), e.offset, e.length,
@@ -69,14 +74,9 @@ class Index:
         """A pack from the agent's index cache (indexcache.py): ``ids`` side by side,
         ``high`` = (type << 40) | offset and ``low`` = (length << 32) | raw_length per
         blob. The same as add_pack without an object per entry."""
-        number = self._pack_numbers.get(pack_id)
-        if number is None:
-            number = self._pack_numbers[pack_id] = len(self._pack_ids)
-            self._pack_ids.append(pack_id)
-            self._pack_sizes[pack_id] = size
-        base = number << 106
-        size = CHUNK_ID_SIZE
-        kept = dict(zip([ids[at:at + size] for at in range(0, len(ids), size)],
+        base = self._number_of(pack_id, size) << 106
+        step = CHUNK_ID_SIZE
+        kept = dict(zip([ids[at:at + step] for at in range(0, len(ids), step)],
                         [base | h << 64 | lo for h, lo in zip(high, low)]))
         # A blob stored twice stays where it was first seen (as add_pack): rare, so the
         # merge is done wholesale in C and the few seen before are put back.

@@ -53,6 +53,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+# A folder's own entries counted as the snapshot's statistics count them (same names).
+FOLDER_TOTALS = ("files", "symlinks", "bytes", "chunks", "hole_bytes")
+
+
 @dataclass(frozen=True)
 class FolderRecord:
     own: bytes
