@@ -137,7 +137,7 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if repo is None:
             reporter.status(f"creating the repository at {target.description}")
             repo = await RecordingRepository.init(target.store, passphrase, uploads_in_flight=cfg.upload.concurrency)
-            repo.index_cache = IndexCache(cfg.state_dir / "index-cache" / repo.config.id)
+            repo.use_index_cache(IndexCache(cfg.state_dir / "index-cache" / repo.config.id))
         if target.gone_packs:
             reporter.status(f"{len(target.gone_packs)} indexed pack(s) were deleted by retention; "
                             "what they held is stored again if needed")
@@ -176,6 +176,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
             await _report_failure(target, state, backup_id, e)
         raise
     finally:
+        if repo is not None:
+            repo.close()
         warnings.extend(await _post_commands(cfg, succeeded_pre, ok, reporter))
     if backup_id is not None:
         await _close_stale_sessions(target, state, backup_id)

@@ -65,7 +65,7 @@ class Target:
             raise NoRepository(f"there is no repository at {self.description} yet: "
                                "run `reclo-agent init`, then a first backup") from None
         if index_cache_in is not None:
-            repo.index_cache = IndexCache(index_cache_in / repo.config.id)
+            repo.use_index_cache(IndexCache(index_cache_in / repo.config.id))
         if load_index:
             await repo.load_index()
             self.gone_packs = repo.gone_packs

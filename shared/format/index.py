@@ -9,15 +9,17 @@ holding JSON::
      "packs": [{"id": "<pack sha256 hex>", "size": <pack bytes>,
                 "blobs": [["<blob id hex>", "data"|"tree", offset, length, raw_length], ...]}]}
 
-Callers use the Index class only through lookup / contains / add_pack / packs, so a later
-version can keep it on disk or bounded in memory without touching them.
+Callers use an index only through lookup / contains / add_file / packs / has_pack, so
+where it lives is the index's business: Index keeps it in memory (the services, restore,
+check), diskindex.DiskIndex on the agent's disk (backups of huge repositories).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from array import array
+from typing import Iterable, Iterator, Sequence
 
 from .constants import CHUNK_ID_SIZE, FORMAT_VERSION
 from .errors import FormatError
@@ -41,6 +43,18 @@ class IndexedPack:
     id: str
     size: int
     entries: list[PackEntry]
+
+
+@dataclass(frozen=True)
+class KeptPack:
+    """A pack's entries in compact form (the agent's index cache, indexcache.py): its
+    blob ids side by side, their locations in two arrays."""
+
+    id: str
+    size: int
+    ids: bytes
+    high: array  # (type << 40) | offset
+    low: array  # (length << 32) | raw_length
 
 
 class Index:
@@ -83,6 +97,16 @@ class Index:
         seen = {blob_id: self._blobs[blob_id] for blob_id in kept.keys() & self._blobs.keys()}
         self._blobs.update(kept)
         self._blobs.update(seen)
+
+    def add_file(self, index_id: str, packs: Sequence[IndexedPack | KeptPack],
+                 gone: Iterable[str] = ()) -> None:
+        """An index file's packs that the store holds (``gone``: those it no longer
+        does, which the repository tracks itself for this index)."""
+        for p in packs:
+            if isinstance(p, KeptPack):
+                self.add_kept(p.id, p.size, p.ids, p.high, p.low)
+            else:
+                self.add_pack(p)
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         found = self._blobs.get(blob_id)

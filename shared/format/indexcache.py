@@ -25,11 +25,11 @@ import os
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import CHUNK_ID_SIZE
-from .index import IndexedPack
+from .diskindex import DiskIndex
+from .index import IndexedPack, KeptPack
 
 MAGIC = b"RECLO-INDEX-CACHE-1\n"
 _DIGEST = 32
@@ -38,21 +38,13 @@ _U32 = (1 << 32) - 1
 _U40 = (1 << 40) - 1
 
 
-@dataclass(frozen=True)
-class KeptPack:
-    """One pack of a kept index file: its blob ids side by side, their locations in two
-    arrays (see the module's layout)."""
-
-    id: str
-    size: int
-    ids: bytes
-    high: array  # (type << 40) | offset
-    low: array  # (length << 32) | raw_length
-
-
 class IndexCache:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
+
+    def open_index(self) -> DiskIndex:
+        """The index kept on disk beside these files (diskindex.py)."""
+        return DiskIndex(self.folder / "index.sqlite")
 
     def get(self, index_id: str) -> list[KeptPack] | None:
         try:

@@ -76,7 +76,8 @@ from .errors import (
     SnapshotNotFound,
     WrongPassphrase,
 )
-from .index import BlobLocation, Index, IndexedPack, decode_index, encode_index
+from .diskindex import DiskIndex
+from .index import BlobLocation, Index, IndexedPack, KeptPack, decode_index, encode_index
 from .indexcache import IndexCache
 from .pack import (
     MAX_OBJECT_SIZE,
@@ -194,7 +195,7 @@ class Repository:
         self.config = config
         self.pack_size = pack_size
         self.uploads_in_flight = uploads_in_flight
-        self.index = Index()
+        self.index: Index | DiskIndex = Index()
         # Packs that index files name but the store no longer holds (deleted by retention's
         # garbage collection, docs/format.md §12): their entries are not trusted.
         self.gone_packs: set[str] = set()
@@ -301,6 +302,17 @@ class Repository:
 
     # --- index ------------------------------------------------------------------------
 
+    def use_index_cache(self, cache: IndexCache) -> None:
+        """Keep the index files read on this machine and the index itself on its disk
+        (the agent: bounded memory however large the repository). Before load_index."""
+        self.index_cache = cache
+        self.index = cache.open_index()
+
+    def close(self) -> None:
+        """Let go of what the index keeps open on disk (nothing for one in memory)."""
+        if isinstance(self.index, DiskIndex):
+            self.index.close()
+
     async def load_index(self, *, strict: bool = True) -> list[FormatError]:
         """Read index files not read yet. Strict: raise on a bad one; else return the problems.
 
@@ -310,50 +322,57 @@ class Repository:
         by accident still shows: the chunks only it held are in no index, which restore and
         check report with the file named."""
         listed = [k async for k in self.store.list(INDEX_PREFIX)]
+        present: set[str] | None = None
         if self.index_cache is not None and not self._loaded_index_files:
+            listed_ids = {_object_id(k) for k in listed}
             # Kept index files the repository no longer has (collected) go too.
-            await asyncio.to_thread(self.index_cache.keep_only, {_object_id(k) for k in listed})
+            await asyncio.to_thread(self.index_cache.keep_only, listed_ids)
+            if isinstance(self.index, DiskIndex):
+                present = set(await self.list_packs())
+                await asyncio.to_thread(self.index.settle, listed_ids, present)
+                self._loaded_index_files.update(await asyncio.to_thread(self.index.files))
+                self.gone_packs.update(await asyncio.to_thread(self.index.gone))
         keys = [k for k in listed if _object_id(k) not in self._loaded_index_files]
-        present = set(await self.list_packs()) if keys else set()
+        if present is None:
+            present = set(await self.list_packs()) if keys else set()
         problems: list[FormatError] = []
 
         async def load(key: str) -> None:
             index_id = _object_id(key)
-            kept = None
+            packs: list[IndexedPack] | list[KeptPack] | None = None
             if self.index_cache is not None:
-                kept = await asyncio.to_thread(self.index_cache.get, index_id)
-            if kept is not None:
-                for k in kept:
-                    if k.id in present:
-                        self.index.add_kept(k.id, k.size, k.ids, k.high, k.low)
-                    else:
-                        self.gone_packs.add(k.id)
-                self._loaded_index_files.add(index_id)
-                return
-            try:
-                packs = decode_index(await self._get_object(key, AAD_INDEX))
-            except FormatError as e:
-                if strict:
-                    raise
-                problems.append(e if isinstance(e, CorruptObject) else CorruptObject(key, str(e)))
-                return
-            if self.index_cache is not None:
-                await asyncio.to_thread(self.index_cache.put, index_id, packs)
-            for p in packs:
-                if p.id in present:
-                    self.index.add_pack(p)
-                else:
-                    self.gone_packs.add(p.id)
-            self._loaded_index_files.add(index_id)
+                packs = await asyncio.to_thread(self.index_cache.get, index_id)
+            if packs is None:
+                try:
+                    packs = decode_index(await self._get_object(key, AAD_INDEX))
+                except FormatError as e:
+                    if strict:
+                        raise
+                    problems.append(e if isinstance(e, CorruptObject) else CorruptObject(key, str(e)))
+                    return
+                if self.index_cache is not None:
+                    await asyncio.to_thread(self.index_cache.put, index_id, packs)
+            await self._add_index_file(index_id, packs, present)
 
         await _bounded_gather([load(k) for k in keys], _FETCH_CONCURRENCY)
         return problems
 
-    async def write_index(self, packs: list[IndexedPack]) -> str:
-        index_id = await self._put_object(INDEX_PREFIX, encode_index(packs), AAD_INDEX)
+    async def _add_index_file(self, index_id: str, packs: list[IndexedPack] | list[KeptPack],
+                              present: set[str] | None) -> None:
+        """An index file's entries into the index, but those of packs not ``present``."""
+        live = [p for p in packs if present is None or p.id in present]
+        gone = [p.id for p in packs if present is not None and p.id not in present]
+        self.gone_packs.update(gone)
+        # In a thread: the disk index writes, and the memory one may add many entries.
+        await asyncio.to_thread(self.index.add_file, index_id, live, gone)
         self._loaded_index_files.add(index_id)
+
+    async def write_index(self, packs: list[IndexedPack]) -> str:
+        """Store an index file for packs just stored, and add them to the index."""
+        index_id = await self._put_object(INDEX_PREFIX, encode_index(packs), AAD_INDEX)
         if self.index_cache is not None:  # the next run need not download its own
             await asyncio.to_thread(self.index_cache.put, index_id, packs)
+        await self._add_index_file(index_id, packs, None)
         return index_id
 
     async def read_pack_header(self, pack_id: str) -> IndexedPack:
@@ -393,8 +412,6 @@ class Repository:
         await _bounded_gather([one(p) for p in candidates], _FETCH_CONCURRENCY)
         if recovered:
             await self.write_index(recovered)
-            for p in recovered:
-                self.index.add_pack(p)
         return [p.id for p in recovered], problems
 
     # --- blobs ------------------------------------------------------------------------
@@ -584,9 +601,8 @@ class BlobSaver:
         try:
             await self.repo.store.put(pack_key(pack.id), pack.data)
             indexed = IndexedPack(pack.id, pack.size, pack.entries)
-            await self.repo.write_index([indexed])
+            await self.repo.write_index([indexed])  # adds it to the index
             with self._lock:
-                self.repo.index.add_pack(indexed)
                 self._pending.difference_update(e.id for e in pack.entries)
                 self.stats.packs += 1
                 self.stats.stored_bytes += pack.size

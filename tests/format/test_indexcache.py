@@ -34,8 +34,10 @@ def everything(repo: Repository) -> dict:
 
 
 async def open_with(store, cache: IndexCache | None) -> Repository:
+    """As the agent opens it: with a cache, the index lives on disk (diskindex.py)."""
     repo = await Repository.open(store, PASSPHRASE, pack_size=TEST_PACK_SIZE, load_index=False)
-    repo.index_cache = cache
+    if cache is not None:
+        repo.use_index_cache(cache)
     await repo.load_index()
     return repo
 
@@ -76,7 +78,7 @@ async def test_kept_index_files_give_the_same_index_without_a_download(repo, sto
 async def test_a_backup_keeps_the_index_files_it_writes(store, tmp_path):
     cache = IndexCache(tmp_path / "cache")
     repo = await Repository.init(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
-    repo.index_cache = cache
+    repo.use_index_cache(cache)
     await backed_up(repo, tmp_path)
     counting = CountingStore(store)
     again = await open_with(counting, cache)
@@ -93,6 +95,9 @@ async def test_a_damaged_kept_file_is_read_again_and_replaced(repo, store, tmp_p
     data[len(data) // 2] ^= 0x01  # one flipped bit in an entry
     kept[0].write_bytes(bytes(data))
     kept[1].write_bytes(kept[1].read_bytes()[:100])  # cut short
+    # The index on disk holds them already: without it, they are read to build it again.
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / "cache" / name).unlink(missing_ok=True)
 
     counting = CountingStore(store)
     repaired = await open_with(counting, cache)

@@ -1,0 +1,215 @@
+"""The index kept on the agent's disk, so a backup's memory does not grow with the repository.
+
+The in-memory Index costs ~160 bytes per blob: 160 MB for a million, and a server with ten
+million small files would need more than the machine has (restic's and kopia's best-known
+failure). The agent instead keeps the entries of every index file it has read or written in
+one SQLite database beside its index cache, with a page cache of ``CACHE_KIB``: a lookup is
+one B-tree search (a few microseconds), and a backup that keeps unchanged folders from the
+tree cache never looks anything up, so it need not load anything either.
+
+The database is a cache of the repository's index files, never the truth:
+
+- it records which index files its entries came from (``files``), and the packs those files
+  name that the store no longer held when they were added (``gone``, left out as
+  Repository.load_index leaves them out);
+- ``settle`` compares that with the repository before a backup uses it, and starts it over
+  when an index file it holds was deleted or a pack it points into is gone (retention's
+  garbage collection), since a blob of a deleted pack may have been stored again elsewhere;
+- a database that does not open, or has another layout, is deleted and built again from the
+  kept index files.
+
+Pack numbers are never reused (AUTOINCREMENT), so another process's cached number-to-pack
+map can be out of date but never wrong: an unknown number is read from the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from itertools import repeat
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from .constants import CHUNK_ID_SIZE
+from .errors import FormatError
+from .index import BlobLocation, IndexedPack, KeptPack
+from .pack import BlobType
+
+SCHEMA_VERSION = 1
+CACHE_KIB = 8 * 1024  # SQLite's page cache: what bounds the index's memory
+_U32 = (1 << 32) - 1
+_U40 = (1 << 40) - 1
+_MAX_LENGTH = (1 << 31) - 1  # (length << 32) | raw_length must fit SQLite's signed 64 bits
+
+_SCHEMA = """
+CREATE TABLE packs (number INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                    size INTEGER NOT NULL);
+CREATE TABLE blobs (id BLOB PRIMARY KEY, pack INTEGER NOT NULL, high INTEGER NOT NULL,
+                    low INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE files (id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE gone (id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+
+class DiskIndex:
+    """Blob id -> location in SQLite; safe to use from several threads (one lock)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError:  # damaged, or not a database: it is only a cache
+            self._delete_files()
+            self._db = self._connect()
+        self._pack_ids: dict[int, str] = {}
+        self._pack_numbers: dict[str, int] = {}
+        self._pack_sizes: dict[str, int] = {}
+        self._read_packs()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                             timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a crash loses at most the last commits
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                if version != 0 or db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    db.close()
+                    self._delete_files()  # another layout: built again
+                    return self._connect()
+                db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _delete_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _read_packs(self) -> None:
+        rows = self._db.execute("SELECT number, id, size FROM packs").fetchall()
+        self._pack_ids = {number: pack_id for number, pack_id, _ in rows}
+        self._pack_numbers = {pack_id: number for number, pack_id, _ in rows}
+        self._pack_sizes = {pack_id: size for _, pack_id, size in rows}
+
+    # --- what it holds ----------------------------------------------------------------
+
+    def files(self) -> set[str]:
+        """The index files whose entries are here."""
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM files")}
+
+    def gone(self) -> set[str]:
+        """Packs those index files name that the store did not hold."""
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM gone")}
+
+    def settle(self, index_files: set[str], present_packs: set[str]) -> bool:
+        """Start over if the repository lost something these entries rely on: an index
+        file (rewritten or collected) or a pack (collected). Returns whether it did."""
+        stale = (not self.files() <= index_files
+                 or not self._pack_numbers.keys() <= present_packs
+                 or bool(self.gone() & present_packs))
+        if stale:
+            self.clear()
+        return stale
+
+    def clear(self) -> None:
+        with self._lock:
+            self._db.executescript("BEGIN IMMEDIATE; DELETE FROM blobs; DELETE FROM packs;"
+                                   " DELETE FROM files; DELETE FROM gone; COMMIT;")
+            self._read_packs()
+
+    # --- adding -----------------------------------------------------------------------
+
+    def add_file(self, index_id: str, packs: Sequence[IndexedPack | KeptPack],
+                 gone: Iterable[str] = ()) -> None:
+        """An index file's packs the store holds, and those it no longer does, in one
+        transaction with the file's name: all of a file is here or none of it."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for pack in packs:
+                    db.execute("INSERT OR IGNORE INTO packs (id, size) VALUES (?, ?)",
+                               (pack.id, pack.size))
+                    (number,) = db.execute("SELECT number FROM packs WHERE id = ?",
+                                           (pack.id,)).fetchone()
+                    # A blob stored twice stays where it was first seen (as in Index).
+                    db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)",
+                                   _rows(number, pack))
+                db.executemany("INSERT OR IGNORE INTO gone VALUES (?)", ((p,) for p in gone))
+                db.execute("INSERT OR IGNORE INTO files VALUES (?)", (index_id,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._read_packs()
+
+    # --- reading ----------------------------------------------------------------------
+
+    def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        with self._lock:
+            row = self._db.execute("SELECT pack, high, low FROM blobs WHERE id = ?",
+                                   (blob_id,)).fetchone()
+            if row is None:
+                return None
+            number, high, low = row
+            pack_id = self._pack_ids.get(number)
+            if pack_id is None:  # added by another process since we read the packs
+                self._read_packs()
+                pack_id = self._pack_ids[number]
+        return BlobLocation(pack_id, BlobType(high >> 40), high & _U40, low >> 32, low & _U32)
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM blobs WHERE id = ?",
+                                    (blob_id,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+
+    def packs(self) -> dict[str, int]:
+        """Every indexed pack id with its size in bytes."""
+        return dict(self._pack_sizes)
+
+    def has_pack(self, pack_id: str) -> bool:
+        return pack_id in self._pack_numbers
+
+    def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        with self._lock:
+            ids = [row[0] for row in self._db.execute("SELECT id FROM blobs")]
+        for blob_id in ids:
+            yield blob_id, self.lookup(blob_id)  # type: ignore[misc]
+
+
+def _rows(number: int, pack: IndexedPack | KeptPack) -> Iterator[tuple[bytes, int, int, int]]:
+    if isinstance(pack, KeptPack):
+        ids, step = pack.ids, CHUNK_ID_SIZE
+        if pack.low and max(pack.low) >> 32 > _MAX_LENGTH:
+            raise FormatError(f"pack {pack.id}: a blob length out of range")
+        return zip([ids[at:at + step] for at in range(0, len(ids), step)], repeat(number),
+                   pack.high, pack.low)
+    return (_row(number, e.id, int(e.type), e.offset, e.length, e.raw_length)
+            for e in pack.entries)
+
+
+def _row(number: int, blob_id: bytes, blob_type: int, offset: int, length: int,
+         raw_length: int) -> tuple[bytes, int, int, int]:
+    if not (0 <= offset <= _U40 and 0 <= length <= _MAX_LENGTH and 0 <= raw_length <= _U32):
+        raise FormatError(f"blob location out of range: offset {offset}, length {length}, "
+                          f"raw length {raw_length}")
+    return blob_id, number, blob_type << 40 | offset, length << 32 | raw_length

@@ -1,0 +1,182 @@
+"""The index on the agent's disk (shared/format/diskindex.py): the same answers as the
+in-memory index, started over when the repository lost what it relies on, built again when
+damaged, and never wrong for a process whose view of the packs is out of date."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from shared.format import FULL, Archiver, FormatError, Repository
+from shared.format.constants import DATA_PREFIX
+from shared.format.diskindex import DiskIndex
+from shared.format.index import IndexedPack, KeptPack
+from shared.format.indexcache import IndexCache
+from shared.format.pack import BlobType, PackEntry
+
+from .conftest import PASSPHRASE, TEST_PACK_SIZE
+
+
+def entries(n: int, seed: int) -> list[PackEntry]:
+    rng = random.Random(seed)
+    return [PackEntry(BlobType(i % 2), rng.randbytes(32), i * 4096, 4000 + i, 8000 + i)
+            for i in range(n)]
+
+
+def as_kept(pack: IndexedPack) -> KeptPack:
+    from array import array
+
+    return KeptPack(pack.id, pack.size, b"".join(e.id for e in pack.entries),
+                    array("Q", (int(e.type) << 40 | e.offset for e in pack.entries)),
+                    array("Q", (e.length << 32 | e.raw_length for e in pack.entries)))
+
+
+def test_answers_as_the_entries_say_whichever_form_they_came_in(tmp_path):
+    index = DiskIndex(tmp_path / "index.sqlite")
+    full = IndexedPack("a" * 64, 10_000_000, entries(500, 1))
+    kept = IndexedPack("b" * 64, 20_000_000, entries(300, 2))
+    index.add_file("f1", [full])
+    index.add_file("f2", [as_kept(kept)], gone=["c" * 64])
+    for pack in (full, kept):
+        for e in pack.entries:
+            loc = index.lookup(e.id)
+            assert loc is not None and e.id in index
+            assert (loc.pack_id, loc.type, loc.offset, loc.length, loc.raw_length) == \
+                (pack.id, e.type, e.offset, e.length, e.raw_length)
+    assert index.lookup(b"\0" * 32) is None and b"\0" * 32 not in index
+    assert len(index) == 800
+    assert index.packs() == {"a" * 64: 10_000_000, "b" * 64: 20_000_000}
+    assert index.has_pack("a" * 64) and not index.has_pack("c" * 64)
+    assert index.files() == {"f1", "f2"} and index.gone() == {"c" * 64}
+    index.close()
+    again = DiskIndex(tmp_path / "index.sqlite")  # what the next run finds
+    assert again.files() == {"f1", "f2"} and len(again) == 800
+    assert again.lookup(kept.entries[7].id).pack_id == "b" * 64
+
+
+def test_a_blob_stored_twice_stays_where_it_was_first_seen(tmp_path):
+    index = DiskIndex(tmp_path / "index.sqlite")
+    first = IndexedPack("a" * 64, 1, entries(10, 3))
+    second = IndexedPack("b" * 64, 1, entries(10, 3))  # the same ids
+    index.add_file("f1", [first])
+    index.add_file("f2", [second])
+    assert {index.lookup(e.id).pack_id for e in second.entries} == {"a" * 64}
+
+
+def test_settle_starts_over_when_the_repository_lost_something(tmp_path):
+    index = DiskIndex(tmp_path / "index.sqlite")
+    index.add_file("f1", [IndexedPack("a" * 64, 1, entries(5, 4))])
+    index.add_file("f2", [IndexedPack("b" * 64, 1, entries(5, 5))], gone=["c" * 64])
+    assert not index.settle({"f1", "f2", "f3"}, {"a" * 64, "b" * 64})  # more is fine
+    assert len(index) == 10
+    assert index.settle({"f1"}, {"a" * 64, "b" * 64})  # an index file was collected
+    assert len(index) == 0 and index.files() == set() and index.packs() == {}
+
+    index.add_file("f1", [IndexedPack("a" * 64, 1, entries(5, 4))])
+    assert index.settle({"f1"}, set())  # its pack was collected
+    index.add_file("f2", [], gone=["c" * 64])
+    assert index.settle({"f2"}, {"c" * 64})  # a pack thought gone is there after all
+
+
+def test_a_damaged_or_foreign_database_is_built_again(tmp_path):
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(os.urandom(8192))
+    index = DiskIndex(path)
+    index.add_file("f1", [IndexedPack("a" * 64, 1, entries(3, 6))])
+    assert len(index) == 3
+    index.close()
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")  # a later layout
+    db.commit()
+    db.close()
+    rebuilt = DiskIndex(path)
+    assert len(rebuilt) == 0 and rebuilt.files() == set()
+
+
+def test_an_out_of_range_location_is_refused_not_stored(tmp_path):
+    index = DiskIndex(tmp_path / "index.sqlite")
+    bad = IndexedPack("a" * 64, 1, [PackEntry(BlobType.DATA, b"x" * 32, 0, 1 << 31, 10)])
+    with pytest.raises(FormatError, match="out of range"):
+        index.add_file("f1", [bad])
+    with pytest.raises(FormatError, match="out of range"):
+        index.add_file("f1", [as_kept(bad)])
+    assert len(index) == 0 and index.files() == set()  # nothing half-added
+
+
+def test_another_process_adding_packs_is_seen_with_the_right_pack(tmp_path):
+    path = tmp_path / "index.sqlite"
+    mine, theirs = DiskIndex(path), DiskIndex(path)
+    mine.add_file("f1", [IndexedPack("a" * 64, 1, entries(3, 7))])
+    new = IndexedPack("b" * 64, 2, entries(3, 8))
+    theirs.add_file("f2", [new])
+    assert mine.lookup(new.entries[0].id).pack_id == "b" * 64
+    theirs.clear()
+    theirs.add_file("f3", [IndexedPack("c" * 64, 3, entries(3, 9))])
+    # Numbers are never reused: the first pack's old number cannot now mean the new pack.
+    assert mine.lookup(new.entries[0].id) is None
+    assert {loc.pack_id for _, loc in mine.items()} == {"c" * 64}
+
+
+def test_threads_look_up_while_another_adds(tmp_path):
+    index = DiskIndex(tmp_path / "index.sqlite")
+    base = IndexedPack("a" * 64, 1, entries(2000, 10))
+    index.add_file("f0", [base])
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for e in base.entries:
+                assert index.lookup(e.id).pack_id == "a" * 64
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(20):
+        index.add_file(f"f{i + 1}", [IndexedPack(f"{i:064x}", 1, entries(100, 100 + i))])
+    for t in threads:
+        t.join()
+    assert errors == [] and len(index) == 4000
+
+
+async def test_a_backup_through_the_disk_index_matches_the_repository(store, tmp_path):
+    """A backup adds what it stores as it goes; the index a fresh open builds from the
+    repository (in memory) agrees with the one on disk entry for entry, and a pack the
+    store lost takes its entries out of the next run's disk index."""
+    cache = IndexCache(tmp_path / "cache")
+    repo = await Repository.init(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
+    repo.use_index_cache(cache)
+    rng = random.Random(11)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(rng.randbytes(rng.randrange(1, 200 * 1024)))
+    await Archiver(repo, host="h").backup([str(src)], kind=FULL)
+    repo.close()
+
+    plain = await Repository.open(store, PASSPHRASE)
+    on_disk = await Repository.open(store, PASSPHRASE, load_index=False)
+    on_disk.use_index_cache(cache)
+    await on_disk.load_index()
+    assert isinstance(on_disk.index, DiskIndex)
+    assert dict(on_disk.index.items()) == dict(plain.index.items())
+    assert len(on_disk.index) > 30
+
+    lost = sorted([k async for k in store.list(DATA_PREFIX)])[0]
+    os.unlink(Path(store.root) / lost)
+    on_disk.close()
+    after = await Repository.open(store, PASSPHRASE, load_index=False)
+    after.use_index_cache(cache)
+    await after.load_index()
+    lost_id = lost.rsplit("/", 1)[-1]
+    assert after.gone_packs == {lost_id} and not after.index.has_pack(lost_id)
+    assert all(loc.pack_id != lost_id for _, loc in after.index.items())
+    again = await Repository.open(store, PASSPHRASE)
+    assert dict(after.index.items()) == dict(again.index.items())
