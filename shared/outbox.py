@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from shared.bus import Bus
 from shared.db import Database, UTCDateTime
@@ -62,6 +63,11 @@ class Outbox:
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # What a session's ``info`` holds for this outbox: the rows waiting for the commit,
+        # whether the transaction wrote any, whether the session's hooks are in place.
+        self._rows_key = ("outbox-rows", id(self))
+        self._wrote_key = ("outbox-wrote", id(self))
+        self._watched_key = ("outbox-watched", id(self))
 
     async def add(
         self,
@@ -71,22 +77,53 @@ class Outbox:
         causation: Envelope | None = None,
         correlation_id: uuid.UUID | None = None,
     ) -> Envelope:
-        """Record ``event`` in the caller's transaction; the relay publishes it after commit."""
+        """Record ``event`` in the caller's transaction; the relay publishes it after commit.
+
+        The row is written just before the transaction commits, together with the other
+        events the transaction added (one multi-row insert instead of a round trip per
+        event), so the transaction itself does not see it in the table. Inside a savepoint
+        it is written at once, so that rolling the savepoint back takes it along."""
         envelope = envelope_for(event, causation=causation, correlation_id=correlation_id)
-        await session.execute(
-            self.table.insert().values(
-                event_id=str(envelope.id),
-                routing_key=envelope.routing_key,
-                envelope=envelope.model_dump_json(),
-                created_at=envelope.occurred_at,
-            )
-        )
-        # Wake the relay as soon as this transaction commits (a spurious wake is harmless).
+        row = {"event_id": str(envelope.id), "routing_key": envelope.routing_key,
+               "envelope": envelope.model_dump_json(), "created_at": envelope.occurred_at}
         sync = session.sync_session
-        if not sync.info.get(id(self)):
-            sync.info[id(self)] = True
-            sa_event.listen(sync, "after_commit", lambda _s: self._wake.set(), once=True)
+        self._watch(sync)
+        if sync.in_nested_transaction():
+            await session.execute(self.table.insert(), [row])
+            sync.info[self._wrote_key] = True
+        else:
+            sync.info.setdefault(self._rows_key, []).append(row)
         return envelope
+
+    def _watch(self, sync: Session) -> None:
+        """Once per session: write the held rows before each commit, wake the relay after
+        it, forget them on rollback."""
+        if sync.info.get(self._watched_key):
+            return
+        sync.info[self._watched_key] = True
+        rows_key, wrote_key = self._rows_key, self._wrote_key
+
+        def write_rows(session: Session) -> None:
+            rows = session.info.pop(rows_key, None)
+            if rows:
+                # Inside the async session's greenlet: the statement is awaited there.
+                session.execute(self.table.insert(), rows)
+                session.info[wrote_key] = True
+
+        def wake_relay(session: Session) -> None:
+            if session.info.pop(wrote_key, False):
+                self._wake.set()
+
+        def forget_rows(session: Session, rolled_back: SessionTransaction) -> None:
+            # A savepoint's rollback keeps them: they were added outside it. The soft
+            # rollback, because a transaction that never touched the database has no real one.
+            if not rolled_back.nested:
+                session.info.pop(rows_key, None)
+                session.info.pop(wrote_key, None)
+
+        sa_event.listen(sync, "before_commit", write_rows)
+        sa_event.listen(sync, "after_commit", wake_relay)
+        sa_event.listen(sync, "after_soft_rollback", forget_rows)
 
     def wake(self) -> None:
         self._wake.set()

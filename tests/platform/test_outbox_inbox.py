@@ -104,6 +104,43 @@ async def test_event_leaves_only_if_its_change_committed(world):
     assert await world.outbox.pending() == 0
 
 
+async def outbox_ids(world):
+    async with world.db.sessions() as s:
+        return list((await s.scalars(select(outbox.c.event_id).order_by(outbox.c.seq))).all())
+
+
+async def test_events_of_a_transaction_are_written_together_at_its_commit(world):
+    async with world.db.transaction() as session:
+        added = [await world.outbox.add(session, tick()) for _ in range(5)]
+        # Held until the commit, then one multi-row insert (shared/outbox.py).
+        assert await session.scalar(select(func.count()).select_from(outbox)) == 0
+    assert await outbox_ids(world) == [str(e.id) for e in added]
+
+
+async def test_event_of_a_rolled_back_transaction_stays_out_of_the_sessions_next_one(world):
+    """The rollback of a transaction that never reached the database (nothing but the
+    held event) still forgets the event."""
+    async with world.db.sessions() as session:
+        with pytest.raises(RuntimeError):
+            async with session.begin():
+                await world.outbox.add(session, tick())
+                raise RuntimeError("the change failed")
+        async with session.begin():
+            kept = await world.outbox.add(session, tick())
+    assert await outbox_ids(world) == [str(kept.id)]
+
+
+async def test_rolled_back_savepoint_takes_its_event_along(world):
+    async with world.db.transaction() as session:
+        before = await world.outbox.add(session, tick())
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                await world.outbox.add(session, tick())
+                raise RuntimeError("the inner change failed")
+        after = await world.outbox.add(session, tick())
+    assert sorted(await outbox_ids(world)) == sorted([str(before.id), str(after.id)])
+
+
 async def test_redelivered_event_has_one_effect(world):
     await world.start_consumer()
     envelope = envelope_for(tick())
