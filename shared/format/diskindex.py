@@ -140,13 +140,15 @@ class DiskIndex:
         transaction with the file's name: all of a file is here or none of it."""
         with self._lock:
             db = self._db
+            added: list[tuple[int, str, int]] = []
             db.execute("BEGIN IMMEDIATE")
             try:
                 for pack in packs:
                     db.execute("INSERT OR IGNORE INTO packs (id, size) VALUES (?, ?)",
                                (pack.id, pack.size))
-                    (number,) = db.execute("SELECT number FROM packs WHERE id = ?",
-                                           (pack.id,)).fetchone()
+                    number, size = db.execute("SELECT number, size FROM packs WHERE id = ?",
+                                              (pack.id,)).fetchone()
+                    added.append((number, pack.id, size))
                     # A blob stored twice stays where it was first seen (as in Index).
                     db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)",
                                    _rows(number, pack))
@@ -156,7 +158,10 @@ class DiskIndex:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._read_packs()
+            for number, pack_id, size in added:
+                self._pack_ids[number] = pack_id
+                self._pack_numbers[pack_id] = number
+                self._pack_sizes[pack_id] = size
 
     # --- reading ----------------------------------------------------------------------
 
