@@ -30,6 +30,9 @@ REASON_HEADER = "x-reclo-reason"
 # A publish that the broker has not confirmed in this time is treated as failed (the outbox
 # will try again); without it a publish during an outage could wait for the reconnect.
 CONFIRM_TIMEOUT_SECONDS = 10.0
+# Deliveries acknowledged on their own above one that never settled, before the channel's
+# acknowledger stops tracking them (and acknowledges one at a time): bounds its memory.
+MAX_SETTLED_AHEAD = 10_000
 
 
 class RabbitBus(Bus):
@@ -98,8 +101,14 @@ class RabbitBus(Bus):
             )
         await channel.declare_queue(_dead_queue(queue), durable=True)
 
+        acks: _Acknowledger | None = None
+
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._deliver(queue, message, handler)
+            nonlocal acks
+            channel = message.channel
+            if acks is None or acks.channel is not channel:
+                acks = _Acknowledger(channel)  # a new channel after a reconnect: tags restart
+            await self._deliver(queue, message, handler, acks)
 
         await main.consume(on_message)
 
@@ -121,40 +130,45 @@ class RabbitBus(Bus):
 
         await queue.consume(on_message)
 
-    async def _deliver(self, queue: str, message: AbstractIncomingMessage, handler: Handler):
+    async def _deliver(self, queue: str, message: AbstractIncomingMessage, handler: Handler,
+                       acks: _Acknowledger):
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
         try:
             await handler(decode_envelope(message.body))
         except MalformedMessage as exc:
-            await self._bury(queue, message, str(exc), attempt)
+            await self._bury(queue, message, str(exc), attempt, acks)
         except Exception as exc:
             if attempt <= len(self.retry_delays):
                 delay = self.retry_delays[attempt - 1]
                 log.warning("handler failed, will retry", queue=queue, attempt=attempt,
                             delay=delay, error=failure_reason(exc))
                 await self._forward(
-                    message, _retry_queue(queue, delay), {ATTEMPT_HEADER: attempt + 1}
+                    message, _retry_queue(queue, delay), {ATTEMPT_HEADER: attempt + 1}, acks
                 )
             else:
-                await self._bury(queue, message, failure_reason(exc), attempt)
+                await self._bury(queue, message, failure_reason(exc), attempt, acks)
         else:
-            await message.ack()
+            acks.handled(message.delivery_tag)
 
-    async def _bury(self, queue: str, message: AbstractIncomingMessage, reason: str, attempt: int):
+    async def _bury(self, queue: str, message: AbstractIncomingMessage, reason: str, attempt: int,
+                    acks: _Acknowledger):
         log.error("message dead-lettered", queue=queue, reason=reason, attempts=attempt)
         await self._forward(
-            message, _dead_queue(queue), {ATTEMPT_HEADER: attempt, REASON_HEADER: reason}
+            message, _dead_queue(queue), {ATTEMPT_HEADER: attempt, REASON_HEADER: reason}, acks
         )
 
-    async def _forward(self, message: AbstractIncomingMessage, target: str, headers: dict):
+    async def _forward(self, message: AbstractIncomingMessage, target: str, headers: dict,
+                       acks: _Acknowledger):
         """Move a message to a retry or dead queue: acknowledged only once confirmed there."""
         try:
             await self._publish_to_queue(target, message.body, headers)
         except Exception:
             # Not parked: give it back to the broker so it is delivered again, never lost.
             await message.nack(requeue=True)
+            acks.settled_alone(message.delivery_tag)
             raise
         await message.ack()
+        acks.settled_alone(message.delivery_tag)
 
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
         assert self._connection is not None
@@ -176,6 +190,77 @@ class RabbitBus(Bus):
             return letters
         finally:
             await channel.close()
+
+
+class _Acknowledger:
+    """Acknowledges the handled deliveries of one consumer's channel, many with one frame.
+
+    Delivery tags count up from 1 on a channel. Once every delivery up to tag T is settled
+    (handled, or acknowledged or rejected on its own when it was moved to a retry or dead
+    queue), one ``multiple`` ack of the highest handled tag among them covers the lot: a
+    batch the inbox committed together is acknowledged together. A handled delivery above
+    a gap (an earlier one still being handled) is acknowledged on its own, at once, so a
+    slow delivery never holds back the others' acknowledgements."""
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+        self._floor = 0  # every delivery up to this tag is settled
+        self._handled: set[int] = set()  # above the floor, waiting for their ack
+        self._alone: set[int] = set()  # above the floor, acked or rejected on their own
+        self._sender: asyncio.Task | None = None
+        self._one_by_one = False
+
+    def handled(self, tag: int) -> None:
+        self._handled.add(tag)
+        # Started after the deliveries settled in this turn of the loop (a whole batch
+        # wakes at once), so that one frame covers them all.
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(), name="bus:acks")
+
+    def settled_alone(self, tag: int) -> None:
+        """``tag`` was acknowledged or rejected on its own (the frame is written)."""
+        if not self._one_by_one:
+            self._alone.add(tag)
+
+    def _take(self) -> tuple[int | None, list[int]]:
+        """The tag to ack with ``multiple`` (or None) and the tags to ack one by one."""
+        highest_handled = None
+        tag = self._floor + 1
+        while not self._one_by_one:
+            if tag in self._handled:
+                self._handled.discard(tag)
+                highest_handled = tag
+            elif tag in self._alone:
+                self._alone.discard(tag)
+            else:
+                break
+            tag += 1
+        self._floor = tag - 1
+        singles = sorted(self._handled)
+        self._handled.clear()
+        if self._one_by_one:
+            return None, singles
+        self._alone.update(singles)
+        if len(self._alone) > MAX_SETTLED_AHEAD:
+            # A delivery below them never settled (its handling was cancelled): stop
+            # remembering what lies above it; from now on every ack goes on its own.
+            self._alone.clear()
+            self._one_by_one = True
+        return highest_handled, singles
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                up_to, singles = self._take()
+                if up_to is None and not singles:
+                    return
+                for tag in singles:
+                    await self.channel.basic_ack(tag)
+                if up_to is not None:
+                    await self.channel.basic_ack(up_to, multiple=True)
+        except Exception as exc:
+            # The channel closed: its unacknowledged deliveries come again (at least once).
+            log.warning("acknowledgements not sent", error=failure_reason(exc))
 
 
 def _ms(seconds: float) -> int:
