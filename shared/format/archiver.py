@@ -86,6 +86,12 @@ DEFAULT_IN_PLACE_PATTERNS = (
 # at a time), not only on the thread that reads them: otherwise the last big file of a
 # backup runs alone on one core.
 _FAN_OUT_MIN_SIZE = 8 * 1024 * 1024
+# Files up to this size are read in batches, one worker task for several of them: for a
+# tiny file the hand-off to a worker and back costs more than reading it, and with one
+# task per file the workers sat idle most of the time on a tree of small files.
+_SMALL_FILE_SIZE = 256 * 1024
+_BATCH_FILES = 64
+_BATCH_BYTES = 2 * 1024 * 1024
 _BATCH_BYTES = 1024 * 1024
 
 # Below this size a file is a chunk or two whatever the chunker: FastCDC keeps it whole.
@@ -523,9 +529,10 @@ class _Run:
                              ) -> list[Node | _DirDone | asyncio.Future | None]:
         """Start each entry's node: files read (or kept from the parent), subfolders walked
         (or taken from ``walked``)."""
-        pending: list[Node | _DirDone | asyncio.Future | None] = []
+        pending: list[Node | _DirDone | asyncio.Future | _InBatch | None] = []
         listings = _ListAhead(path, [n for n, est in kept if stat.S_ISDIR(est.st_mode)
                                      and (walked is None or n not in walked)])
+        batch = _SmallFiles()
         for entry_name, est in kept:
             child = os.path.join(path, entry_name)
             child_rel = f"{rel}/{entry_name}" if rel else entry_name
@@ -535,17 +542,28 @@ class _Run:
             elif stat.S_ISDIR(mode):
                 pending.append(await self._dir(child, child_rel, entry_name, est,
                                                old_nodes.get(entry_name), listing=listings.next()))
+            elif stat.S_ISREG(mode) and est.st_size <= _SMALL_FILE_SIZE:
+                reused = self._reuse(entry_name, est, old_nodes.get(entry_name), FILE)
+                if reused is not None:
+                    pending.append(reused)
+                    continue
+                pending.append(batch.add(child, entry_name, est.st_size))
+                if batch.full():
+                    await self._read_batch(batch)
+                    batch = _SmallFiles()
             elif stat.S_ISREG(mode):
                 pending.append(await self._file(child, entry_name, est, old_nodes.get(entry_name)))
             elif stat.S_ISLNK(mode):
                 pending.append(self._symlink(child, entry_name, est))
             else:
                 self.warn(child, f"skipped special file ({_kind_of(mode)})")
+        if batch.files:
+            await self._read_batch(batch)
         return pending
 
     async def _finish_dir(
         self,
-        pending: list[Node | _DirDone | asyncio.Future | None],
+        pending: list[Node | _DirDone | asyncio.Future | _InBatch | None],
         path: str,
         rel: str,
         name: str,
@@ -557,7 +575,10 @@ class _Run:
         wholes = []  # (name, whole signature) of the subfolders
         clean = True  # nothing below warned
         for p in pending:
-            done = (await p) if isinstance(p, asyncio.Future) else p
+            if isinstance(p, _InBatch):
+                done = await p.node()
+            else:
+                done = (await p) if isinstance(p, asyncio.Future) else p
             if isinstance(done, _DirDone):
                 wholes.append((done.node.name, done.whole))
                 clean = clean and done.clean
@@ -645,6 +666,18 @@ class _Run:
         self._tasks.add(future)
         future.add_done_callback(lambda f: (self.file_slots.release(), self._tasks.discard(f)))
         return future
+
+    async def _read_batch(self, batch: _SmallFiles) -> None:
+        """Read a batch of small files in one worker task; one file slot, as the files are
+        read one after another (what they hold in memory is one small file's)."""
+        await self.file_slots.acquire()
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_files, batch.files)
+        self._tasks.add(future)
+        future.add_done_callback(lambda f: (self.file_slots.release(), self._tasks.discard(f)))
+        batch.future.set_result(future)
+
+    def _read_files(self, files: list[tuple[str, str]]) -> list[Node | None]:
+        return [self._read_file(path, name, FILE) for path, name in files]
 
     def _reuse(self, name: str, st: os.stat_result, old: Node | None, node_type: str) -> Node | None:
         """The parent's node, refreshed, if the file did not change since the parent."""
@@ -844,6 +877,37 @@ class _ListAhead:
             self._started.append(asyncio.ensure_future(
                 asyncio.to_thread(_scan, os.path.join(self._path, name))))
         return self._started.popleft()
+
+
+class _SmallFiles:
+    """Small files of one folder gathered for one worker task (_read_batch). Each file's
+    place in the folder holds an _InBatch until the batch is started."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[str, str]] = []
+        self.bytes = 0
+        # The worker task's future, once the batch is full and started.
+        self.future: asyncio.Future[asyncio.Future[list[Node | None]]] = \
+            asyncio.get_running_loop().create_future()
+
+    def add(self, path: str, name: str, size: int) -> _InBatch:
+        self.files.append((path, name))
+        self.bytes += size
+        return _InBatch(self, len(self.files) - 1)
+
+    def full(self) -> bool:
+        return len(self.files) >= _BATCH_FILES or self.bytes >= _BATCH_BYTES
+
+
+@dataclass
+class _InBatch:
+    """A file read as part of a batch: its node is the batch's result at ``index``."""
+
+    owner: _SmallFiles
+    index: int
+
+    async def node(self) -> Node | None:
+        return (await (await self.owner.future))[self.index]
 
 
 @dataclass

@@ -239,3 +239,36 @@ async def test_an_incremental_encodes_only_the_trees_on_the_path_of_a_change(rep
     await Restorer(repo).restore(changed.snapshot_id, tmp_path / "out")
     assert (tmp_path / "out" / "src" / "a" / "y" / "f1.txt").read_text() == "changed"
     assert (tmp_path / "out" / "src" / "b" / "x" / "f2.txt").read_text() == "b/x/2"
+
+
+async def test_many_small_files_read_in_batches_come_back_whole_and_in_order(repo, tmp_path):
+    """Small files are read several to a worker task (archiver._SmallFiles): a folder
+    mixing them with bigger files and subfolders, over several batches, round-trips, and
+    an incremental reads only the changed ones among them."""
+    from shared.format import archiver
+
+    rng = random.Random(5)
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = [0, 1, archiver._SMALL_FILE_SIZE, archiver._SMALL_FILE_SIZE + 1, 3 * MiB]
+    for i in range(3 * archiver._BATCH_FILES + 7):
+        size = sizes[i % len(sizes)] if i % 9 == 0 else rng.randrange(0, 40_000)
+        (src / f"f{i:04}").write_bytes(rng.randbytes(size))
+        if i % 50 == 0:
+            (src / f"f{i:04}-sub").mkdir()
+            (src / f"f{i:04}-sub" / "inner").write_bytes(rng.randbytes(100))
+    first = await Archiver(repo, workers=2).backup([str(src)], kind=FULL)
+    assert first.warnings == [] and first.stats.files == 3 * archiver._BATCH_FILES + 7 + 4
+    root = await repo.load_tree(first.snapshot.tree)
+    names = [n.name for n in (await repo.load_tree(root.nodes[0].subtree)).nodes]
+    assert names == sorted(names) and len(names) == 3 * archiver._BATCH_FILES + 7 + 4
+    await Restorer(repo).restore(first.snapshot_id, tmp_path / "out")
+    assert describe(tmp_path / "out" / "src") == describe(src)
+
+    for i in (3, 100, 150):
+        (src / f"f{i:04}").write_bytes(b"changed %d" % i)
+    second = await Archiver(repo, workers=2).backup([str(src)], kind=INCREMENTAL,
+                                                    parent=first.snapshot_id)
+    assert second.stats.bytes_read == sum(len(b"changed %d" % i) for i in (3, 100, 150))
+    await Restorer(repo).restore(second.snapshot_id, tmp_path / "out2")
+    assert describe(tmp_path / "out2" / "src") == describe(src)
