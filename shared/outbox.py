@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from shared.bus import Bus
+from shared.bus.port import Outgoing
 from shared.db import Database, UTCDateTime
 from shared.events import Envelope, Event, envelope_for, utcnow
 from shared.logs import get_logger
@@ -55,6 +56,41 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
+# In a session's ``info``: the rows each outbox holds for the commit, and the outboxes the
+# transaction wrote to (whose relays to wake once it committed).
+_HELD = "outbox-held"
+_WROTE = "outbox-wrote"
+
+
+def _write_held_rows(session: Session) -> None:
+    held = session.info.pop(_HELD, None)
+    if held:
+        for outbox, rows in held.items():
+            # Inside the async session's greenlet: the statement is awaited there.
+            session.execute(outbox.table.insert(), rows)
+        session.info.setdefault(_WROTE, set()).update(held)
+
+
+def _wake_relays(session: Session) -> None:
+    for outbox in session.info.pop(_WROTE, ()):
+        outbox.wake()
+
+
+def _forget_held_rows(session: Session, rolled_back: SessionTransaction) -> None:
+    # A savepoint's rollback keeps them: they were added outside it. The soft rollback,
+    # because a transaction that never touched the database has no real one.
+    if not rolled_back.nested:
+        session.info.pop(_HELD, None)
+        session.info.pop(_WROTE, None)
+
+
+# Once for every session of the process (listening per session costs more than the insert
+# it saves); sessions without outbox rows pay a dictionary lookup per commit.
+sa_event.listen(Session, "before_commit", _write_held_rows)
+sa_event.listen(Session, "after_commit", _wake_relays)
+sa_event.listen(Session, "after_soft_rollback", _forget_held_rows)
+
+
 class Outbox:
     def __init__(self, table: Table, db: Database, bus: Bus, *, poll_seconds: float = 1.0):
         self.table = table
@@ -63,11 +99,6 @@ class Outbox:
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        # What a session's ``info`` holds for this outbox: the rows waiting for the commit,
-        # whether the transaction wrote any, whether the session's hooks are in place.
-        self._rows_key = ("outbox-rows", id(self))
-        self._wrote_key = ("outbox-wrote", id(self))
-        self._watched_key = ("outbox-watched", id(self))
 
     async def add(
         self,
@@ -86,44 +117,13 @@ class Outbox:
         envelope = envelope_for(event, causation=causation, correlation_id=correlation_id)
         row = {"event_id": str(envelope.id), "routing_key": envelope.routing_key,
                "envelope": envelope.model_dump_json(), "created_at": envelope.occurred_at}
-        sync = session.sync_session
-        self._watch(sync)
-        if sync.in_nested_transaction():
+        info = session.sync_session.info
+        if session.in_nested_transaction():
             await session.execute(self.table.insert(), [row])
-            sync.info[self._wrote_key] = True
+            info.setdefault(_WROTE, set()).add(self)
         else:
-            sync.info.setdefault(self._rows_key, []).append(row)
+            info.setdefault(_HELD, {}).setdefault(self, []).append(row)
         return envelope
-
-    def _watch(self, sync: Session) -> None:
-        """Once per session: write the held rows before each commit, wake the relay after
-        it, forget them on rollback."""
-        if sync.info.get(self._watched_key):
-            return
-        sync.info[self._watched_key] = True
-        rows_key, wrote_key = self._rows_key, self._wrote_key
-
-        def write_rows(session: Session) -> None:
-            rows = session.info.pop(rows_key, None)
-            if rows:
-                # Inside the async session's greenlet: the statement is awaited there.
-                session.execute(self.table.insert(), rows)
-                session.info[wrote_key] = True
-
-        def wake_relay(session: Session) -> None:
-            if session.info.pop(wrote_key, False):
-                self._wake.set()
-
-        def forget_rows(session: Session, rolled_back: SessionTransaction) -> None:
-            # A savepoint's rollback keeps them: they were added outside it. The soft
-            # rollback, because a transaction that never touched the database has no real one.
-            if not rolled_back.nested:
-                session.info.pop(rows_key, None)
-                session.info.pop(wrote_key, None)
-
-        sa_event.listen(sync, "before_commit", write_rows)
-        sa_event.listen(sync, "after_commit", wake_relay)
-        sa_event.listen(sync, "after_soft_rollback", forget_rows)
 
     def wake(self) -> None:
         self._wake.set()
@@ -132,7 +132,8 @@ class Outbox:
         """Publish one batch of unsent events; returns how many were published."""
         async with self.db.transaction(read_committed=True) as session:
             query = (
-                select(self.table.c.seq, self.table.c.routing_key, self.table.c.envelope)
+                select(self.table.c.seq, self.table.c.event_id, self.table.c.routing_key,
+                       self.table.c.envelope)
                 .where(self.table.c.sent_at.is_(None))
                 .order_by(self.table.c.seq)
                 .limit(RELAY_BATCH)
@@ -141,21 +142,20 @@ class Outbox:
                 # Several replicas may relay at once; each takes rows the others don't hold.
                 query = query.with_for_update(skip_locked=True)
             rows = (await session.execute(query)).all()
+            if not rows:
+                return 0
             # All publishes of a batch are in flight at once: a broker confirms persistent
             # messages only after its (batched) disk sync, so one at a time would cap the
             # relay at a few hundred events per second.
-            results = await asyncio.gather(
-                *(self.bus.publish_raw(row.routing_key, row.envelope.encode()) for row in rows),
-                return_exceptions=True,
-            )
-            sent = [row.seq for row, result in zip(rows, results, strict=True)
-                    if not isinstance(result, BaseException)]
+            results = await self.bus.publish_many(
+                [Outgoing(row.routing_key, row.envelope.encode(), row.event_id) for row in rows])
+            sent = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
             # Mark what the broker confirmed, even if other publishes of the batch failed.
             if sent:
                 await session.execute(
                     update(self.table).where(self.table.c.seq.in_(sent)).values(sent_at=utcnow())
                 )
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            failed = next((r for r in results if r is not None), None)
             if failed is not None and not sent:
                 raise failed
             return len(sent)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from shared.events import Envelope
 
@@ -19,6 +21,14 @@ class DeadLetter:
     body: bytes
     reason: str
     attempts: int
+
+
+class Outgoing(NamedTuple):
+    """A message as the outbox stores it: already serialised."""
+
+    routing_key: str
+    body: bytes
+    message_id: str | None = None
 
 
 class Bus(ABC):
@@ -41,6 +51,12 @@ class Bus(ABC):
     @abstractmethod
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Publish bytes as they are (used to test how malformed messages are handled)."""
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Publish all of ``messages`` at once, each as ``publish_raw`` would; for each,
+        None once the broker confirmed it, or why it failed. Adapters may do it cheaper."""
+        return await asyncio.gather(
+            *(self.publish_raw(m.routing_key, m.body) for m in messages), return_exceptions=True)
 
     @abstractmethod
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Handler) -> None:

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aiormq import spec
 
-from shared.bus.port import EXCHANGE, Bus, DeadLetter, Handler, failure_reason
+from shared.bus.port import EXCHANGE, Bus, DeadLetter, Handler, Outgoing, failure_reason
 from shared.events import Envelope, MalformedMessage, decode_envelope
 from shared.logs import get_logger
 
@@ -33,6 +34,7 @@ CONFIRM_TIMEOUT_SECONDS = 10.0
 # Deliveries acknowledged on their own above one that never settled, before the channel's
 # acknowledger stops tracking them (and acknowledges one at a time): bounds its memory.
 MAX_SETTLED_AHEAD = 10_000
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 class RabbitBus(Bus):
@@ -68,6 +70,30 @@ class RabbitBus(Bus):
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         await self._publish(self._exchange, routing_key, body)
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
+        """Every message's frames go out at once, then the confirms are awaited together
+        under one timeout: no aio-pika message object and no timeout task per message."""
+        try:
+            if self._channel is None or self._connection is None:
+                raise ConnectionError("bus is not connected")
+            channel = await self._channel.get_underlay_channel()
+        except Exception as exc:
+            return [exc] * len(messages)
+        publishes = [
+            asyncio.ensure_future(channel.basic_publish(
+                m.body, exchange=self.exchange, routing_key=m.routing_key, wait=False,
+                properties=spec.Basic.Properties(
+                    content_type="application/json", delivery_mode=PERSISTENT,
+                    message_id=m.message_id)))
+            for m in messages]
+        try:
+            _, unconfirmed = await asyncio.wait(publishes, timeout=CONFIRM_TIMEOUT_SECONDS)
+        finally:
+            for publish in publishes:
+                publish.cancel()  # those still waiting: timed out, or the caller is cancelled
+        await asyncio.gather(*unconfirmed, return_exceptions=True)
+        return [_publish_error(p, p in unconfirmed) for p in publishes]
 
     async def _publish_to_queue(self, queue: str, body: bytes, headers: dict) -> None:
         exchange = self._channel.default_exchange if self._channel is not None else None
@@ -261,6 +287,14 @@ class _Acknowledger:
         except Exception as exc:
             # The channel closed: its unacknowledged deliveries come again (at least once).
             log.warning("acknowledgements not sent", error=failure_reason(exc))
+
+
+def _publish_error(publish: asyncio.Future, timed_out: bool) -> BaseException | None:
+    if timed_out:
+        return TimeoutError("the broker did not confirm in time")
+    if publish.cancelled():  # by the channel closing under it: a failure, not our cancellation
+        return ConnectionError("publish cancelled by the channel")
+    return publish.exception()
 
 
 def _ms(seconds: float) -> int:

@@ -119,6 +119,26 @@ async def test_handler_declaring_a_message_malformed_is_not_retried(bus, unique)
     assert len(calls) == 1
 
 
+async def test_publish_many_confirms_each_message(bus, unique):
+    from shared.bus.port import Outgoing
+
+    got = []
+
+    async def on(env):
+        got.append(env.id)
+
+    await bus.subscribe(f"test.{unique}.a", ["scheduler.tokens_expiry_due"], on)
+    sent = [tick() for _ in range(20)]
+    results = await bus.publish_many(
+        [Outgoing(e.routing_key, e.to_bytes(), str(e.id)) for e in sent])
+    assert results == [None] * 20
+    await eventually(lambda: len(got) == 20)
+    assert sorted(got) == sorted(e.id for e in sent)
+    await bus.close()
+    failed = await bus.publish_many([Outgoing(e.routing_key, e.to_bytes()) for e in sent[:3]])
+    assert len(failed) == 3 and all(isinstance(r, Exception) for r in failed)
+
+
 async def test_ping(bus):
     assert await bus.ping() is True
 
