@@ -11,7 +11,8 @@ concurrent transactions of ``--per-transaction`` events each) and runs the outbo
 child process (``--consume``, started by this one) is the consumer with its own database.
 ``--embedded``: SQLite and the in-process bus, everything in this one process (the bus can't
 cross processes). Prints one JSON line: events/s from the first write to the last event
-handled, the time to write and to relay, and each process's CPU seconds.
+handled, the time to write and to relay, each process's CPU seconds (``cpu_seconds_run``:
+from the first write to the end, without start-up) and the load average before and after.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
 MARIADB = "mysql+aiomysql://root@127.0.0.1:3306/"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
+# The machine's load as the run begins (the figures depend on what else runs).
+LOAD_BEFORE = [round(x, 2) for x in os.getloadavg()]
 
 
 async def fresh_database(url: str) -> Database:
@@ -106,7 +109,7 @@ async def wait_relayed(relay: Outbox) -> None:
 
 def cpu_seconds(who: int) -> float:
     usage = resource.getrusage(who)
-    return round(usage.ru_utime + usage.ru_stime, 1)
+    return round(usage.ru_utime + usage.ru_stime, 2)
 
 
 async def run_embedded(args) -> dict:
@@ -118,6 +121,7 @@ async def run_embedded(args) -> dict:
     await start_consumer(consumer_db, bus, "bench", args.batch_limit)
     relay = Outbox(outbox, producer_db, bus, poll_seconds=0.05)
     relay.start()
+    cpu_before = cpu_seconds(resource.RUSAGE_SELF)
     started = time.perf_counter()
     await produce(producer_db, relay, args.events, args.per_transaction, args.producers)
     written = time.perf_counter() - started
@@ -125,11 +129,13 @@ async def run_embedded(args) -> dict:
     relayed = time.perf_counter() - started
     await asyncio.wait_for(wait_handled(consumer_db, args.events), timeout=600)
     elapsed = time.perf_counter() - started
+    cpu_run = cpu_seconds(resource.RUSAGE_SELF) - cpu_before
     await relay.stop()
     await bus.close()
     await producer_db.dispose()
     await consumer_db.dispose()
     return {"cpu_seconds": cpu_seconds(resource.RUSAGE_SELF),
+            "cpu_seconds_run": round(cpu_run, 2),
             **figures(args, "sqlite+in-process", elapsed, written, relayed)}
 
 
@@ -148,6 +154,7 @@ async def run_two_processes(args) -> dict:
             raise RuntimeError("the consumer process did not start")
         relay = Outbox(outbox, producer_db, bus, poll_seconds=0.05)
         relay.start()
+        cpu_before = cpu_seconds(resource.RUSAGE_SELF)
         started = time.time()
         await produce(producer_db, relay, args.events, args.per_transaction, args.producers)
         written = time.time() - started
@@ -155,6 +162,7 @@ async def run_two_processes(args) -> dict:
         relayed = time.time() - started
         await relay.stop()
         producer_cpu = cpu_seconds(resource.RUSAGE_SELF)
+        producer_cpu_run = producer_cpu - cpu_before
         report = json.loads(await asyncio.to_thread(consumer.stdout.readline))
         consumer.wait(timeout=60)
     finally:
@@ -164,6 +172,8 @@ async def run_two_processes(args) -> dict:
         await producer_db.drop_database()
         await delete_topology(tag)
     return {"cpu_seconds": {"producer": producer_cpu, "consumer": report["cpu_seconds"]},
+            "cpu_seconds_run": {"producer": round(producer_cpu_run, 2),
+                                "consumer": report["cpu_seconds_run"]},
             **figures(args, "mariadb+rabbitmq", report["finished"] - started, written,
                       relayed)}
 
@@ -176,12 +186,15 @@ async def consume(args) -> None:
                      exchange=f"{tag}.events")
     await bus.connect()
     await start_consumer(db, bus, tag, args.batch_limit)
+    cpu_ready = cpu_seconds(resource.RUSAGE_SELF)
     print("ready", flush=True)
     await asyncio.wait_for(wait_handled(db, args.events), timeout=600)
     finished = time.time()
+    cpu_run = cpu_seconds(resource.RUSAGE_SELF) - cpu_ready
     await bus.close()
     await db.drop_database()
-    print(json.dumps({"finished": finished, "cpu_seconds": cpu_seconds(resource.RUSAGE_SELF)}),
+    print(json.dumps({"finished": finished, "cpu_seconds": cpu_seconds(resource.RUSAGE_SELF),
+                      "cpu_seconds_run": round(cpu_run, 2)}),
           flush=True)
 
 
@@ -202,6 +215,7 @@ def figures(args, mode: str, elapsed: float, written: float, relayed: float) -> 
             "batch_limit": args.batch_limit, "seconds": round(elapsed, 2),
             "events_per_second": round(args.events / elapsed),
             "write_seconds": round(written, 2), "relayed_seconds": round(relayed, 2),
+            "load_average_before": LOAD_BEFORE,
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
