@@ -10,8 +10,10 @@ An incremental reuses chunks stored by earlier backups, so a snapshot's packs ar
 "the packs this backup uploaded". Every directory of a backup passes through the blob
 saver, changed or not (saved as a tree blob, or reused from the parent unchanged), so a
 saver that reads each tree as it goes sees every chunk the snapshot references: one
-already indexed names its pack at once; one still on its way is looked up once the saver
-has been flushed. Nothing is downloaded.
+already indexed names its pack at once. One still on its way (in a pack of this backup not
+indexed yet) is not looked up at all: every pack this backup stores counts as referenced
+when it is indexed (a pack holding only chunks of a file that failed half-way is kept a
+little longer than needed, never deleted too soon). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -38,14 +40,17 @@ class PackReferences:
         self._pending: set[bytes] = set()  # blobs in packs not indexed yet when seen
         self._lock = threading.Lock()
 
-    def note_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
+    def note_tree(self, tree_id: bytes, nodes: list[Node], saver: BlobSaver) -> None:
         """Called by the saver (from worker threads or the loop) for every tree of the
         backup, saved or reused."""
         ids = [tree_id]
         for node in nodes:
             ids.extend(ref.id for ref in node.content or () if ref.id is not None)
         index = self.repo.index
+        in_flight = saver.in_flight(ids)  # their packs are noted when indexed
         for blob_id in ids:
+            if blob_id in in_flight:
+                continue
             loc = index.lookup(blob_id)
             with self._lock:
                 if loc is None:
@@ -59,7 +64,8 @@ class PackReferences:
             self._packs.update(packs)
 
     def packs(self) -> list[str]:
-        """Every pack the snapshot references; call after the saver was flushed."""
+        """Every pack the snapshot references; call after the saver was flushed. (A blob
+        neither indexed nor in flight when its tree was noted is looked up once more.)"""
         for blob_id in self._pending:
             loc = self.repo.index.lookup(blob_id)
             if loc is None:
@@ -96,11 +102,14 @@ class _RecordingSaver(BlobSaver):
     def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
         blob_id, new = super().save(blob_type, data, blob_id)
         if blob_type is BlobType.TREE:
-            self.references.note_tree(blob_id, Tree.decode(data).nodes)
+            self.references.note_tree(blob_id, Tree.decode(data).nodes, self)
         return blob_id, new
 
     def reuse_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
-        self.references.note_tree(tree_id, nodes)
+        self.references.note_tree(tree_id, nodes, self)
+
+    def _on_indexed(self, pack_id: str) -> None:
+        self.references.note_packs([pack_id])
 
 
 class DeclaringStore(ForwardingStore):

@@ -535,6 +535,7 @@ class BlobSaver:
         self._lock = threading.Lock()
         self._open = {t: PackWriter() for t in BlobType}
         self._pending: set[bytes] = set()  # in an open pack, or uploaded but not yet indexed
+        self._indexed = 0  # packs moved from _pending to the index so far
         self._slots = threading.Semaphore(repo.uploads_in_flight)
         self._uploads: set[concurrent.futures.Future] = set()
         self._error: BaseException | None = None
@@ -547,8 +548,14 @@ class BlobSaver:
         key = self.repo.key
         if blob_id is None:
             blob_id = key.chunk_id(data)
+        # The index is asked outside the lock (on disk, a lookup takes microseconds that
+        # the other workers would wait through); a pack indexed meanwhile moves its blobs
+        # from _pending to the index, which the generation tells, and then it is asked again.
+        generation = self._indexed
+        if blob_id in self.repo.index:
+            return blob_id, False
         with self._lock:
-            if blob_id in self._pending or blob_id in self.repo.index:
+            if blob_id in self._pending or (generation != self._indexed and blob_id in self.repo.index):
                 return blob_id, False
             self._pending.add(blob_id)
         try:
@@ -574,6 +581,16 @@ class BlobSaver:
         """A tree the backup references again without saving it (an unchanged directory
         keeps its parent's tree): nothing to store. A saver that tracks what a backup
         references hears of it here, as it hears of saved trees in save()."""
+
+    def in_flight(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Those of blob_ids saved by this saver whose pack is not indexed yet; its
+        _on_indexed comes later for each of them."""
+        with self._lock:
+            return {b for b in blob_ids if b in self._pending}
+
+    def _on_indexed(self, pack_id: str) -> None:
+        """A pack this saver stored is in the index (under the saver's lock). For savers
+        that track what a backup references."""
 
     def _ship(self, pack: SealedPack) -> None:
         self._slots.acquire()  # backpressure: wait while enough packs are uploading
@@ -604,6 +621,8 @@ class BlobSaver:
             await self.repo.write_index([indexed])  # adds it to the index
             with self._lock:
                 self._pending.difference_update(e.id for e in pack.entries)
+                self._indexed += 1
+                self._on_indexed(pack.id)
                 self.stats.packs += 1
                 self.stats.stored_bytes += pack.size
         except BaseException as e:
