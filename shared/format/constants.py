@@ -69,9 +69,9 @@ READ_BUFFER_SIZE = 2 * CDC_MAX_SIZE
 # PUT and GET, and small objects upload slowly), while the memory a backup needs stays
 # bounded (open packs plus packs in flight) and an interrupted backup loses at most about
 # one pack of upload.
-PACK_TARGET_SIZE = 32 * MiB
+PACK_TARGET_SIZE = 16 * MiB
 # ... or once it holds this many blobs, whichever comes first. Tiny files make tiny blobs
-# (~100 bytes sealed), so a 32 MiB pack of them would list ~300,000 blobs; its header and
+# (~100 bytes sealed), so a 16 MiB pack of them would list ~150,000 blobs; its header and
 # its index file (one per pack) would then take hundreds of MiB to decode at once. 32,768
 # entries keep an index file near 3.5 MB of JSON (~10 MB decoded) whatever the files.
 PACK_MAX_BLOBS = 32_768
@@ -102,9 +102,11 @@ TAG_SIZE = 16  # full-length GCM tag
 # largest allocation of a backup (peak RSS 1.3x restic's, whose scrypt is calibrated to
 # about 60 MiB). The parameters are stored in each key slot, so older slots still open
 # with theirs, and they can be raised again for new slots.
-SCRYPT_N = 2**16
+# The work of N = 2^16 (~0.1 s here) in 32 MiB: p runs one after another in the same
+# memory, and memory is what every agent command peaks on (docs/format.md, key slots).
+SCRYPT_N = 2**15
 SCRYPT_R = 8
-SCRYPT_P = 1
+SCRYPT_P = 2
 SCRYPT_SALT_SIZE = 16
 
 # --- compression ----------------------------------------------------------------------

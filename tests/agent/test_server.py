@@ -11,13 +11,14 @@ import stat
 
 import pytest
 
+from shared.format.constants import CDC_MAX_SIZE, PACK_TARGET_SIZE
 from tests.format.conftest import describe
 from tests.support import eventually
 
 from .conftest import PASSPHRASE, PASSWORD, MiB, make_tree, registered
 
-# The most one pack holds: the target size plus one more chunk (at most 8 MiB).
-ONE_PACK = 32 * MiB + 8 * MiB
+# The most one pack holds: the target size plus one more chunk.
+ONE_PACK = PACK_TARGET_SIZE + CDC_MAX_SIZE
 
 
 async def test_register_backup_incremental_restore_check_forget(agent, server, tmp_path, unique):
@@ -126,7 +127,7 @@ async def test_killed_backup_resumes_without_uploading_again_what_arrived(agent,
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
     killed_stored = await server.pack_bytes() - base
-    assert killed_stored >= 2 * 32 * MiB
+    assert killed_stored >= 2 * PACK_TARGET_SIZE
     assert killed_stored < size  # it really was cut off
 
     r = await agent("backup", "--json")

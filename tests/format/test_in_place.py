@@ -149,14 +149,17 @@ async def test_big_files_saved_on_every_core_keep_their_order(repo, tmp_path):
         assert (tmp_path / "out" / "src" / name).read_bytes() == (src / name).read_bytes()
 
 
-def test_new_passphrase_slots_use_64_mib_of_scrypt_and_old_slots_still_open():
+def test_new_passphrase_slots_use_32_mib_of_scrypt_and_old_slots_still_open():
     from shared.format.crypto import MasterKey
 
     key = MasterKey.generate()
     new = new_passphrase_slot(key, PASSPHRASE)
-    assert (new["kdf"]["n"], new["kdf"]["r"]) == (2**16, 8)  # 128 * n * r = 64 MiB
-    old = new_passphrase_slot(key, PASSPHRASE, ScryptParams(n=2**17, r=8, p=1))
-    assert open_passphrase_slot(old, PASSPHRASE).id_key == key.id_key
+    # 128 * n * r = 32 MiB, computed p = 2 times: the work of n = 2^16 in half its memory
+    assert (new["kdf"]["n"], new["kdf"]["r"], new["kdf"]["p"]) == (2**15, 8, 2)
+    assert open_passphrase_slot(new, PASSPHRASE).id_key == key.id_key
+    for n, p in ((2**17, 1), (2**16, 1)):  # slots made by earlier versions
+        old = new_passphrase_slot(key, PASSPHRASE, ScryptParams(n=n, r=8, p=p))
+        assert open_passphrase_slot(old, PASSPHRASE).id_key == key.id_key
 
 
 def test_big_buffers_go_back_to_the_system_on_linux():
