@@ -63,6 +63,8 @@ _WROTE = "outbox-wrote"
 
 
 def _write_held_rows(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released, not the commit: a later rollback would take them
     held = session.info.pop(_HELD, None)
     if held:
         for outbox, rows in held.items():
@@ -72,14 +74,17 @@ def _write_held_rows(session: Session) -> None:
 
 
 def _wake_relays(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: the events are not committed yet
     for outbox in session.info.pop(_WROTE, ()):
         outbox.wake()
 
 
-def _forget_held_rows(session: Session, rolled_back: SessionTransaction) -> None:
-    # A savepoint's rollback keeps them: they were added outside it. The soft rollback,
-    # because a transaction that never touched the database has no real one.
-    if not rolled_back.nested:
+def _forget_held_rows(session: Session, ended: SessionTransaction) -> None:
+    # Whatever ends the root transaction (commit, rollback, even one that never reached
+    # the database, close) ends what it held; after a commit they were written already.
+    # A savepoint's end keeps them: they were added outside it.
+    if ended.parent is None:
         session.info.pop(_HELD, None)
         session.info.pop(_WROTE, None)
 
@@ -88,7 +93,7 @@ def _forget_held_rows(session: Session, rolled_back: SessionTransaction) -> None
 # it saves); sessions without outbox rows pay a dictionary lookup per commit.
 sa_event.listen(Session, "before_commit", _write_held_rows)
 sa_event.listen(Session, "after_commit", _wake_relays)
-sa_event.listen(Session, "after_soft_rollback", _forget_held_rows)
+sa_event.listen(Session, "after_transaction_end", _forget_held_rows)
 
 
 class Outbox:
@@ -118,6 +123,9 @@ class Outbox:
         row = {"event_id": str(envelope.id), "routing_key": envelope.routing_key,
                "envelope": envelope.model_dump_json(), "created_at": envelope.occurred_at}
         info = session.sync_session.info
+        if not session.in_transaction():
+            # Begun now (no database work yet), so that whatever ends it ends the event.
+            session.sync_session.begin()
         if session.in_nested_transaction():
             await session.execute(self.table.insert(), [row])
             info.setdefault(_WROTE, set()).add(self)

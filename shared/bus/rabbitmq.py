@@ -74,10 +74,16 @@ class RabbitBus(Bus):
     async def publish_many(self, messages: Sequence[Outgoing]) -> list[BaseException | None]:
         """Every message's frames go out at once, then the confirms are awaited together
         under one timeout: no aio-pika message object and no timeout task per message."""
+        if not messages:
+            return []
         try:
-            if self._channel is None or self._connection is None:
+            # Fail at once while the connection is down (as publish does): waiting for the
+            # reconnect would hold the relay's transaction and its row locks meanwhile.
+            if (self._channel is None or self._connection is None or self._channel.is_closed
+                    or not self._connection.connected.is_set()):
                 raise ConnectionError("bus is not connected")
-            channel = await self._channel.get_underlay_channel()
+            channel = await asyncio.wait_for(self._channel.get_underlay_channel(),
+                                             CONFIRM_TIMEOUT_SECONDS)
         except Exception as exc:
             return [exc] * len(messages)
         publishes = [

@@ -132,6 +132,7 @@ async def test_publish_many_confirms_each_message(bus, unique):
     results = await bus.publish_many(
         [Outgoing(e.routing_key, e.to_bytes(), str(e.id)) for e in sent])
     assert results == [None] * 20
+    assert await bus.publish_many([]) == []
     await eventually(lambda: len(got) == 20)
     assert sorted(got) == sorted(e.id for e in sent)
     await bus.close()

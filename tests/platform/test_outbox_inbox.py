@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 from shared.bus import create_bus
+from shared.bus.port import Outgoing
 from shared.db import Database
 from shared.events import TokensExpiryDue, envelope_for, utcnow
 from shared.inbox import Dispatcher, inbox_table
@@ -141,6 +142,39 @@ async def test_rolled_back_savepoint_takes_its_event_along(world):
     assert sorted(await outbox_ids(world)) == sorted([str(before.id), str(after.id)])
 
 
+async def test_an_event_added_outside_a_savepoint_survives_the_savepoints_end(world):
+    """Releasing a savepoint is not the commit: the held event must not be written inside
+    it, or rolling back an enclosing savepoint (or a failed release) would take it."""
+    async with world.db.transaction() as session:
+        outer = await world.outbox.add(session, tick())
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                async with session.begin_nested():
+                    await session.execute(notes.insert().values(text="inner"))
+                raise RuntimeError("the enclosing savepoint fails after the inner one ended")
+    async with world.db.transaction() as session:
+        await session.execute(notes.insert().values(id=7, text="taken"))
+    async with world.db.transaction() as session:
+        duplicate = await world.outbox.add(session, tick())
+        with pytest.raises(Exception):  # the usual "insert unless present" savepoint
+            async with session.begin_nested():
+                await session.execute(notes.insert().values(id=7, text="again"))
+    assert await outbox_ids(world) == [str(outer.id), str(duplicate.id)]
+
+
+async def test_a_rollback_before_any_database_work_still_forgets_the_event(world):
+    async with world.db.sessions() as session:
+        await world.outbox.add(session, tick())
+        await session.rollback()  # nothing reached the database
+        kept = await world.outbox.add(session, tick())
+        await session.commit()
+    async with world.db.sessions() as session:
+        await world.outbox.add(session, tick())
+        await session.close()
+        await session.commit()
+    assert await outbox_ids(world) == [str(kept.id)]
+
+
 async def test_redelivered_event_has_one_effect(world):
     await world.start_consumer()
     envelope = envelope_for(tick())
@@ -176,6 +210,11 @@ async def test_event_committed_while_broker_unreachable_arrives_once(mariadb_url
     try:
         await consumer.start_consumer()
         await proxy.cut()
+        # Meanwhile a batch fails rather than waiting for the reconnect (the relay would
+        # hold its transaction and row locks all along).
+        outcome = await asyncio.wait_for(producer_bus.publish_many(
+            [Outgoing(tick().routing_key, b"{}")] * 3), timeout=20)
+        assert len(outcome) == 3 and all(isinstance(r, Exception) for r in outcome)
         async with db.transaction() as session:
             await session.execute(notes.insert().values(text="during the outage"))
             sent = await producer.outbox.add(session, tick())
