@@ -111,18 +111,23 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if not target.is_server:
             raise
         repo = None  # the first backup of this host creates the repository (step 4)
-    kind, parent = await _kind_and_parent(repo, cfg.host, paths, request)
-
     state = StateFile(cfg.state_dir)
     backup_id = None
-    if target.remote is not None:
-        from shared.api.backup import BackupStart, SourceSpec
+    try:
+        kind, parent = await _kind_and_parent(repo, cfg.host, paths, request)
+        if target.remote is not None:
+            from shared.api.backup import BackupStart, SourceSpec
 
-        start = BackupStart(kind=kind, parent_snapshot_id=parent,
-                            sources=[SourceSpec(path=p, type=k) for p, k in paths], agent_version=__version__)
-        backup_id = (await target.remote.start_backup(start)).id
-        state.change(open_sessions=[*state.load().open_sessions, backup_id])
-        reporter.status(f"backup session {backup_id} opened ({kind})")
+            start = BackupStart(kind=kind, parent_snapshot_id=parent,
+                                sources=[SourceSpec(path=p, type=k) for p, k in paths],
+                                agent_version=__version__)
+            backup_id = (await target.remote.start_backup(start)).id
+            state.change(open_sessions=[*state.load().open_sessions, backup_id])
+            reporter.status(f"backup session {backup_id} opened ({kind})")
+    except BaseException:
+        if repo is not None:
+            repo.close()  # the index on disk, and its lock, for the next run
+        raise
 
     succeeded_pre: list[SourceConfig] = []
     tree_cache: TreeCache | None = None

@@ -67,7 +67,11 @@ class Target:
         if index_cache_in is not None:
             repo.use_index_cache(IndexCache(index_cache_in / repo.config.id))
         if load_index:
-            await repo.load_index()
+            try:
+                await repo.load_index()
+            except BaseException:
+                repo.close()
+                raise
             self.gone_packs = repo.gone_packs
         return repo
 

@@ -90,8 +90,9 @@ _FAN_OUT_MIN_SIZE = 8 * 1024 * 1024
 # tiny file the hand-off to a worker and back costs more than reading it, and with one
 # task per file the workers sat idle most of the time on a tree of small files.
 _SMALL_FILE_SIZE = 256 * 1024
-_BATCH_FILES = 64
-_BATCH_BYTES = 2 * 1024 * 1024
+_SMALL_BATCH_FILES = 64
+_SMALL_BATCH_BYTES = 1024 * 1024
+# A big file's pieces go to the chunk pool in batches of this many bytes.
 _BATCH_BYTES = 1024 * 1024
 
 # Below this size a file is a chunk or two whatever the chunker: FastCDC keeps it whole.
@@ -896,7 +897,7 @@ class _SmallFiles:
         return _InBatch(self, len(self.files) - 1)
 
     def full(self) -> bool:
-        return len(self.files) >= _BATCH_FILES or self.bytes >= _BATCH_BYTES
+        return len(self.files) >= _SMALL_BATCH_FILES or self.bytes >= _SMALL_BATCH_BYTES
 
 
 @dataclass

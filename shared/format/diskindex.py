@@ -18,8 +18,10 @@ The database is a cache of the repository's index files, never the truth:
 - a database that does not open, or has another layout, is deleted and built again from the
   kept index files.
 
-Pack numbers are never reused (AUTOINCREMENT), so another process's cached number-to-pack
-map can be out of date but never wrong: an unknown number is read from the database.
+One process at a time uses it: it holds an exclusive lock on ``index.sqlite.lock`` while
+open, and a second agent process on the same repository (a manual backup while the daemon
+runs one) gets ``IndexBusy`` and keeps its index in memory for that run, so one never
+starts the database over under the other.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 from itertools import repeat
 from pathlib import Path
@@ -42,6 +45,14 @@ CACHE_KIB = 8 * 1024  # SQLite's page cache: what bounds the index's memory
 _U32 = (1 << 32) - 1
 _U40 = (1 << 40) - 1
 _MAX_LENGTH = (1 << 31) - 1  # (length << 32) | raw_length must fit SQLite's signed 64 bits
+
+# What SQLite says of a file that is damaged or not a database (only then is it deleted).
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+class IndexBusy(Exception):
+    """Another process has this index open."""
+
 
 _SCHEMA = """
 CREATE TABLE packs (number INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
@@ -60,11 +71,23 @@ class DiskIndex:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._owner = _lock_exclusively(Path(f"{self.path}.lock"))
         try:
-            self._db = self._connect()
-        except sqlite3.DatabaseError:  # damaged, or not a database: it is only a cache
-            self._delete_files()
-            self._db = self._connect()
+            try:
+                self._db = self._connect()
+                damaged = self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+            except sqlite3.DatabaseError as e:
+                if getattr(e, "sqlite_errorcode", None) not in _DAMAGED:
+                    raise  # locked, disk full, unreadable: not a reason to throw it away
+                damaged = True
+            if damaged:  # it is only a cache: built again from the kept index files
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                self._delete_files()
+                self._db = self._connect()
+        except BaseException:
+            self._owner.close()
+            raise
         self._pack_ids: dict[int, str] = {}
         self._pack_numbers: dict[str, int] = {}
         self._pack_sizes: dict[str, int] = {}
@@ -97,6 +120,7 @@ class DiskIndex:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._owner.close()  # and with it the lock
 
     def _read_packs(self) -> None:
         rows = self._db.execute("SELECT number, id, size FROM packs").fetchall()
@@ -156,7 +180,8 @@ class DiskIndex:
                 db.execute("INSERT OR IGNORE INTO files VALUES (?)", (index_id,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    db.execute("ROLLBACK")
                 raise
             for number, pack_id, size in added:
                 self._pack_ids[number] = pack_id
@@ -218,3 +243,22 @@ def _row(number: int, blob_id: bytes, blob_type: int, offset: int, length: int,
         raise FormatError(f"blob location out of range: offset {offset}, length {length}, "
                           f"raw length {raw_length}")
     return blob_id, number, blob_type << 40 | offset, length << 32 | raw_length
+
+
+def _lock_exclusively(path: Path):
+    """An open file holding an exclusive lock on ``path`` until closed; IndexBusy if
+    another process holds it."""
+    owner = open(path, "a+b")
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(owner.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner.close()
+        raise IndexBusy(f"{path} is held by another process") from None
+    return owner

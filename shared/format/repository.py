@@ -76,7 +76,7 @@ from .errors import (
     SnapshotNotFound,
     WrongPassphrase,
 )
-from .diskindex import DiskIndex
+from .diskindex import DiskIndex, IndexBusy
 from .index import BlobLocation, Index, IndexedPack, KeptPack, decode_index, encode_index
 from .indexcache import IndexCache
 from .pack import (
@@ -306,7 +306,10 @@ class Repository:
         """Keep the index files read on this machine and the index itself on its disk
         (the agent: bounded memory however large the repository). Before load_index."""
         self.index_cache = cache
-        self.index = cache.open_index()
+        try:
+            self.index = cache.open_index()
+        except IndexBusy:
+            pass  # another agent process has it: this run keeps the index in memory
 
     def close(self) -> None:
         """Let go of what the index keeps open on disk (nothing for one in memory)."""

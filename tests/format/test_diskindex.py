@@ -109,18 +109,17 @@ def test_an_out_of_range_location_is_refused_not_stored(tmp_path):
     assert len(index) == 0 and index.files() == set()  # nothing half-added
 
 
-def test_another_process_adding_packs_is_seen_with_the_right_pack(tmp_path):
-    path = tmp_path / "index.sqlite"
-    mine, theirs = DiskIndex(path), DiskIndex(path)
-    mine.add_file("f1", [IndexedPack("a" * 64, 1, entries(3, 7))])
-    new = IndexedPack("b" * 64, 2, entries(3, 8))
-    theirs.add_file("f2", [new])
-    assert mine.lookup(new.entries[0].id).pack_id == "b" * 64
-    theirs.clear()
-    theirs.add_file("f3", [IndexedPack("c" * 64, 3, entries(3, 9))])
-    # Numbers are never reused: the first pack's old number cannot now mean the new pack.
-    assert mine.lookup(new.entries[0].id) is None
-    assert {loc.pack_id for _, loc in mine.items()} == {"c" * 64}
+def test_pack_numbers_are_never_reused(tmp_path):
+    """Numbers outlive a clear, so a number read before it can never name another pack."""
+    index = DiskIndex(tmp_path / "index.sqlite")
+    first = IndexedPack("a" * 64, 1, entries(3, 7))
+    index.add_file("f1", [first])
+    old_number = index._pack_numbers["a" * 64]
+    index.clear()
+    index.add_file("f2", [IndexedPack("c" * 64, 3, entries(3, 9))])
+    assert index._pack_numbers["c" * 64] > old_number
+    assert index.lookup(first.entries[0].id) is None
+    assert {loc.pack_id for _, loc in index.items()} == {"c" * 64}
 
 
 def test_threads_look_up_while_another_adds(tmp_path):
@@ -180,3 +179,48 @@ async def test_a_backup_through_the_disk_index_matches_the_repository(store, tmp
     assert all(loc.pack_id != lost_id for _, loc in after.index.items())
     again = await Repository.open(store, PASSPHRASE)
     assert dict(after.index.items()) == dict(again.index.items())
+
+
+def test_one_process_at_a_time_and_the_other_keeps_its_index_in_memory(tmp_path):
+    import subprocess
+    import sys
+
+    from shared.format.diskindex import IndexBusy
+
+    path = tmp_path / "index.sqlite"
+    held = DiskIndex(path)
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from shared.format.diskindex import DiskIndex, IndexBusy\n"
+         "try:\n    DiskIndex(sys.argv[1])\nexcept IndexBusy:\n    sys.exit(3)", str(path)],
+        cwd=Path(__file__).resolve().parents[2])
+    assert other.returncode == 3
+    held.close()
+    DiskIndex(path).close()  # free again
+    assert issubclass(IndexBusy, Exception)
+
+
+async def test_a_busy_disk_index_leaves_the_repository_with_one_in_memory(store, tmp_path):
+    from shared.format.index import Index
+
+    cache = IndexCache(tmp_path / "cache")
+    repo = await Repository.init(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
+    repo.use_index_cache(cache)
+    assert isinstance(repo.index, DiskIndex)
+    second = await Repository.open(store, PASSPHRASE, load_index=False)
+    second.use_index_cache(IndexCache(tmp_path / "cache"))  # flock: per open file, so per process too
+    assert isinstance(second.index, Index)
+    repo.close()
+
+
+def test_damage_inside_the_database_is_found_at_open_and_built_again(tmp_path):
+    path = tmp_path / "index.sqlite"
+    index = DiskIndex(path)
+    for i in range(30):
+        index.add_file(f"f{i}", [IndexedPack(f"{i:064x}", 1, entries(200, 200 + i))])
+    index.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 40_000
+    data[20_000:36_000] = os.urandom(16_000)  # pages in the middle, header intact
+    path.write_bytes(bytes(data))
+    again = DiskIndex(path)
+    assert len(again) == 0 and again.files() == set()  # started over, not failing forever

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from shared.format import FULL, Archiver, Repository
 from shared.format.constants import DATA_PREFIX, INDEX_PREFIX, MiB
+from shared.format.diskindex import DiskIndex
 from shared.format.indexcache import IndexCache
 from shared.format.store import ForwardingStore
 
@@ -33,11 +34,19 @@ def everything(repo: Repository) -> dict:
     return {blob_id: location for blob_id, location in repo.index.items()}
 
 
+_opened: list[Repository] = []
+
+
 async def open_with(store, cache: IndexCache | None) -> Repository:
-    """As the agent opens it: with a cache, the index lives on disk (diskindex.py)."""
+    """As the agent opens it, in a new process (the one before has ended: its disk index
+    is closed): with a cache, the index lives on disk (diskindex.py)."""
+    while _opened:
+        _opened.pop().close()
     repo = await Repository.open(store, PASSPHRASE, pack_size=TEST_PACK_SIZE, load_index=False)
     if cache is not None:
         repo.use_index_cache(cache)
+        assert isinstance(repo.index, DiskIndex)
+        _opened.append(repo)
     await repo.load_index()
     return repo
 
@@ -80,6 +89,7 @@ async def test_a_backup_keeps_the_index_files_it_writes(store, tmp_path):
     repo = await Repository.init(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
     repo.use_index_cache(cache)
     await backed_up(repo, tmp_path)
+    repo.close()
     counting = CountingStore(store)
     again = await open_with(counting, cache)
     assert counting.index_gets == 0

@@ -251,17 +251,17 @@ async def test_many_small_files_read_in_batches_come_back_whole_and_in_order(rep
     src = tmp_path / "src"
     src.mkdir()
     sizes = [0, 1, archiver._SMALL_FILE_SIZE, archiver._SMALL_FILE_SIZE + 1, 3 * MiB]
-    for i in range(3 * archiver._BATCH_FILES + 7):
+    for i in range(3 * archiver._SMALL_BATCH_FILES + 7):
         size = sizes[i % len(sizes)] if i % 9 == 0 else rng.randrange(0, 40_000)
         (src / f"f{i:04}").write_bytes(rng.randbytes(size))
         if i % 50 == 0:
             (src / f"f{i:04}-sub").mkdir()
             (src / f"f{i:04}-sub" / "inner").write_bytes(rng.randbytes(100))
     first = await Archiver(repo, workers=2).backup([str(src)], kind=FULL)
-    assert first.warnings == [] and first.stats.files == 3 * archiver._BATCH_FILES + 7 + 4
+    assert first.warnings == [] and first.stats.files == 3 * archiver._SMALL_BATCH_FILES + 7 + 4
     root = await repo.load_tree(first.snapshot.tree)
     names = [n.name for n in (await repo.load_tree(root.nodes[0].subtree)).nodes]
-    assert names == sorted(names) and len(names) == 3 * archiver._BATCH_FILES + 7 + 4
+    assert names == sorted(names) and len(names) == 3 * archiver._SMALL_BATCH_FILES + 7 + 4
     await Restorer(repo).restore(first.snapshot_id, tmp_path / "out")
     assert describe(tmp_path / "out" / "src") == describe(src)
 
