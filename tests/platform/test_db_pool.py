@@ -53,3 +53,41 @@ async def test_a_connection_used_moments_ago_is_not_pinged(unique, monkeypatch):
         assert after == before, (before, after)  # no ping between the two checkouts
     finally:
         await database.drop_database()
+
+
+async def test_a_committed_connection_goes_back_without_a_rollback(unique):
+    database = Database(f"{infra.mariadb_url()}{unique}_pool")
+    await database.create_database()
+    rollbacks = "SHOW SESSION STATUS LIKE 'Com_rollback'"
+    try:
+        first = await _connection_id(database)
+        async with database.transaction() as session:
+            before = int((await session.execute(text(rollbacks))).one()[1])
+        for _ in range(10):
+            assert await _connection_id(database) == first
+        async with database.transaction() as session:
+            after = int((await session.execute(text(rollbacks))).one()[1])
+        assert after == before, (before, after)  # ten commits, no ROLLBACK after them
+    finally:
+        await database.drop_database()
+
+
+async def test_a_connection_given_back_inside_a_transaction_is_rolled_back(unique):
+    database = Database(f"{infra.mariadb_url()}{unique}_pool")
+    await database.create_database()
+    try:
+        async with database.transaction() as session:
+            await session.execute(text("CREATE TABLE t (v INT)"))
+
+        def behind_sqlalchemys_back(sync_conn) -> None:
+            cursor = sync_conn.connection.cursor()
+            cursor.execute("START TRANSACTION")
+            cursor.execute("INSERT INTO t VALUES (1)")
+            cursor.close()
+
+        async with database.engine.connect() as conn:  # SQLAlchemy knows of no transaction
+            await conn.run_sync(behind_sqlalchemys_back)
+        async with database.transaction() as session:  # the same pooled connection
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+    finally:
+        await database.drop_database()
