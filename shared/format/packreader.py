@@ -41,15 +41,11 @@ from .repository import Repository, pack_key
 # Unwanted bytes worth fetching to save a request: at ~100 MiB/s and ~10-30 ms a request,
 # 1 MiB costs about what a request does.
 MAX_GAP = 1 * MiB
-# One request fetches at most this much (a pack is 16 MiB, 32 in older repositories):
-# large enough that a request's latency is small next to its transfer, small enough that
-# four in flight fit in MEMORY.
-MAX_RANGE = 2 * MiB
+# One request fetches at most max_range (a few per pack), and the reader holds at most
+# memory bytes fetched but not yet handed over, which is most of a restore's memory above
+# the interpreter's: both from the store's read_budget (store.py), large ranges for a
+# remote store, whose requests cost latency, small ones for local files. Four in flight.
 CONCURRENCY = 4
-# Fetched but not yet handed over: what the reader itself may hold. It is most of a
-# restore's memory above the interpreter's (issue 8 compares peak RSS with restic's):
-# 32 MiB with 8 MiB ranges peaked at ~98 MiB on the benchmark, 8 MiB at ~80, as fast.
-MEMORY = 8 * MiB
 # read_in_order: stored bytes planned together (two windows may be held at once).
 WINDOW = 32 * MiB
 
@@ -113,8 +109,11 @@ class _Fill:
 
 
 class PackReader:
-    def __init__(self, repo: Repository, *, max_gap: int = MAX_GAP, max_range: int = MAX_RANGE,
-                 concurrency: int = CONCURRENCY, memory: int = MEMORY) -> None:
+    def __init__(self, repo: Repository, *, max_gap: int = MAX_GAP, max_range: int | None = None,
+                 concurrency: int = CONCURRENCY, memory: int | None = None) -> None:
+        budget_range, budget_memory = repo.store.read_budget
+        max_range = budget_range if max_range is None else max_range
+        memory = budget_memory if memory is None else memory
         if concurrency < 1 or memory < 1 or max_range < 1 or max_gap < 0:
             raise ValueError("concurrency, memory and max_range must be positive, max_gap not negative")
         self.repo = repo
