@@ -12,6 +12,7 @@ from services.recovery.assembly import Damaged, assemble, plan_disk
 from shared.format import FULL, Archiver, LocalFolderStore, Repository, ScryptParams, Source
 from shared.format.constants import MiB
 from shared.format.repository import pack_key
+from shared.format.store import ObjectStore
 from shared.format.snapshot import IMAGE
 
 PASSPHRASE = "assembly reads"
@@ -19,6 +20,9 @@ SIZE = 24 * MiB
 
 
 class CountingStore(LocalFolderStore):
+    # Reads as the service reads its bucket: large ranges (store.py, read_budget).
+    read_budget = ObjectStore.read_budget
+
     def __init__(self, root):
         super().__init__(root)
         self.pack_gets = 0
