@@ -12,7 +12,6 @@ measurable cost in speed (a page fault per 4 KiB of a big buffer either way).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
@@ -31,7 +30,9 @@ def return_big_buffers_to_the_system() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library this process already has loaded: find_library would run ldconfig
+        # in a subprocess (~50 ms of every backup and restore).
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False  # musl and others have no mallopt
