@@ -5,6 +5,11 @@ state, so an event exists if and only if the change committed. The relay publish
 rows in order, with publisher confirms, and only then marks them sent: a broker outage
 delays events, never drops them; a crash between publish and mark re-publishes, which the
 consumers' inbox absorbs.
+
+Order is that of the rows: transactions in commit order, and a transaction's events in the
+order added, except that an event added inside a savepoint is written at once and so goes
+before the enclosing transaction's events held for its commit. No consumer relies on the
+order of two events of one transaction (each handler is idempotent and order-free).
 """
 
 from __future__ import annotations
