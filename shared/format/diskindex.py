@@ -140,15 +140,16 @@ class DiskIndex:
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT id FROM gone")}
 
-    def settle(self, index_files: set[str], present_packs: set[str]) -> bool:
+    def settle(self, index_files: set[str], present_packs: set[str]) -> tuple[set[str], set[str]]:
         """Start over if the repository lost something these entries rely on: an index
-        file (rewritten or collected) or a pack (collected). Returns whether it did."""
-        stale = (not self.files() <= index_files
-                 or not self._pack_numbers.keys() <= present_packs
-                 or bool(self.gone() & present_packs))
-        if stale:
+        file (rewritten or collected) or a pack (collected). Returns what it then holds:
+        its index files and the packs they name that are gone."""
+        files, gone = self.files(), self.gone()
+        if (not files <= index_files or not self._pack_numbers.keys() <= present_packs
+                or gone & present_packs):
             self.clear()
-        return stale
+            return set(), set()
+        return files, gone
 
     def clear(self) -> None:
         with self._lock:
@@ -194,14 +195,12 @@ class DiskIndex:
         with self._lock:
             row = self._db.execute("SELECT pack, high, low FROM blobs WHERE id = ?",
                                    (blob_id,)).fetchone()
-            if row is None:
-                return None
-            number, high, low = row
-            pack_id = self._pack_ids.get(number)
-            if pack_id is None:  # added by another process since we read the packs
-                self._read_packs()
-                pack_id = self._pack_ids[number]
-        return BlobLocation(pack_id, BlobType(high >> 40), high & _U40, low >> 32, low & _U32)
+        return None if row is None else self._location(*row)
+
+    def _location(self, number: int, high: int, low: int) -> BlobLocation:
+        # Only this process writes (the lock file), so every number is in _pack_ids.
+        return BlobLocation(self._pack_ids[number], BlobType(high >> 40), high & _U40,
+                            low >> 32, low & _U32)
 
     def __contains__(self, blob_id: bytes) -> bool:
         with self._lock:
@@ -221,9 +220,9 @@ class DiskIndex:
 
     def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
         with self._lock:
-            ids = [row[0] for row in self._db.execute("SELECT id FROM blobs")]
-        for blob_id in ids:
-            yield blob_id, self.lookup(blob_id)  # type: ignore[misc]
+            rows = self._db.execute("SELECT id, pack, high, low FROM blobs").fetchall()
+        for blob_id, number, high, low in rows:
+            yield blob_id, self._location(number, high, low)
 
 
 def _rows(number: int, pack: IndexedPack | KeptPack) -> Iterator[tuple[bytes, int, int, int]]:

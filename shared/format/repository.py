@@ -332,9 +332,9 @@ class Repository:
             await asyncio.to_thread(self.index_cache.keep_only, listed_ids)
             if isinstance(self.index, DiskIndex):
                 present = set(await self.list_packs())
-                await asyncio.to_thread(self.index.settle, listed_ids, present)
-                self._loaded_index_files.update(await asyncio.to_thread(self.index.files))
-                self.gone_packs.update(await asyncio.to_thread(self.index.gone))
+                files, gone = await asyncio.to_thread(self.index.settle, listed_ids, present)
+                self._loaded_index_files.update(files)
+                self.gone_packs.update(gone)
         keys = [k for k in listed if _object_id(k) not in self._loaded_index_files]
         if present is None:
             present = set(await self.list_packs()) if keys else set()

@@ -72,15 +72,17 @@ def test_settle_starts_over_when_the_repository_lost_something(tmp_path):
     index = DiskIndex(tmp_path / "index.sqlite")
     index.add_file("f1", [IndexedPack("a" * 64, 1, entries(5, 4))])
     index.add_file("f2", [IndexedPack("b" * 64, 1, entries(5, 5))], gone=["c" * 64])
-    assert not index.settle({"f1", "f2", "f3"}, {"a" * 64, "b" * 64})  # more is fine
-    assert len(index) == 10
-    assert index.settle({"f1"}, {"a" * 64, "b" * 64})  # an index file was collected
+    kept = index.settle({"f1", "f2", "f3"}, {"a" * 64, "b" * 64})  # more is fine
+    assert kept == ({"f1", "f2"}, {"c" * 64}) and len(index) == 10
+    nothing = (set(), set())
+    assert index.settle({"f1"}, {"a" * 64, "b" * 64}) == nothing  # an index file was collected
     assert len(index) == 0 and index.files() == set() and index.packs() == {}
 
     index.add_file("f1", [IndexedPack("a" * 64, 1, entries(5, 4))])
-    assert index.settle({"f1"}, set())  # its pack was collected
+    assert index.settle({"f1"}, set()) == nothing and len(index) == 0  # its pack was collected
     index.add_file("f2", [], gone=["c" * 64])
-    assert index.settle({"f2"}, {"c" * 64})  # a pack thought gone is there after all
+    # a pack thought gone is there after all
+    assert index.settle({"f2"}, {"c" * 64}) == nothing and index.gone() == set()
 
 
 def test_a_damaged_or_foreign_database_is_built_again(tmp_path):
