@@ -23,6 +23,7 @@ from contextvars import ContextVar
 
 from shared.format import FormatError, Repository
 from shared.format.constants import INDEX_PREFIX
+from shared.format.dictionaries import DictionaryEncoder
 from shared.format.index import IndexedPack
 from shared.format.pack import BlobType
 from shared.format.repository import BlobSaver
@@ -99,8 +100,9 @@ class _RecordingSaver(BlobSaver):
         super().__init__(repo)
         self.references = references
 
-    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
-        blob_id, new = super().save(blob_type, data, blob_id)
+    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None,
+             dictionary: DictionaryEncoder | None = None) -> tuple[bytes, bool]:
+        blob_id, new = super().save(blob_type, data, blob_id, dictionary)
         if blob_type is BlobType.TREE:
             self.references.note_tree(blob_id, Tree.decode(data).nodes, self)
         return blob_id, new

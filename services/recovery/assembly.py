@@ -108,7 +108,8 @@ async def assemble(repo: Repository, plan: DiskPlan, path: Path, *, start: int,
         wanted = [blob_id for _, _, blob_id in chunks[start:]]
         async with aclosing(reader.read_in_order(wanted)) as blobs:
             async for blob in blobs:
-                opening.append(loop.run_in_executor(None, _open_chunk, repo, chunks[start + blob.position], blob))
+                opening.append(asyncio.ensure_future(
+                    repo.dictionaries.in_thread(_open_chunk, repo, chunks[start + blob.position], blob)))
                 if len(opening) >= ahead:
                     await write_oldest()
         while opening:
@@ -125,7 +126,7 @@ def _open_chunk(repo: Repository, chunk: tuple[int, int, bytes], blob: Blob) -> 
     """In a worker thread: the chunk's verified plaintext, or Damaged naming where it is."""
     offset, length, _ = chunk
     try:
-        data = blob.open(repo.key)
+        data = blob.open(repo.key, repo.dictionaries)
     except FormatError as e:  # MissingBlob, MissingPack, CorruptBlob, a store error
         raise Damaged(f"{e} (the chunk at disk offset {offset})") from None
     if len(data) != length:

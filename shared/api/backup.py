@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, field_validator
 # Presigned URLs live this long: long enough for a 32 MiB pack over a thin uplink.
 URL_TTL_SECONDS = 900
 MAX_KEYS_PER_REQUEST = 1000
-KEY_PATTERN = r"^(config|keys/[0-9a-f]{64}|data/[0-9a-f]{2}/[0-9a-f]{64}|index/[0-9a-f]{64}|snapshots/[0-9a-f]{64})$"
+KEY_PATTERN = r"^(config|keys/[0-9a-f]{64}|data/[0-9a-f]{2}/[0-9a-f]{64}|index/[0-9a-f]{64}|snapshots/[0-9a-f]{64}|dicts/[0-9a-f]{64})$"
 
 _PACK_ID = re.compile(r"^[0-9a-f]{64}$")
 

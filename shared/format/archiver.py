@@ -43,7 +43,9 @@ from typing import Callable, Sequence
 
 from .errors import FormatError, SourceNotFound
 from .memory import return_big_buffers_to_the_system
-from .chunker import Piece
+from .chunker import ImageChunker, Piece
+from .constants import DICTIONARY_MAX_CHUNK, DICTIONARY_MIN_FILE
+from .dictionaries import DictionaryEncoder, read_samples, train
 from .pack import BlobType
 from .repository import BlobSaver, Repository
 from .treecache import FOLDER_TOTALS, FolderRecord, TreeCache, folder_signature, signature
@@ -663,7 +665,7 @@ class _Run:
         if reused is not None:
             return reused
         await self.file_slots.acquire()  # bounds files in flight (and the memory they hold)
-        future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, FILE)
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, FILE, old)
         self._tasks.add(future)
         future.add_done_callback(lambda f: (self.file_slots.release(), self._tasks.discard(f)))
         return future
@@ -691,6 +693,7 @@ class _Run:
         node = _node_from_stat(name, node_type, st)
         node.size = old.size
         node.content = old.content
+        node.dictionary = old.dictionary
         self._count_file(node, read=False)
         return node
 
@@ -711,7 +714,7 @@ class _Run:
 
     # --- reading (worker threads) ---
 
-    def _read_file(self, path: str, name: str, node_type: str) -> Node | None:
+    def _read_file(self, path: str, name: str, node_type: str, old: Node | None = None) -> Node | None:
         try:
             f = _open_for_reading(path, follow=node_type == IMAGE)
         except FileNotFoundError:
@@ -733,9 +736,10 @@ class _Run:
                 chunker = self.repo.file_chunker
                 if self.repo.in_place_chunker is not None and self.a.rewritten_in_place(name, size):
                     chunker = self.repo.in_place_chunker
+            dictionary = None if chunker is self.repo.file_chunker else self._dictionary(f, size, chunker, path, old)
             content: list[ChunkRef] = []
             total = 0
-            sink = _FannedOut(self, content) if size >= _FAN_OUT_MIN_SIZE else _Inline(self, content)
+            sink = (_FannedOut if size >= _FAN_OUT_MIN_SIZE else _Inline)(self, content, dictionary)
             try:
                 for piece in chunker.pieces(f, size, on_read=self._count_read):
                     sink.add(piece)
@@ -756,10 +760,30 @@ class _Run:
         node = _node_from_stat(name, node_type, before)
         node.size = total
         node.content = content
+        node.dictionary = None if dictionary is None else dictionary.id
         self._count_file(node, read=True)
         if total < size:
             self._advance(nbytes=size - total)
         return node
+
+    def _dictionary(self, f, size: int, chunker: ImageChunker, path: str, old: Node | None) -> DictionaryEncoder | None:
+        """What to compress the fixed chunks of a file with: the dictionary of its last
+        backup, or one trained on its own chunks; None where one would not pay (docs/format.md §3)."""
+        chunk = chunker.chunking.chunk_size(size)
+        if not self.repo.config.dictionaries or size < DICTIONARY_MIN_FILE or chunk > DICTIONARY_MAX_CHUNK:
+            return None
+        dictionaries = self.repo.dictionaries
+        if old is not None and old.dictionary is not None:
+            try:
+                return dictionaries.get_from_worker(old.dictionary).encoder(chunk)
+            except FormatError as e:
+                self.warn(path, f"the dictionary of its last backup is unusable, training a new one: {e}")
+        try:
+            samples = read_samples(f.fileno(), size, chunk)
+        except OSError:
+            return None  # the read that follows meets the error too, and reports it
+        trained = train(samples)
+        return None if trained is None else dictionaries.add_from_worker(trained).encoder(chunk)
 
     # --- images ---
 
@@ -775,21 +799,22 @@ class _Run:
             reused = self._reuse(name, st, old, IMAGE)
             if reused is not None:
                 return reused
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE, old)
 
 
 class _Inline:
     """Pieces of a small file, saved by the thread that reads it."""
 
-    def __init__(self, run: _Run, content: list[ChunkRef]):
+    def __init__(self, run: _Run, content: list[ChunkRef], dictionary: DictionaryEncoder | None):
         self.saver = run.saver
         self.content = content
+        self.dictionary = dictionary
 
     def add(self, piece: Piece) -> None:
         if piece.data is None:
             append_ref(self.content, ChunkRef(None, piece.length))
         else:
-            blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+            blob_id, _ = self.saver.save(BlobType.DATA, piece.data, dictionary=self.dictionary)
             self.content.append(ChunkRef(blob_id, piece.length))
 
     def finish(self) -> None:
@@ -804,8 +829,9 @@ class _FannedOut:
     batches of pieces are hashed, compressed and sealed in the chunk pool. At most a few
     batches are in flight (bounded memory); their refs are appended in file order."""
 
-    def __init__(self, run: _Run, content: list[ChunkRef]):
+    def __init__(self, run: _Run, content: list[ChunkRef], dictionary: DictionaryEncoder | None):
         self.saver = run.saver
+        self.dictionary = dictionary
         self.pool = run.chunk_pool
         self.limit = 2 * run.a.workers
         self.content = content
@@ -852,7 +878,7 @@ class _FannedOut:
             if piece.data is None:
                 refs.append(ChunkRef(None, piece.length))
             else:
-                blob_id, _ = self.saver.save(BlobType.DATA, piece.data)
+                blob_id, _ = self.saver.save(BlobType.DATA, piece.data, dictionary=self.dictionary)
                 refs.append(ChunkRef(blob_id, piece.length))
         return refs
 

@@ -22,7 +22,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .constants import SNAPSHOTS_PREFIX
+from .constants import DICTIONARIES_PREFIX, SNAPSHOTS_PREFIX
 from .errors import CorruptBlob, FormatError, MissingBlob, MissingPack, ObjectNotFound
 from .index import BlobLocation
 from .pack import PackEntry, open_blob, read_pack
@@ -35,7 +35,7 @@ _MAX_PATHS = 50
 
 @dataclass
 class Problem:
-    kind: str  # missing-pack, pack-size, corrupt-pack, corrupt-blob, missing-blob, unreadable-tree, corrupt-index, corrupt-snapshot, unindexed-pack
+    kind: str  # missing-pack, pack-size, corrupt-pack, corrupt-blob, missing-blob, missing-dictionary, unreadable-tree, corrupt-index, corrupt-snapshot, unindexed-pack
     message: str
     pack_id: str | None = None
     paths: list[str] = field(default_factory=list)  # "<snapshot id prefix>:<path>"
@@ -72,6 +72,8 @@ class Checker:
     def __init__(self, repo: Repository, *, concurrency: int = 2):
         self.repo = repo
         self.concurrency = concurrency
+        self._dictionaries: set[str] = set()  # ids (hex) of the dictionaries the store holds
+        self._missing_dictionaries: dict[bytes, Problem] = {}
 
     async def check(self, *, read_data: bool = False, subset_percent: float | None = None) -> CheckResult:
         """read_data: verify every pack's content; subset_percent: verify that share of packs."""
@@ -98,6 +100,8 @@ class Checker:
         for pack_id in sorted(stored - indexed.keys()):
             result.warnings.append(Problem("unindexed-pack", f"pack {pack_id} is in no index", pack_id))
 
+        self._dictionaries = {k.rsplit("/", 1)[-1] async for k in self.repo.store.list(DICTIONARIES_PREFIX)}
+        self._missing_dictionaries = {}
         bad_blobs: dict[bytes, str] = {}  # blob id -> pack id whose copy of it is bad
         if read_data or subset_percent:
             readable = sorted(p for p in indexed if p not in pack_problems)
@@ -108,6 +112,7 @@ class Checker:
 
         await self._walk_snapshots(result, pack_problems, bad_blobs)
         result.problems.extend(pack_problems.values())
+        result.problems.extend(self._missing_dictionaries.values())
         return result
 
     async def _read_packs(
@@ -127,7 +132,8 @@ class Checker:
                 except ObjectNotFound:
                     problems[pack_id] = Problem("missing-pack", f"pack {pack_id} is missing", pack_id)
                     return
-                bad, verified, notes = await asyncio.to_thread(self._verify_pack, pack_id, data, by_pack[pack_id])
+                bad, verified, notes = await self.repo.dictionaries.in_thread(
+                    self._verify_pack, pack_id, data, by_pack[pack_id])
             result.packs_read += 1
             result.blobs_verified += verified
             for entry, error in bad:
@@ -161,7 +167,8 @@ class Checker:
         bad = []
         for e in entries:
             try:
-                open_blob(self.repo.key, e, data[e.offset : e.offset + e.length], pack_id=pack_id)
+                open_blob(self.repo.key, e, data[e.offset : e.offset + e.length], pack_id=pack_id,
+                          dictionaries=self.repo.dictionaries)
             except CorruptBlob as error:
                 bad.append((e, error))
         return bad, len(entries) - len(bad), notes
@@ -215,6 +222,13 @@ class Checker:
     def _check_content(self, sid, path, node, pack_problems, bad_blobs, result) -> None:
         where = f"{sid[:8]}:{path}"
         reported: set[str] = set()
+        if node.dictionary is not None and node.dictionary.hex() not in self._dictionaries:
+            # Its chunks were compressed with it (docs/format.md §3): none of them opens.
+            problem = self._missing_dictionaries.get(node.dictionary)
+            if problem is None:
+                problem = self._missing_dictionaries[node.dictionary] = Problem(
+                    "missing-dictionary", f"compression dictionary {node.dictionary.hex()} is missing")
+            problem.add_path(where)
         for ref in node.content or ():
             if ref.id is None:
                 continue

@@ -50,6 +50,7 @@ AAD_INDEX = b"reclo/v1/index"
 AAD_SNAPSHOT = b"reclo/v1/snapshot"
 AAD_PACK_HEADER = b"reclo/v1/pack-header"
 AAD_KEY_SLOT = b"reclo/v1/key-slot"
+AAD_DICTIONARY = b"reclo/v1/dictionary"
 
 
 def blob_aad(type_name: str, blob_id: bytes) -> bytes:

@@ -65,14 +65,17 @@ class PackEntry:
     raw_length: int  # plaintext length before compression
 
 
-def seal_blob(key: MasterKey, blob_type: BlobType, blob_id: bytes, data: bytes) -> bytes:
-    return key.seal(compression.encode(data), blob_aad(blob_type.label, blob_id))
+def seal_blob(key: MasterKey, blob_type: BlobType, blob_id: bytes, data: bytes, dictionary=None) -> bytes:
+    """dictionary: the DictionaryEncoder of the blob's file, if it has one."""
+    return key.seal(compression.encode(data, dictionary), blob_aad(blob_type.label, blob_id))
 
 
 def open_blob(
-    key: MasterKey, entry: PackEntry, sealed: bytes, *, pack_id: str
+    key: MasterKey, entry: PackEntry, sealed: bytes, *, pack_id: str, dictionaries=None
 ) -> bytes:
-    """Decrypt, decompress and verify one blob; any failure is a CorruptBlob naming its place."""
+    """Decrypt, decompress and verify one blob; any failure is a CorruptBlob naming its place.
+    dictionaries: the repository's (Dictionaries), for blobs compressed with one; a
+    dictionary it has not loaded raises DictionaryNeeded (Dictionaries.in_thread)."""
 
     def corrupt(reason: str) -> CorruptBlob:
         return CorruptBlob(pack_id, entry.offset, reason, entry.id.hex())
@@ -80,7 +83,9 @@ def open_blob(
     if len(sealed) != entry.length:
         raise corrupt(f"got {len(sealed)} bytes, expected {entry.length}")
     try:
-        data = compression.decode(key.open(sealed, blob_aad(entry.type.label, entry.id)), entry.raw_length)
+        plain = key.open(sealed, blob_aad(entry.type.label, entry.id))
+        # only data blobs may name a dictionary (format.md §3)
+        data = compression.decode(plain, entry.raw_length, dictionaries if entry.type is BlobType.DATA else None)
     except DecryptionFailed:
         raise corrupt("authentication failed") from None
     except FormatError as e:

@@ -61,13 +61,14 @@ class Blob:
     sealed: bytes | None
     error: FormatError | None
 
-    def open(self, key: MasterKey) -> bytes:
-        """The verified plaintext (``pack.open_blob``), or the FormatError why there is none."""
+    def open(self, key: MasterKey, dictionaries=None) -> bytes:
+        """The verified plaintext (``pack.open_blob``), or the FormatError why there is none.
+        A dictionary not loaded yet raises DictionaryNeeded (``Dictionaries.in_thread``)."""
         if self.error is not None:
             raise self.error
         assert self.location is not None and self.sealed is not None
         return open_blob(key, self.location.entry(self.id), self.sealed,
-                         pack_id=self.location.pack_id)
+                         pack_id=self.location.pack_id, dictionaries=dictionaries)
 
 
 @dataclass

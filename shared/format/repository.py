@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import json
 import secrets
@@ -89,6 +90,7 @@ from .pack import (
     open_header,
     seal_blob,
 )
+from .dictionaries import Dictionaries, DictionaryEncoder
 from .snapshot import Node, Snapshot, Tree
 from .store import ObjectStore
 
@@ -133,12 +135,15 @@ class RepositoryConfig:
     # place. None in repositories made before it existed: there image sources keep
     # image_chunk_size and every file of a folder is cut by FastCDC, as they always were.
     fixed_chunks: FixedChunking | None = None
+    # Whether writers may compress with dictionaries (§3). False in repositories made
+    # before them, so that the versions that made them can still read everything.
+    dictionaries: bool = False
 
     @classmethod
     def new(cls) -> RepositoryConfig:
         # seed in [1, 2**63): pyfastcdc treats 0 as "no seed" and needs seed << 1 to fit 64 bits
         return cls(uuid.uuid4().hex, _utc_now_text(), ChunkerParams(seed=secrets.randbits(63) | 1),
-                   fixed_chunks=FixedChunking())
+                   fixed_chunks=FixedChunking(), dictionaries=True)
 
     def encode(self) -> bytes:
         doc = {
@@ -153,6 +158,8 @@ class RepositoryConfig:
         }
         if self.fixed_chunks is not None:
             doc["fixed_chunks"] = self.fixed_chunks.to_json()
+        if self.dictionaries:
+            doc["dictionaries"] = True
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
@@ -170,6 +177,7 @@ class RepositoryConfig:
                 ChunkerParams.from_json(doc["chunker"]),
                 int(doc["image_chunk_size"]),
                 FixedChunking.from_json(fixed) if fixed is not None else None,
+                doc.get("dictionaries") is True,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"config does not parse: {e!r}") from None
@@ -208,6 +216,7 @@ class Repository:
             self.image_chunker = ImageChunker(config.image_chunk_size)
             self.in_place_chunker = None
         self._loaded_index_files: set[str] = set()
+        self.dictionaries = Dictionaries(self)
 
     # --- creating and opening ---------------------------------------------------------
 
@@ -224,6 +233,7 @@ class Repository:
         if await store.exists(CONFIG_KEY):
             raise RepositoryExists("a repository already exists in this store")
         repo = cls(store, MasterKey.generate(), RepositoryConfig.new(), **options)
+        repo.dictionaries.bind(asyncio.get_running_loop())
         await repo.add_passphrase_slot(passphrase, kdf)
         if kms is not None:
             await repo.add_kms_slot(*kms)
@@ -258,6 +268,7 @@ class Repository:
         except DecryptionFailed:
             raise CorruptObject(CONFIG_KEY, "does not open with the key from the key slot") from None
         repo = cls(store, key, RepositoryConfig.decode(plain), **options)
+        repo.dictionaries.bind(asyncio.get_running_loop())
         if load_index:
             await repo.load_index()
         return repo
@@ -433,7 +444,8 @@ class Repository:
     async def read_blob(self, blob_id: bytes) -> bytes:
         """A blob's plaintext, verified against its id (CorruptBlob, MissingPack, MissingBlob)."""
         loc, sealed = await self.fetch_sealed(blob_id)
-        return await asyncio.to_thread(open_blob, self.key, loc.entry(blob_id), sealed, pack_id=loc.pack_id)
+        return await self.dictionaries.in_thread(functools.partial(
+            open_blob, self.key, loc.entry(blob_id), sealed, pack_id=loc.pack_id, dictionaries=self.dictionaries))
 
     async def load_tree(self, tree_id: bytes) -> Tree:
         loc = self.index.lookup(tree_id)
@@ -535,6 +547,7 @@ class BlobSaver:
         self.repo = repo
         self.stats = SaverStats()
         self._loop = asyncio.get_running_loop()
+        repo.dictionaries.bind(self._loop)  # workers store and fetch dictionaries through it
         self._lock = threading.Lock()
         self._open = {t: PackWriter() for t in BlobType}
         self._pending: set[bytes] = set()  # in an open pack, or uploaded but not yet indexed
@@ -545,8 +558,10 @@ class BlobSaver:
 
     # --- worker threads ---
 
-    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
-        """Store a blob unless the repository has it. Returns (id, whether it was new)."""
+    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None,
+             dictionary: DictionaryEncoder | None = None) -> tuple[bytes, bool]:
+        """Store a blob unless the repository has it. Returns (id, whether it was new).
+        dictionary: its file's, to compress it with (only where config.dictionaries)."""
         self._raise_if_failed()
         key = self.repo.key
         if blob_id is None:
@@ -562,7 +577,7 @@ class BlobSaver:
                 return blob_id, False
             self._pending.add(blob_id)
         try:
-            sealed = seal_blob(key, blob_type, blob_id, data)
+            sealed = seal_blob(key, blob_type, blob_id, data, dictionary)
         except BaseException:
             with self._lock:
                 self._pending.discard(blob_id)

@@ -63,6 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from .dictionaries import DictionaryNeeded
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .memory import return_big_buffers_to_the_system
 from .pack import BlobType
@@ -510,7 +511,7 @@ class _Trees:
     def _open(self, blob: Blob) -> Tree:
         if blob.error is None and blob.location.type is not BlobType.TREE:  # type: ignore[union-attr]
             raise FormatError(f"blob {blob.id.hex()} is not a tree")
-        return Tree.decode(blob.open(self.repo.key))
+        return Tree.decode(blob.open(self.repo.key, self.repo.dictionaries))
 
     async def load(self, tree_id: bytes) -> Tree:
         future = self.ahead.pop(tree_id, None)
@@ -650,6 +651,17 @@ class _Run:
             reader = self.r.reader
             in_flight: set[asyncio.Future] = set()
             limit = 2 * self.r.workers
+
+            async def settle(done: set[asyncio.Future]) -> None:
+                # Chunks that named a dictionary not loaded yet: load it, hand them out again.
+                for f in done:
+                    waiting = f.result()
+                    if waiting:
+                        for dictionary_id in {need.id for _, need in waiting}:
+                            await self.repo.dictionaries.load_or_note(dictionary_id)
+                        blobs = [blob for blob, _ in waiting]
+                        in_flight.add(loop.run_in_executor(self.pool, self._place_all, blobs, places))
+
             # Chunks go to the workers in groups: one hand-off per small chunk (a database's
             # 32 KiB ones) cost more on the event loop than opening the chunk did.
             group: list[Blob] = []
@@ -664,16 +676,18 @@ class _Run:
                         in_flight.add(loop.run_in_executor(self.pool, self._place_all, group, places))
                         group, group_bytes = [], 0
                         if len(in_flight) >= limit:
-                            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                            for f in done:
-                                f.result()
+                            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                            in_flight -= done
+                            await settle(done)
                 if group:
                     in_flight.add(loop.run_in_executor(self.pool, self._place_all, group, places))
+                while in_flight:
+                    done, _ = await asyncio.wait(in_flight)
+                    in_flight -= done
+                    await settle(done)
             finally:
                 if in_flight:
                     await asyncio.wait(in_flight)
-            for f in in_flight:
-                f.result()
         finally:
             for file in files:
                 file.close()
@@ -684,16 +698,23 @@ class _Run:
                 self.result.files += 1
                 self.result.bytes += file.node.size
 
-    def _place_all(self, blobs: list[Blob], places: dict) -> None:
+    def _place_all(self, blobs: list[Blob], places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
+        """Place each blob; those that need a dictionary not loaded yet are left for the
+        caller to load it and hand them out again (a worker never waits for the store)."""
+        waiting = []
         for blob in blobs:
-            self._place(blob, places[blob.id])
+            try:
+                self._place(blob, places[blob.id])
+            except DictionaryNeeded as need:
+                waiting.append((blob, need))
+        return waiting
 
     def _place(self, blob: Blob, places: list[tuple[_File, int, int]]) -> None:
         """In a worker thread: open the chunk once, write it wherever the batch needs it."""
         error: Exception | None = None
         data = None
         try:
-            data = blob.open(self.repo.key)
+            data = blob.open(self.repo.key, self.repo.dictionaries)
         except FormatError as e:  # missing or corrupt: leave a hole, go on
             error = e
         for file, offset, length in places:

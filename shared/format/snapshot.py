@@ -96,6 +96,9 @@ class Node:
     target: str | None = None  # symlink
     content: list[ChunkRef] | None = None  # file, image
     subtree: bytes | None = None  # dir
+    # file, image: the compression dictionary its chunks were stored with, if any. Readers
+    # don't need it (each blob names its own); the next backup of the file reuses it.
+    dictionary: bytes | None = None
 
     def to_json(self) -> dict:
         doc: dict[str, Any] = {}
@@ -111,6 +114,8 @@ class Node:
             doc["content"] = [[None if r.id is None else r.id.hex(), r.length] for r in self.content]
         if self.subtree is not None:
             doc["subtree"] = self.subtree.hex()
+        if self.dictionary is not None:
+            doc["dictionary"] = self.dictionary.hex()
         return doc
 
     @classmethod
@@ -142,6 +147,7 @@ class Node:
                 target=_get_text(doc, "target"),
                 content=content,
                 subtree=None if doc.get("subtree") is None else _chunk_id(doc["subtree"]),
+                dictionary=None if doc.get("dictionary") is None else _chunk_id(doc["dictionary"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"tree node does not parse: {e!r}") from None

@@ -176,6 +176,9 @@ class Server:
     async def packs(self) -> int:
         return len([i async for i in self.bucket.scan() if "/data/" in i.key])
 
+    async def dictionaries(self) -> int:
+        return len([i async for i in self.bucket.scan() if "/dicts/" in i.key])
+
     async def backups(self) -> list[dict]:
         status, page, _ = await self.api.call("GET", "/api/v1/backups?limit=200")
         assert status == 200, page

@@ -23,6 +23,8 @@ ONE_PACK = PACK_TARGET_SIZE + CDC_MAX_SIZE
 
 async def test_register_backup_incremental_restore_check_forget(agent, server, tmp_path, unique):
     src = make_tree(tmp_path / "src")
+    # A database: its fixed chunks are compressed with a dictionary trained on it (dicts/).
+    (src / "erp.db").write_bytes(b"".join(b"row %07d customer %05d paid;" % (i, i % 997) for i in range(330_000)))
     # A limit far above what the test sends: uploads take the paced path (to S3 on moto too).
     await registered(agent, server, f"fs-{unique}", [src], extra='[upload]\nbandwidth_limit = "256 MiB"\n')
     text = agent.config.read_text() + (agent.config.parent / "agent-secrets.json").read_text()
@@ -36,17 +38,22 @@ async def test_register_backup_incremental_restore_check_forget(agent, server, t
     assert r.code == 0, r
     first = r.result
     assert first["kind"] == "full" and first["backup_id"]
+    assert await server.dictionaries() == 1
     before = describe(src)
 
     with open(src / "docs" / "2024 reports" / "q2.bin", "ab") as f:
         f.write(os.urandom(MiB))
     (src / "new.bin").write_bytes(os.urandom(300_000))
-    changed = os.path.getsize(src / "docs" / "2024 reports" / "q2.bin") + 300_000
+    with open(src / "erp.db", "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(b"row 9999999 customer 99999 open;")
+    changed = os.path.getsize(src / "docs" / "2024 reports" / "q2.bin") + 300_000 + os.path.getsize(src / "erp.db")
     r = await agent("backup", "--json")
     assert r.code == 0, r
     second = r.result
     assert second["kind"] == "incremental" and second["parent"] == first["snapshot"]
     assert second["bytes_read"] == changed  # unchanged files were not read again
+    assert await server.dictionaries() == 1  # the database kept its dictionary
 
     backups = {b["id"]: b for b in await server.backups()}
     for done in (first, second):
@@ -78,6 +85,7 @@ async def test_register_backup_incremental_restore_check_forget(agent, server, t
         return [s["id"] for s in json.loads(r.stdout)] == [second["snapshot"]]
 
     await eventually(collected, timeout=30, interval=0.5)
+    assert await server.dictionaries() == 1  # never collected: kept chunks may need them
     # After garbage collection the repository is whole, and a new backup reuses what is left.
     r = await agent("check", "--json")
     assert r.code == 0 and r.result["ok"], r

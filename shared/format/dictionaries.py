@@ -1,0 +1,250 @@
+"""Compression dictionaries (docs/format.md §3): zstd dictionaries trained on a file's own
+chunks, so that the small fixed chunks of a database or a disk compress nearly as well
+as whole megabytes would.
+
+A dictionary is an object of its own, `dicts/<sha256 of the object>`, sealed like an
+index file; a blob compressed with one names it (encoding ZSTD_DICT). Dictionaries are
+never deleted: a chunk deduplicated into another file, or kept by a later backup, may
+still need the one it was compressed with, and garbage collection cannot read blobs to
+find out. A file keeps its dictionary from one incremental to the next (its node names
+it); a full trains a new one, so a dictionary follows its file's content week by week.
+
+Blobs are opened in worker threads, and the store is asynchronous. A reader's thread
+never waits for a dictionary: `Dictionaries.get` raises DictionaryNeeded, and the caller
+loads it on the event loop and opens the blob again (`Dictionaries.in_thread`). Waiting
+would deadlock once every thread of the default executor waited for a fetch that needs
+one of them (stores read files in threads). Only the backup's own worker pools, which the
+store never uses, wait for the loop (`get_from_worker`, `add_from_worker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import os
+import threading
+
+import zstandard
+
+from .chunker import is_zero
+from .constants import (
+    DICTIONARIES_KEPT,
+    DICTIONARIES_PREFIX,
+    DICTIONARY_MAX_RATIO,
+    DICTIONARY_SAMPLES,
+    DICTIONARY_SIZE,
+    DICTIONARY_TRAINING,
+    MAX_DICTIONARY_SIZE,
+    ZSTD_LEVEL,
+)
+from .crypto import AAD_DICTIONARY
+from .errors import FormatError, ObjectNotFound
+
+ID_SIZE = 32  # a dictionary is named by the SHA-256 of its object
+_ZSTD_DICTIONARY_MAGIC = bytes.fromhex("37a430ec")  # zstd's format, little endian 0xEC30A437
+
+
+class DictionaryNeeded(Exception):
+    """A blob names a dictionary that is not loaded: load it on the event loop and open
+    the blob again. Not a FormatError: nothing is known to be wrong with the blob."""
+
+    def __init__(self, dictionary_id: bytes):
+        super().__init__(f"compression dictionary {dictionary_id.hex()} is not loaded")
+        self.id = dictionary_id
+
+
+def dictionary_key(dictionary_id: bytes) -> str:
+    return DICTIONARIES_PREFIX + dictionary_id.hex()
+
+
+class Dictionary:
+    """One loaded dictionary. Decompressors are per thread (zstd contexts are not
+    thread-safe); they go when the dictionary goes."""
+
+    def __init__(self, dictionary_id: bytes, data: bytes):
+        if len(dictionary_id) != ID_SIZE:
+            raise FormatError("a dictionary id is 32 bytes")
+        if data[:4] != _ZSTD_DICTIONARY_MAGIC:
+            raise FormatError(f"dictionary {dictionary_id.hex()} is not a zstd dictionary")
+        self.id = dictionary_id
+        self.data = data
+        self._zdict = zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_FULLDICT)
+        self._local = threading.local()
+
+    def decompressor(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "d", None)
+        if d is None:
+            try:
+                d = self._local.d = zstandard.ZstdDecompressor(dict_data=self._zdict)
+            except zstandard.ZstdError as e:
+                raise FormatError(f"dictionary {self.id.hex()} does not load: {e}") from None
+        return d
+
+    def encoder(self, chunk_size: int) -> DictionaryEncoder:
+        return DictionaryEncoder(self, chunk_size)
+
+
+class DictionaryEncoder:
+    """Compresses the chunks of one file with a dictionary, on any thread. zstd's
+    parameters are chosen for the file's chunk size and the dictionary's size."""
+
+    def __init__(self, dictionary: Dictionary, chunk_size: int):
+        self.id = dictionary.id
+        self._params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL, source_size=chunk_size, dict_size=len(dictionary.data),
+            write_content_size=1, write_dict_id=0)  # the blob names its dictionary itself
+        self._zdict = zstandard.ZstdCompressionDict(dictionary.data, dict_type=zstandard.DICT_TYPE_FULLDICT)
+        self._zdict.precompute_compress(compression_params=self._params)  # once, shared by the threads
+        self._local = threading.local()
+
+    def compress(self, data: bytes) -> bytes:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(compression_params=self._params, dict_data=self._zdict)
+        return c.compress(data)
+
+
+class Dictionaries:
+    """A repository's dictionaries: stored once, loaded when first needed, the last
+    DICTIONARIES_KEPT kept. Safe to use from any thread."""
+
+    def __init__(self, repo) -> None:
+        self.repo = repo
+        self._kept: collections.OrderedDict[bytes, Dictionary] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[bytes, asyncio.Future] = {}  # on the loop: one fetch per id
+        self._failed: dict[bytes, FormatError] = {}  # why a dictionary could not be loaded
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that the backup's workers store and fetch dictionaries through."""
+        self._loop = loop
+
+    async def add(self, data: bytes) -> Dictionary:
+        """Store a new dictionary (a new object, even if an equal one exists)."""
+        self._loop = asyncio.get_running_loop()
+        object_id = await self.repo._put_object(DICTIONARIES_PREFIX, data, AAD_DICTIONARY)
+        dictionary = Dictionary(bytes.fromhex(object_id), data)
+        self._keep(dictionary)
+        return dictionary
+
+    async def load(self, dictionary_id: bytes) -> Dictionary:
+        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            found = self._kept.get(dictionary_id)
+        if found is not None:
+            return found
+        future = self._loading.get(dictionary_id)
+        if future is None:
+            future = self._loading[dictionary_id] = asyncio.ensure_future(self._fetch(dictionary_id))
+            future.add_done_callback(lambda _: self._loading.pop(dictionary_id, None))
+        return await asyncio.shield(future)
+
+    async def _fetch(self, dictionary_id: bytes) -> Dictionary:
+        key = dictionary_key(dictionary_id)
+        try:
+            try:
+                data = await self.repo._get_object(key, AAD_DICTIONARY)  # checks the name, then opens
+            except ObjectNotFound:
+                raise FormatError(f"compression dictionary {dictionary_id.hex()} is missing ({key})") from None
+            if len(data) > MAX_DICTIONARY_SIZE:
+                raise FormatError(f"compression dictionary {dictionary_id.hex()} is {len(data)} bytes, "
+                                  f"more than {MAX_DICTIONARY_SIZE}")
+            dictionary = Dictionary(dictionary_id, data)
+        except FormatError as e:
+            self._failed[dictionary_id] = e  # every blob that needs it is reported with this
+            raise
+        self._keep(dictionary)
+        return dictionary
+
+    def _keep(self, dictionary: Dictionary) -> None:
+        with self._lock:
+            self._kept[dictionary.id] = dictionary
+            self._kept.move_to_end(dictionary.id)
+            while len(self._kept) > DICTIONARIES_KEPT:
+                self._kept.popitem(last=False)
+
+    async def in_thread(self, fn, *args, executor=None):
+        """fn(*args) in a thread; each time it needs a dictionary that is not loaded, load
+        it here and run fn again. fn must be safe to run again (it opens, never writes)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args)
+        while True:
+            try:
+                return await loop.run_in_executor(executor, call)
+            except DictionaryNeeded as need:
+                await self.load_or_note(need.id)
+
+    async def load_or_note(self, dictionary_id: bytes) -> None:
+        """Load a dictionary a blob needs; if it can't be, get() raises why from now on."""
+        try:
+            await self.load(dictionary_id)
+        except FormatError:
+            pass  # noted in _failed
+
+    # --- from any thread ---
+
+    def get(self, dictionary_id: bytes) -> Dictionary:
+        """The dictionary if it is loaded; else DictionaryNeeded (or why it can't be loaded)."""
+        with self._lock:
+            found = self._kept.get(dictionary_id)
+            if found is not None:
+                self._kept.move_to_end(dictionary_id)
+                return found
+            failed = self._failed.get(dictionary_id)
+        if failed is not None:
+            raise failed
+        raise DictionaryNeeded(dictionary_id)
+
+    # --- from the backup's worker threads (never from the default executor, see above) ---
+
+    def get_from_worker(self, dictionary_id: bytes) -> Dictionary:
+        try:
+            return self.get(dictionary_id)
+        except DictionaryNeeded:
+            return self._on_loop(self.load(dictionary_id))
+
+    def add_from_worker(self, data: bytes) -> Dictionary:
+        return self._on_loop(self.add(data))
+
+    def _on_loop(self, coroutine):
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is not None:
+            coroutine.close()
+            raise RuntimeError("dictionaries are fetched from worker threads of a running event loop")
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+def read_samples(fd: int, size: int, chunk_size: int, count: int = DICTIONARY_SAMPLES) -> list[bytes]:
+    """Up to `count` chunks spread evenly over the file (all-zero ones left out): what a
+    dictionary for it is trained on."""
+    chunks = -(-size // chunk_size)
+    step = max(1, chunks // count)
+    samples = []
+    for i in range(0, chunks, step):
+        data = os.pread(fd, chunk_size, i * chunk_size)
+        if data and not is_zero(data):
+            samples.append(data)
+        if len(samples) == count:
+            break
+    return samples
+
+
+def train(samples: list[bytes]) -> bytes | None:
+    """A dictionary for data like the samples, or None where one would not pay: too few
+    samples for zstd to train on, or data that does not compress (encrypted, media)."""
+    try:
+        trained = zstandard.train_dictionary(DICTIONARY_SIZE, samples, level=ZSTD_LEVEL, **DICTIONARY_TRAINING)
+    except zstandard.ZstdError:
+        return None  # too few or too small samples
+    data = trained.as_bytes()
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=trained)
+    packed = sum(len(compressor.compress(s)) for s in samples)
+    if packed > DICTIONARY_MAX_RATIO * sum(map(len, samples)):
+        return None
+    return data
