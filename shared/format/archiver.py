@@ -263,6 +263,7 @@ class _Run:
         self.source_name = ""  # the folder source being walked (the cache's key)
         self._warned_dirs: set[str] = set()  # folders not to record in the cache
         self.parent_snapshot: Snapshot | None = None
+        self.parent_indexed = False
 
     # --- the whole run ---
 
@@ -283,6 +284,9 @@ class _Run:
             if packs is not None and not all(self.repo.index.has_pack(p) for p in packs):
                 self.cache.set_aside()  # some of the parent's data is gone: look at everything
                 self.cache_usable = False
+            # Every pack the parent references is indexed, hence every chunk of its files:
+            # a file found unchanged needs no lookup of each of its chunks (_reuse).
+            self.parent_indexed = self.cache_usable and packs is not None
         self.pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-backup")
         # Pieces of big files; a separate pool, as file tasks wait for it (no deadlock).
         self.chunk_pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-chunks")
@@ -688,7 +692,7 @@ class _Run:
             return None
         if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return None
-        if any(r.id is not None and r.id not in self.repo.index for r in old.content):
+        if not self.parent_indexed and any(r.id is not None and r.id not in self.repo.index for r in old.content):
             return None  # the parent references a chunk the index lacks: read the file again
         node = _node_from_stat(name, node_type, st)
         node.size = old.size
