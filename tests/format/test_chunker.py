@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from shared.format.chunker import ChunkerParams, FileChunker, ImageChunker, is_zero
-from shared.format.constants import IMAGE_CHUNK_SIZE, MiB
+from shared.format.chunker import ChunkerParams, FileChunker, FixedChunking, ImageChunker, is_zero
+from shared.format.constants import IMAGE_CHUNK_SIZE, KiB, MiB
 
 
 def _pieces(chunker, path):
@@ -86,6 +86,29 @@ def test_image_chunks_are_fixed_and_aligned(tmp_path):
     assert all(p.offset % IMAGE_CHUNK_SIZE == 0 for p in pieces)
     assert [p.length for p in data] == [MiB, MiB, 4096 + 123]
     assert read <= 3 * MiB  # the unallocated 7 MiB were not read
+
+
+def test_small_fixed_chunks_read_in_blocks_match_the_file_and_skip_unallocated_space(tmp_path):
+    # 32 KiB chunks are read a block (1 MiB) at a time: pieces must still be the file's
+    # aligned chunks wherever extents start and end, and unallocated chunks never read.
+    path = tmp_path / "erp.db"
+    size = 5 * MiB + 20_000
+    rng = random.Random(3)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, n in ((0, 40_000), (MiB - 4096, 8192), (2 * MiB + 100, 700_000), (5 * MiB, 20_000)):
+            f.seek(off)
+            f.write(rng.randbytes(n))
+    chunker = ImageChunker(FixedChunking())
+    assert chunker.chunking.chunk_size(size) == 32 * KiB
+    pieces, read = _pieces(chunker, path)
+    assert all(p.offset % (32 * KiB) == 0 for p in pieces)
+    assert all(p.length == 32 * KiB for p in pieces if p.data is not None and p.offset + p.length < size)
+    rebuilt = b"".join(p.data if p.data is not None else bytes(p.length) for p in pieces)
+    assert rebuilt == path.read_bytes()
+    allocated_chunks = {o // (32 * KiB) for o in range(0, size, 4096) if any(path.read_bytes()[o:o + 4096])}
+    assert {p.offset // (32 * KiB) for p in pieces if p.data is not None} == allocated_chunks
+    assert read <= 2 * MiB  # of 5 MiB: only chunks around the four written stretches
 
 
 def test_image_zero_blocks_that_are_allocated_become_holes(tmp_path):
