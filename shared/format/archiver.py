@@ -743,7 +743,10 @@ class _Run:
             dictionary = None if chunker is self.repo.file_chunker else self._dictionary(f, size, chunker, path, old)
             content: list[ChunkRef] = []
             total = 0
-            sink = (_FannedOut if size >= _FAN_OUT_MIN_SIZE else _Inline)(self, content, dictionary)
+            known = frozenset()
+            if self.parent_indexed and old is not None and old.type == node_type and old.content:
+                known = frozenset(r.id for r in old.content if r.id is not None)
+            sink = (_FannedOut if size >= _FAN_OUT_MIN_SIZE else _Inline)(self, content, dictionary, known)
             try:
                 for piece in chunker.pieces(f, size, on_read=self._count_read):
                     sink.add(piece)
@@ -806,20 +809,38 @@ class _Run:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE, old)
 
 
-class _Inline:
-    """Pieces of a small file, saved by the thread that reads it."""
+class _Sink:
+    """Where a file's pieces go. known: chunk ids the repository is known to hold (the
+    parent's chunks of the file, when all its packs are indexed): a piece found among
+    them is not looked up in the index, which for a database rewritten in a few places
+    is nearly every piece."""
 
-    def __init__(self, run: _Run, content: list[ChunkRef], dictionary: DictionaryEncoder | None):
+    def __init__(self, run: _Run, content: list[ChunkRef], dictionary: DictionaryEncoder | None,
+                 known: frozenset[bytes]):
         self.saver = run.saver
+        self.key = run.repo.key
         self.content = content
         self.dictionary = dictionary
+        self.known = known
+
+    def _ref(self, piece: Piece) -> ChunkRef:
+        if piece.data is None:
+            return ChunkRef(None, piece.length)
+        blob_id = self.key.chunk_id(piece.data)
+        if blob_id not in self.known:
+            self.saver.save(BlobType.DATA, piece.data, blob_id, self.dictionary)
+        return ChunkRef(blob_id, piece.length)
+
+
+class _Inline(_Sink):
+    """Pieces of a small file, saved by the thread that reads it."""
 
     def add(self, piece: Piece) -> None:
-        if piece.data is None:
-            append_ref(self.content, ChunkRef(None, piece.length))
+        ref = self._ref(piece)
+        if ref.id is None:
+            append_ref(self.content, ref)
         else:
-            blob_id, _ = self.saver.save(BlobType.DATA, piece.data, dictionary=self.dictionary)
-            self.content.append(ChunkRef(blob_id, piece.length))
+            self.content.append(ref)
 
     def finish(self) -> None:
         pass
@@ -828,17 +849,16 @@ class _Inline:
         pass
 
 
-class _FannedOut:
+class _FannedOut(_Sink):
     """Pieces of a big file, saved on every core: the reading thread reads and cuts,
     batches of pieces are hashed, compressed and sealed in the chunk pool. At most a few
     batches are in flight (bounded memory); their refs are appended in file order."""
 
-    def __init__(self, run: _Run, content: list[ChunkRef], dictionary: DictionaryEncoder | None):
-        self.saver = run.saver
-        self.dictionary = dictionary
+    def __init__(self, run: _Run, content: list[ChunkRef], dictionary: DictionaryEncoder | None,
+                 known: frozenset[bytes]):
+        super().__init__(run, content, dictionary, known)
         self.pool = run.chunk_pool
         self.limit = 2 * run.a.workers
-        self.content = content
         self.window: collections.deque[Future[list[ChunkRef]]] = collections.deque()
         self.batch: list[Piece] = []
         self.batch_bytes = 0
@@ -877,14 +897,7 @@ class _FannedOut:
                 self.content.append(ref)
 
     def _save(self, batch: list[Piece]) -> list[ChunkRef]:
-        refs = []
-        for piece in batch:
-            if piece.data is None:
-                refs.append(ChunkRef(None, piece.length))
-            else:
-                blob_id, _ = self.saver.save(BlobType.DATA, piece.data, dictionary=self.dictionary)
-                refs.append(ChunkRef(blob_id, piece.length))
-        return refs
+        return [self._ref(piece) for piece in batch]
 
 
 class _ListAhead:
