@@ -782,7 +782,7 @@ class _Run:
         dictionaries = self.repo.dictionaries
         if old is not None and old.dictionary is not None:
             try:
-                return dictionaries.get_from_worker(old.dictionary).encoder(chunk)
+                return dictionaries.get_from_worker(old.dictionary, self._stop).encoder(chunk)
             except FormatError as e:
                 self.warn(path, f"the dictionary of its last backup is unusable, training a new one: {e}")
         try:
@@ -790,7 +790,7 @@ class _Run:
         except OSError:
             return None  # the read that follows meets the error too, and reports it
         trained = train(samples)
-        return None if trained is None else dictionaries.add_from_worker(trained).encoder(chunk)
+        return None if trained is None else dictionaries.add_from_worker(trained, self._stop).encoder(chunk)
 
     # --- images ---
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import functools
 import os
 import threading
@@ -39,9 +40,10 @@ from .constants import (
     ZSTD_LEVEL,
 )
 from .crypto import AAD_DICTIONARY
-from .errors import FormatError, ObjectNotFound
+from .errors import FormatError, ObjectNotFound, StoreError
 
 ID_SIZE = 32  # a dictionary is named by the SHA-256 of its object
+_FETCH_ATTEMPTS = 3
 _ZSTD_DICTIONARY_MAGIC = bytes.fromhex("37a430ec")  # zstd's format, little endian 0xEC30A437
 
 
@@ -69,7 +71,10 @@ class Dictionary:
             raise FormatError(f"dictionary {dictionary_id.hex()} is not a zstd dictionary")
         self.id = dictionary_id
         self.data = data
-        self._zdict = zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_FULLDICT)
+        try:
+            self._zdict = zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_FULLDICT)
+        except zstandard.ZstdError as e:
+            raise FormatError(f"dictionary {dictionary_id.hex()} does not load: {e}") from None
         self._local = threading.local()
 
     def decompressor(self) -> zstandard.ZstdDecompressor:
@@ -107,11 +112,14 @@ class DictionaryEncoder:
 
 class Dictionaries:
     """A repository's dictionaries: stored once, loaded when first needed, the last
-    DICTIONARIES_KEPT kept. Safe to use from any thread."""
+    DICTIONARIES_KEPT kept (more while pinned: a caller that loaded some for a piece of
+    work keeps them until the work is done, so retrying it always gets further). Safe to
+    use from any thread."""
 
     def __init__(self, repo) -> None:
         self.repo = repo
         self._kept: collections.OrderedDict[bytes, Dictionary] = collections.OrderedDict()
+        self._pinned: collections.Counter[bytes] = collections.Counter()
         self._lock = threading.Lock()
         self._loading: dict[bytes, asyncio.Future] = {}  # on the loop: one fetch per id
         self._failed: dict[bytes, FormatError] = {}  # why a dictionary could not be loaded
@@ -145,7 +153,7 @@ class Dictionaries:
         key = dictionary_key(dictionary_id)
         try:
             try:
-                data = await self.repo._get_object(key, AAD_DICTIONARY)  # checks the name, then opens
+                data = await self._get(key)
             except ObjectNotFound:
                 raise FormatError(f"compression dictionary {dictionary_id.hex()} is missing ({key})") from None
             if len(data) > MAX_DICTIONARY_SIZE:
@@ -158,23 +166,60 @@ class Dictionaries:
         self._keep(dictionary)
         return dictionary
 
+    async def _get(self, key: str) -> bytes:
+        """The opened object; a store error is tried again twice before it counts, since
+        every blob that needs the dictionary is then reported damaged."""
+        for attempt in range(_FETCH_ATTEMPTS):
+            try:
+                return await self.repo._get_object(key, AAD_DICTIONARY)  # checks the name, then opens
+            except ObjectNotFound:
+                raise
+            except StoreError:
+                if attempt == _FETCH_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _keep(self, dictionary: Dictionary) -> None:
         with self._lock:
             self._kept[dictionary.id] = dictionary
             self._kept.move_to_end(dictionary.id)
-            while len(self._kept) > DICTIONARIES_KEPT:
-                self._kept.popitem(last=False)
+            unpinned = [i for i in self._kept if not self._pinned[i]]
+            for old in unpinned[: max(0, len(self._kept) - DICTIONARIES_KEPT)]:
+                del self._kept[old]
+
+    def pin(self, dictionary_ids) -> None:
+        with self._lock:
+            self._pinned.update(dictionary_ids)
+
+    def unpin(self, dictionary_ids) -> None:
+        with self._lock:
+            self._pinned.subtract(dictionary_ids)
+            self._pinned += collections.Counter()  # drops counts at zero
+
+    async def load_pinned(self, dictionary_id: bytes) -> None:
+        """Load a dictionary a blob needs and pin it (unpin() when the blob is done); if it
+        can't be loaded, get() raises why from now on."""
+        self.pin([dictionary_id])
+        await self.load_or_note(dictionary_id)
 
     async def in_thread(self, fn, *args, executor=None):
         """fn(*args) in a thread; each time it needs a dictionary that is not loaded, load
         it here and run fn again. fn must be safe to run again (it opens, never writes)."""
         loop = asyncio.get_running_loop()
         call = functools.partial(fn, *args)
-        while True:
-            try:
-                return await loop.run_in_executor(executor, call)
-            except DictionaryNeeded as need:
-                await self.load_or_note(need.id)
+        pinned: list[bytes] = []
+        try:
+            while True:
+                try:
+                    return await loop.run_in_executor(executor, call)
+                except DictionaryNeeded as need:
+                    if need.id in pinned:  # pinned and loaded: get() can't say it isn't
+                        raise AssertionError(f"dictionary {need.id.hex()} needed again") from None
+                    pinned.append(need.id)
+                    await self.load_pinned(need.id)
+        finally:
+            self.unpin(pinned)
 
     async def load_or_note(self, dictionary_id: bytes) -> None:
         """Load a dictionary a blob needs; if it can't be, get() raises why from now on."""
@@ -199,16 +244,19 @@ class Dictionaries:
 
     # --- from the backup's worker threads (never from the default executor, see above) ---
 
-    def get_from_worker(self, dictionary_id: bytes) -> Dictionary:
+    # stop: set when the backup is being stopped; the loop may then be waiting for this
+    # very thread to end, so the worker gives up instead of waiting for the loop.
+
+    def get_from_worker(self, dictionary_id: bytes, stop: threading.Event) -> Dictionary:
         try:
             return self.get(dictionary_id)
         except DictionaryNeeded:
-            return self._on_loop(self.load(dictionary_id))
+            return self._on_loop(self.load(dictionary_id), stop)
 
-    def add_from_worker(self, data: bytes) -> Dictionary:
-        return self._on_loop(self.add(data))
+    def add_from_worker(self, data: bytes, stop: threading.Event) -> Dictionary:
+        return self._on_loop(self.add(data), stop)
 
-    def _on_loop(self, coroutine):
+    def _on_loop(self, coroutine, stop: threading.Event):
         loop = self._loop
         try:
             running = asyncio.get_running_loop()
@@ -217,7 +265,14 @@ class Dictionaries:
         if loop is None or running is not None:
             coroutine.close()
             raise RuntimeError("dictionaries are fetched from worker threads of a running event loop")
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                if stop.is_set():
+                    future.cancel()
+                    raise FormatError("the backup is stopping") from None
 
 
 def read_samples(fd: int, size: int, chunk_size: int, count: int = DICTIONARY_SAMPLES) -> list[bytes]:

@@ -653,14 +653,23 @@ class _Run:
             limit = 2 * self.r.workers
 
             async def settle(done: set[asyncio.Future]) -> None:
-                # Chunks that named a dictionary not loaded yet: load it, hand them out again.
+                # Chunks that named a dictionary not loaded yet: load it, pinned until they
+                # are placed (so they get further each time), and hand them out again.
+                dictionaries = self.repo.dictionaries
                 for f in done:
                     waiting = f.result()
                     if waiting:
-                        for dictionary_id in {need.id for _, need in waiting}:
-                            await self.repo.dictionaries.load_or_note(dictionary_id)
-                        blobs = [blob for blob, _ in waiting]
-                        in_flight.add(loop.run_in_executor(self.pool, self._place_all, blobs, places))
+                        needed: list[bytes] = []
+                        try:
+                            for dictionary_id in {need.id for _, need in waiting}:
+                                needed.append(dictionary_id)
+                                await dictionaries.load_pinned(dictionary_id)
+                        except BaseException:
+                            dictionaries.unpin(needed)
+                            raise
+                        again = loop.run_in_executor(self.pool, self._place_all, [b for b, _ in waiting], places)
+                        again.add_done_callback(lambda _, ids=needed: dictionaries.unpin(ids))
+                        in_flight.add(again)
 
             # Chunks go to the workers in groups: one hand-off per small chunk (a database's
             # 32 KiB ones) cost more on the event loop than opening the chunk did.

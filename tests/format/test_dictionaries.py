@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,12 @@ import pytest
 from shared.format import FULL, Archiver, Repository, Restorer
 from shared.format import compression
 from shared.format.checker import Checker
-from shared.format.constants import DICTIONARIES_PREFIX, DICTIONARY_MIN_FILE, KiB, MiB
+from shared.format.constants import DICTIONARIES_KEPT, DICTIONARIES_PREFIX, DICTIONARY_MIN_FILE, KiB, MiB
 from shared.format.crypto import blob_aad
 from shared.format.dictionaries import Dictionary, read_samples, train
-from shared.format.errors import CorruptBlob, FormatError, RestoreIncomplete
+from shared.format.errors import CorruptBlob, FormatError, RestoreIncomplete, StoreError
 from shared.format.repository import RepositoryConfig
+from shared.format.store import ForwardingStore
 
 from .conftest import FAST_KDF, PASSPHRASE, TEST_PACK_SIZE, content_digest, reopen
 
@@ -244,3 +246,67 @@ async def test_many_blobs_opened_at_once_load_their_dictionary_without_a_deadloc
     refs = (await _node(fresh, result, "server", "erp.db")).content[:40]
     chunks = await asyncio.wait_for(asyncio.gather(*(fresh.read_blob(r.id) for r in refs)), timeout=60)
     assert b"".join(chunks) == (src / "erp.db").read_bytes()[: sum(r.length for r in refs)]
+
+
+async def test_work_that_needs_more_dictionaries_than_are_kept_still_finishes(repo, store):
+    # One pack may hold chunks of many databases, each with its own dictionary: a check of
+    # it, run again each time a dictionary is loaded, must get further every time.
+    rows = _rows(64 * 32 * KiB, seed=10)
+    trained = train([rows[i : i + 32 * KiB] for i in range(0, len(rows), 32 * KiB)])
+    ids = [(await repo.dictionaries.add(trained)).id for _ in range(DICTIONARIES_KEPT + 4)]
+    fresh = await reopen(store)
+    runs = []
+
+    def needs_them_all() -> list[bytes]:
+        runs.append(1)
+        return [fresh.dictionaries.get(i).id for i in ids]
+
+    assert await asyncio.wait_for(fresh.dictionaries.in_thread(needs_them_all), timeout=60) == ids
+    assert len(runs) == len(ids) + 1
+
+
+async def test_a_backup_worker_waiting_for_the_loop_gives_up_when_the_backup_stops(repo):
+    # A stopping backup's loop waits for its worker threads (pool.shutdown): a worker that
+    # waited for the loop in turn would hang both.
+    data = train([_rows(32 * KiB, seed=s) for s in range(40)])
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            repo.dictionaries.add_from_worker(data, stop)
+        except FormatError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    stop.set()
+    thread.join(timeout=10)  # the loop is blocked here, as in pool.shutdown(wait=True)
+    assert not thread.is_alive()
+    assert [str(e) for e in outcome] == ["the backup is stopping"]
+
+
+class _Flaky(ForwardingStore):
+    """Fails the first read of each dictionary, as a dropped connection would."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.failed: set[str] = set()
+
+    async def get(self, key: str, offset=None, length=None) -> bytes:
+        if key.startswith(DICTIONARIES_PREFIX) and key not in self.failed:
+            self.failed.add(key)
+            raise StoreError(f"{key}: connection reset")
+        return await super().get(key, offset, length)
+
+
+async def test_a_store_error_while_fetching_a_dictionary_is_tried_again(repo, store, tmp_path):
+    src = tmp_path / "server"
+    src.mkdir()
+    _table(src / "erp.db", 9 * MiB, seed=11)
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    flaky = _Flaky(store)
+    fresh = await Repository.open(flaky, PASSPHRASE, pack_size=TEST_PACK_SIZE)
+    await Restorer(fresh).restore(result.snapshot_id, tmp_path / "out")  # no damage reported
+    assert content_digest(tmp_path / "out" / "server" / "erp.db") == content_digest(src / "erp.db")
+    assert len(flaky.failed) == 1
