@@ -14,13 +14,12 @@ import threading
 
 import zstandard
 
-from .constants import COMPRESSION_MIN_SAVING, ZSTD_LEVEL
+from .constants import COMPRESSION_MIN_SAVING, DICTIONARY_ID_SIZE, ZSTD_LEVEL
 from .errors import FormatError
 
 RAW = 0
 ZSTD = 1
 ZSTD_DICT = 2
-_ID_SIZE = 32  # of a dictionary
 
 _local = threading.local()  # zstd contexts are not thread-safe; one per thread
 
@@ -66,10 +65,10 @@ def decode(plaintext: bytes, max_size: int, dictionaries=None) -> bytes:
     if encoding == ZSTD_DICT:
         if dictionaries is None:
             raise FormatError("compressed with a dictionary, which this kind of object never is")
-        if len(body) < _ID_SIZE:
+        if len(body) < DICTIONARY_ID_SIZE:
             raise FormatError("dictionary id cut short")
-        dictionary = dictionaries.get(bytes(body[:_ID_SIZE]))
-        return _unzstd(dictionary.decompressor(), body[_ID_SIZE:], max_size)
+        dictionary = dictionaries.get(bytes(body[:DICTIONARY_ID_SIZE]))
+        return _unzstd(dictionary.decompressor(), body[DICTIONARY_ID_SIZE:], max_size)
     raise FormatError(f"unknown encoding byte {encoding}")
 
 

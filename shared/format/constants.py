@@ -118,6 +118,8 @@ ZSTD_LEVEL = 3
 # decompression on restore costs CPU for nothing (already compressed media, archives).
 COMPRESSION_MIN_SAVING = 1 / 32
 
+# A dictionary is named by the SHA-256 of its object; a ZSTD_DICT body starts with it.
+DICTIONARY_ID_SIZE = 32
 # Dictionaries (format.md §3): a file cut in small fixed chunks loses what zstd would have
 # matched across its chunks (+12 % on the benchmark's database at 32 KiB). A dictionary
 # trained on the file's own chunks wins most of it back (171.5 -> 153.0 MiB there; 1 MiB

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import concurrent.futures
 import functools
 import os
@@ -32,6 +33,7 @@ from .chunker import is_zero
 from .constants import (
     DICTIONARIES_KEPT,
     DICTIONARIES_PREFIX,
+    DICTIONARY_ID_SIZE,
     DICTIONARY_MAX_RATIO,
     DICTIONARY_SAMPLES,
     DICTIONARY_SIZE,
@@ -42,7 +44,6 @@ from .constants import (
 from .crypto import AAD_DICTIONARY
 from .errors import FormatError, ObjectNotFound, StoreError
 
-ID_SIZE = 32  # a dictionary is named by the SHA-256 of its object
 _FETCH_ATTEMPTS = 3
 _ZSTD_DICTIONARY_MAGIC = bytes.fromhex("37a430ec")  # zstd's format, little endian 0xEC30A437
 
@@ -65,7 +66,7 @@ class Dictionary:
     thread-safe); they go when the dictionary goes."""
 
     def __init__(self, dictionary_id: bytes, data: bytes):
-        if len(dictionary_id) != ID_SIZE:
+        if len(dictionary_id) != DICTIONARY_ID_SIZE:
             raise FormatError("a dictionary id is 32 bytes")
         if data[:4] != _ZSTD_DICTIONARY_MAGIC:
             raise FormatError(f"dictionary {dictionary_id.hex()} is not a zstd dictionary")
@@ -124,6 +125,8 @@ class Dictionaries:
         self._loading: dict[bytes, asyncio.Future] = {}  # on the loop: one fetch per id
         self._failed: dict[bytes, FormatError] = {}  # why a dictionary could not be loaded
         self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):  # made by Repository.open or init, on the loop
+            self._loop = asyncio.get_running_loop()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop that the backup's workers store and fetch dictionaries through."""
@@ -169,16 +172,17 @@ class Dictionaries:
     async def _get(self, key: str) -> bytes:
         """The opened object; a store error is tried again twice before it counts, since
         every blob that needs the dictionary is then reported damaged."""
-        for attempt in range(_FETCH_ATTEMPTS):
+        attempt = 1
+        while True:
             try:
                 return await self.repo._get_object(key, AAD_DICTIONARY)  # checks the name, then opens
             except ObjectNotFound:
                 raise
             except StoreError:
-                if attempt == _FETCH_ATTEMPTS - 1:
+                if attempt == _FETCH_ATTEMPTS:
                     raise
-                await asyncio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+                await asyncio.sleep(0.5 * attempt)
+                attempt += 1
 
     def _keep(self, dictionary: Dictionary) -> None:
         with self._lock:

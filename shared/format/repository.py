@@ -233,7 +233,6 @@ class Repository:
         if await store.exists(CONFIG_KEY):
             raise RepositoryExists("a repository already exists in this store")
         repo = cls(store, MasterKey.generate(), RepositoryConfig.new(), **options)
-        repo.dictionaries.bind(asyncio.get_running_loop())
         await repo.add_passphrase_slot(passphrase, kdf)
         if kms is not None:
             await repo.add_kms_slot(*kms)
@@ -268,7 +267,6 @@ class Repository:
         except DecryptionFailed:
             raise CorruptObject(CONFIG_KEY, "does not open with the key from the key slot") from None
         repo = cls(store, key, RepositoryConfig.decode(plain), **options)
-        repo.dictionaries.bind(asyncio.get_running_loop())
         if load_index:
             await repo.load_index()
         return repo
