@@ -28,11 +28,7 @@ from pathlib import Path
 from shared.format import FormatError, Repository
 from shared.format.packreader import Blob, PackReader
 from shared.format.snapshot import IMAGE, Node
-
-# Zero runs are looked for in 4 KiB blocks, the block size of common filesystems: a
-# shorter run could not become a hole anyway.
-BLOCK = 4096
-_ZERO_BLOCK = bytes(BLOCK)
+from shared.format.sparse import data_runs
 
 
 class NoImage(Exception):
@@ -136,20 +132,11 @@ def _open_chunk(repo: Repository, chunk: tuple[int, int, bytes], blob: Blob) -> 
 
 
 def _write_sparse(fd: int, data: bytes, offset: int) -> None:
-    """Write runs of non-zero 4 KiB blocks; zero blocks stay holes (the file was extended
-    with ftruncate, so they read back as zeros). Resuming over a chunk written before
-    writes the same bytes again."""
+    """Write all but the zero blocks (the file was extended with ftruncate, so they read
+    back as zeros). Resuming over a chunk written before writes the same bytes again."""
     view = memoryview(data)
-    run = None
-    for pos in range(0, len(data), BLOCK):
-        zero = data[pos:pos + BLOCK] == _ZERO_BLOCK[:min(BLOCK, len(data) - pos)]
-        if zero and run is not None:
-            _pwrite_all(fd, view[run:pos], offset + run)
-            run = None
-        elif not zero and run is None:
-            run = pos
-    if run is not None:
-        _pwrite_all(fd, view[run:], offset + run)
+    for start, end in data_runs(data):
+        _pwrite_all(fd, view[start:end], offset + start)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -14,7 +14,9 @@ round trip each, and the request count, not the bandwidth, sets the pace. The re
 Two ways to ask: ``plan_by_pack`` then ``read`` (a restore: every wanted blob once, grouped
 by pack whatever order they were asked in, handed out pack by pack) and ``read_in_order``
 (image assembly: every position in the order given, so the caller can checkpoint "the
-first N are done"; planned by pack within windows of the list).
+first N are done"; planned by pack within windows of the list). A restore takes the
+ranges of a plan whole (``read_ranges``) and opens their blobs in its worker threads: one
+step of the event loop per range instead of one per blob.
 
 Nothing is decrypted here: the caller opens each blob with ``pack.open_blob``. A missing
 pack or a failed request does not stop the stream: each blob it held comes out with the
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -88,6 +90,29 @@ class PackRange:
 class Plan:
     ranges: list[PackRange]
     missing: list[tuple[int, bytes]]  # (position, blob id) of blobs no index knows
+
+    def missing_blobs(self) -> list[Blob]:
+        return [Blob(position, blob_id, None, None, MissingBlob(blob_id.hex())) for position, blob_id in self.missing]
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Fetched:
+    """One planned range as read: its bytes, or the error why they could not be read."""
+
+    range: PackRange
+    data: bytes | None
+    error: FormatError | None
+
+    def blobs(self, start: int = 0, stop: int | None = None, *, copy: bool = True) -> Iterator[Blob]:
+        """The range's blobs [start:stop]. copy=False hands out views of the range's
+        bytes (no copy, but each keeps the whole range alive)."""
+        data = self.data if copy or self.data is None else memoryview(self.data)
+        for position, blob_id, location in self.range.blobs[start:stop]:
+            if data is None:
+                yield Blob(position, blob_id, location, None, self.error)
+            else:
+                begin = location.offset - self.range.start
+                yield Blob(position, blob_id, location, data[begin:begin + location.length], None)
 
 
 class _Fill:
@@ -175,8 +200,19 @@ class PackReader:
         return self._stream(plan)
 
     async def _stream(self, plan: Plan) -> AsyncIterator[Blob]:
-        for position, blob_id in plan.missing:
-            yield Blob(position, blob_id, None, None, MissingBlob(blob_id.hex()))
+        for blob in plan.missing_blobs():
+            yield blob
+        async with aclosing(self.read_ranges(plan)) as ranges:
+            async for fetched in ranges:
+                for blob in fetched.blobs():
+                    yield blob
+
+    async def read_ranges(self, plan: Plan) -> AsyncIterator[Fetched]:
+        """The plan's ranges as read, in plan order, whole: for a caller that hands each
+        one to a worker instead of taking its blobs one by one on the event loop (and its
+        blobs no index knows, ``plan.missing``, are its own to report). The memory bound
+        counts a range until the caller asks for the next one: what it keeps beyond that
+        is its own to bound. Close the iterator if you stop early."""
         pending = deque(plan.ranges)
         running: deque[tuple[PackRange, asyncio.Task]] = deque()
         held = 0  # bytes of the ranges running or handed out but not yet passed on
@@ -191,17 +227,12 @@ class PackReader:
                     running.append((r, asyncio.ensure_future(self._fetch(r))))
                 r, task = running.popleft()
                 try:
-                    data, error = await task, None
+                    fetched = Fetched(r, await task, None)
                 except FormatError as e:
-                    data, error = None, e
-                for position, blob_id, location in r.blobs:
-                    if error is not None:
-                        yield Blob(position, blob_id, location, None, error)
-                    else:
-                        begin = location.offset - r.start
-                        yield Blob(position, blob_id, location, data[begin:begin + location.length], None)
+                    fetched = Fetched(r, None, e)
+                yield fetched
                 held -= r.length
-                del data
+                del fetched  # not kept alive while the next range is awaited
         finally:
             for _, task in running:
                 task.cancel()

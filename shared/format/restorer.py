@@ -18,10 +18,12 @@ crafted. The restorer
 
 Reading (issue 8): the tree is walked first, creating directories and symlinks and
 collecting the files, in batches of a few hundred files. A batch's chunks are read pack
-by pack (``packreader``: coalesced byte ranges, a few requests in flight, bounded memory),
-each chunk decrypted once and written to every place that needs it; a file is finished
-(cut to its size, metadata applied) when its last chunk is in. From an object store that
-is a few requests per pack instead of one per chunk.
+by pack (``packreader``: coalesced byte ranges, a few requests in flight, bounded memory);
+the ranges go to two worker threads whole, in groups of up to 64 chunks or 1 MiB, and
+each chunk is decrypted once and written to every place that needs it; a file is finished
+(cut to its size if it ends in a hole, metadata applied) when its last chunk is in. From
+an object store that is a few requests per pack instead of one per chunk; on the event
+loop, one step per range instead of one per chunk.
 
 Holes are not written: data chunks are written at their offsets (skipping all-zero 4 KiB
 blocks inside them) and the file is cut to its size, so sparse files and images come back
@@ -58,19 +60,24 @@ import asyncio
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .dictionaries import DictionaryNeeded
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .memory import return_big_buffers_to_the_system
 from .pack import BlobType
-from .packreader import Blob, PackReader
+from .packreader import Blob, Fetched, PackReader
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
+from .sparse import data_runs
 
+# Threads opening and writing chunks. Two, on two cores or more: the work is bound by
+# the GIL, and each thread more only adds hand-offs of it (a 1 GiB restore here: 2 took
+# 5.7-7.3 s, 4 took 7.4-8.0 s, with twice the context switches; docs/BENCHMARKS.md).
+WORKERS = 2
 # A batch ends at whichever comes first. Files of a batch may be open at once, and the
 # directories finished in it stay open until it ends: both are bounded well below the
 # usual limit of 1024 descriptors.
@@ -123,7 +130,7 @@ class RestoreResult:
 
 
 class Restorer:
-    def __init__(self, repo: Repository, *, workers: int = 4, restore_owner: bool | None = None,
+    def __init__(self, repo: Repository, *, workers: int = WORKERS, restore_owner: bool | None = None,
                  portable: bool | None = None, reader: PackReader | None = None):
         self.repo = repo
         self.workers = workers
@@ -191,7 +198,8 @@ class _Fs:
     def symlink(self, parent, node: Node, owner: bool) -> None: ...
     def create_file(self, parent, name: str): ...
     def write(self, handle, data: bytes | memoryview, offset: int) -> None: ...
-    def finish_file(self, handle, node: Node, owner: bool) -> None: ...
+    def finish_file(self, handle, node: Node, owner: bool, cut: bool = True) -> None:
+        """Metadata; cut: the file is not yet node.size long (a trailing hole)."""
     def close_file(self, handle) -> None: ...
 
 
@@ -239,8 +247,9 @@ class _AtFs(_Fs):
             view = view[n:]
             offset += n
 
-    def finish_file(self, handle: int, node: Node, owner: bool) -> None:
-        os.ftruncate(handle, node.size)  # the trailing hole, if any
+    def finish_file(self, handle: int, node: Node, owner: bool, cut: bool = True) -> None:
+        if cut:
+            os.ftruncate(handle, node.size)  # the trailing hole
         _fd_metadata(handle, node, owner)
 
     def close_file(self, handle: int) -> None:
@@ -365,8 +374,9 @@ class _PathFs(_Fs):
                 n = os.write(handle.fd, view)
                 view = view[n:]
 
-    def finish_file(self, handle: _PathFile, node: Node, owner: bool) -> None:
-        os.ftruncate(handle.fd, node.size)  # the trailing hole, if any
+    def finish_file(self, handle: _PathFile, node: Node, owner: bool, cut: bool = True) -> None:
+        if cut:
+            os.ftruncate(handle.fd, node.size)  # the trailing hole
         self.close_file(handle)
         st = os.lstat(handle.path)
         if _is_link(st) or _identity(st) != handle.identity:
@@ -407,6 +417,7 @@ class _File:
         self.done = False
         self.errors: list[Exception] = []
         self.failed = False  # the file itself could not be written: stop feeding it
+        self.end = 0  # the file's size so far: where its last byte written ends
         self.lock = threading.Lock()
 
     def put(self, data: bytes | None, offset: int, error: Exception | None) -> None:
@@ -422,14 +433,16 @@ class _File:
                 self.errors.append(e)
                 self.failed = True
             handle = None if self.failed else self.handle
+        end = 0
         try:
             if data is not None and handle is not None:
-                _write_sparse(fs, handle, data, offset)
+                end = _write_sparse(fs, handle, data, offset)
         except OSError as e:
             with self.lock:
                 self.errors.append(e)
                 self.failed = True
         with self.lock:
+            self.end = max(self.end, end)
             self.remaining -= 1
             if self.remaining > 0:
                 return
@@ -441,7 +454,7 @@ class _File:
             if self.handle is None and not self.failed:  # no chunks at all
                 self.handle = fs.create_file(self.parent, self.node.name)
             if not self.failed:
-                fs.finish_file(self.handle, self.node, self.run.r.restore_owner)
+                fs.finish_file(self.handle, self.node, self.run.r.restore_owner, cut=self.end != self.node.size)
         except OSError as e:
             self.errors.append(e)
             self.failed = True
@@ -671,25 +684,62 @@ class _Run:
                         again.add_done_callback(lambda _, ids=needed: dictionaries.unpin(ids))
                         in_flight.add(again)
 
-            # Chunks go to the workers in groups: one hand-off per small chunk (a database's
-            # 32 KiB ones) cost more on the event loop than opening the chunk did.
-            group: list[Blob] = []
-            group_bytes = 0
+            # Chunks go to the workers in groups of up to GROUP_CHUNKS or GROUP_BYTES, as
+            # views of the ranges read (no copy): a hand-off per small chunk (a database's
+            # 32 KiB ones), or a step of the event loop per chunk, cost more than opening it.
+            # A group keeps its ranges alive until it is done: at most about the reader's
+            # memory budget of them are (a group's first range is always let through).
+            plan = reader.plan_by_pack(places)
+            budget = reader.memory
+            users: dict[Fetched, int] = {}  # range -> groups in flight that use it
+            pinned = 0
+
+            def submit(group: list[tuple[Fetched, int, int]]) -> None:
+                nonlocal pinned
+                fetched = {f for f, _, _ in group}
+                for f in fetched:
+                    if f not in users:
+                        users[f] = 0
+                        pinned += f.range.length
+                    users[f] += 1
+                future = loop.run_in_executor(self.pool, self._place_group, group, places)
+                future.add_done_callback(lambda _: release(fetched))
+                in_flight.add(future)
+
+            def release(fetched: set[Fetched]) -> None:
+                nonlocal pinned
+                for f in fetched:
+                    users[f] -= 1
+                    if not users[f]:
+                        del users[f]
+                        pinned -= f.range.length
+
+            if plan.missing:
+                in_flight.add(loop.run_in_executor(self.pool, self._place_all, plan.missing_blobs(), places))
+            group: list[tuple[Fetched, int, int]] = []
+            count = size = 0
             try:
-                async with aclosing(reader.read(reader.plan_by_pack(places))) as blobs:
-                    async for blob in blobs:
-                        group.append(blob)
-                        group_bytes += len(blob.sealed) if blob.sealed is not None else 0
-                        if len(group) < GROUP_CHUNKS and group_bytes < GROUP_BYTES:
-                            continue
-                        in_flight.add(loop.run_in_executor(self.pool, self._place_all, group, places))
-                        group, group_bytes = [], 0
-                        if len(in_flight) >= limit:
-                            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                            in_flight -= done
-                            await settle(done)
+                async with aclosing(reader.read_ranges(plan)) as ranges:
+                    async for fetched in ranges:
+                        start = 0
+                        for i, (_, _, location) in enumerate(fetched.range.blobs):
+                            count += 1
+                            size += location.length
+                            if count < GROUP_CHUNKS and size < GROUP_BYTES:
+                                continue
+                            group.append((fetched, start, i + 1))
+                            start = i + 1
+                            submit(group)
+                            group, count, size = [], 0, 0
+                            while in_flight and (len(in_flight) >= limit or pinned > budget):
+                                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                                in_flight -= done
+                                await settle(done)
+                        if start < len(fetched.range.blobs):
+                            group.append((fetched, start, len(fetched.range.blobs)))
+                        del fetched
                 if group:
-                    in_flight.add(loop.run_in_executor(self.pool, self._place_all, group, places))
+                    submit(group)
                 while in_flight:
                     done, _ = await asyncio.wait(in_flight)
                     in_flight -= done
@@ -707,14 +757,21 @@ class _Run:
                 self.result.files += 1
                 self.result.bytes += file.node.size
 
-    def _place_all(self, blobs: list[Blob], places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
+    def _place_group(self, group: list[tuple[Fetched, int, int]], places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
+        """_place_all for the blobs [start:stop] of each range of a group (a worker thread)."""
+        return self._place_all((b for f, start, stop in group for b in f.blobs(start, stop, copy=False)), places)
+
+    def _place_all(self, blobs: Iterable[Blob], places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
         """Place each blob; those that need a dictionary not loaded yet are left for the
-        caller to load it and hand them out again (a worker never waits for the store)."""
+        caller to load it and hand them out again (a worker never waits for the store).
+        They keep a copy of their bytes, not the whole range they were read in."""
         waiting = []
         for blob in blobs:
             try:
                 self._place(blob, places[blob.id])
             except DictionaryNeeded as need:
+                if isinstance(blob.sealed, memoryview):
+                    blob = replace(blob, sealed=bytes(blob.sealed))
                 waiting.append((blob, need))
         return waiting
 
@@ -754,27 +811,13 @@ def _finish_all(files: list[_File]) -> None:
 GROUP_CHUNKS = 64
 GROUP_BYTES = 1 << 20
 
-# Zero runs are looked for in 4 KiB blocks, the block size of common filesystems: a
-# shorter run could not become a hole anyway.
-_BLOCK = 4096
-_ZERO_BLOCK = bytes(_BLOCK)
 
-
-def _write_sparse(fs: _Fs, handle, data: bytes, offset: int) -> None:
-    """Write data at offset into a new file, skipping all-zero 4 KiB blocks.
-
-    The file starts empty, so a skipped block reads back as zeros; it just takes no disk
-    space: an image whose chunks are mostly free space is restored as sparse as it was.
-    """
+def _write_sparse(fs: _Fs, handle, data: bytes, offset: int) -> int:
+    """Write data at offset into a new file, all but its zero blocks (sparse.py); returns
+    where the last byte written ends (offset if none was)."""
     view = memoryview(data)
-    n = len(data)
-    run_start = None
-    for pos in range(0, n, _BLOCK):
-        if data[pos : pos + _BLOCK] == _ZERO_BLOCK[: min(_BLOCK, n - pos)]:
-            if run_start is not None:
-                fs.write(handle, view[run_start:pos], offset + run_start)
-                run_start = None
-        elif run_start is None:
-            run_start = pos
-    if run_start is not None:
-        fs.write(handle, view[run_start:], offset + run_start)
+    end = offset
+    for start, stop in data_runs(data):
+        fs.write(handle, view[start:stop], offset + start)
+        end = offset + stop
+    return end

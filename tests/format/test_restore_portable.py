@@ -15,6 +15,7 @@ from shared.format.snapshot import FILE, Node
 
 # The same tests, collected again in this module (and so run under its autouse fixture).
 from .test_image import test_image_restores_byte_identical_with_holes_and_scattered_writes_cost_few_chunks  # noqa: F401
+from .test_sparse import test_a_file_ending_in_zero_blocks_restores_at_its_size_and_sparse  # noqa: F401
 from .test_roundtrip import (  # noqa: F401
     test_full_change_incremental_restore_both,
     test_restore_of_a_sub_path,

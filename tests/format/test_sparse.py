@@ -1,0 +1,54 @@
+"""Which parts of a chunk are written on restore (sparse.py), and files whose written
+part ends before their size."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from shared.format import FULL, Archiver, Restorer, Source
+from shared.format.sparse import BLOCK, data_runs
+
+rng = random.Random(5)
+DATA = rng.randbytes(3 * BLOCK)
+ZEROS = bytes(2 * BLOCK)
+
+
+@pytest.mark.parametrize("data, runs", [
+    (b"", []),
+    (DATA, [(0, 3 * BLOCK)]),
+    (ZEROS, []),
+    (DATA + ZEROS + DATA, [(0, 3 * BLOCK), (5 * BLOCK, 8 * BLOCK)]),
+    (ZEROS + DATA + ZEROS, [(2 * BLOCK, 5 * BLOCK)]),
+    # zeros not aligned to a block, or shorter than one, are data
+    (DATA[:100] + bytes(BLOCK) + DATA[:BLOCK - 100], [(0, 2 * BLOCK)]),
+    (bytes(300), []),
+    (bytes(200), [(0, 200)]),  # shorter than the run searched for first: written, harmlessly
+    # a last, partial block of zeros is skipped like a whole one
+    (DATA + bytes(1000), [(0, 3 * BLOCK)]),
+    (DATA + b"x" + bytes(BLOCK - 1), [(0, 4 * BLOCK)]),
+])
+def test_data_runs_leave_out_exactly_the_aligned_zero_blocks(data, runs):
+    assert data_runs(data) == runs
+    # what is left out is zeros, and everything else is in a run
+    kept = bytearray(len(data))
+    for start, end in runs:
+        kept[start:end] = data[start:end]
+    assert bytes(kept) == data
+
+
+async def test_a_file_ending_in_zero_blocks_restores_at_its_size_and_sparse(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    # one chunk (smaller than the chunker's minimum) whose last blocks are zeros, and a
+    # file whose chunk is data to its last byte (no cut needed)
+    (src / "tail").write_bytes(DATA + ZEROS)
+    (src / "full").write_bytes(DATA)
+    backup = await Archiver(repo).backup([Source(str(src))], kind=FULL)
+    await Restorer(repo).restore(backup.snapshot_id, tmp_path / "out")
+    tail = tmp_path / "out" / "src" / "tail"
+    assert tail.read_bytes() == DATA + ZEROS
+    assert (tmp_path / "out" / "src" / "full").read_bytes() == DATA
+    assert os.stat(tail).st_blocks * 512 <= len(DATA) + BLOCK  # the zero tail is a hole
