@@ -101,7 +101,7 @@ def test_a_link_in_the_way_of_a_file_is_replaced_not_followed(tmp_path):
     os.symlink(victim, target / "f")
     fs = _PathFs()
     handle = fs.create_file(fs.open_root(str(target)), "f")
-    fs.write(handle, b"new", 0)
+    fs.write(handle, [memoryview(b"ne"), memoryview(b"w")], 0)
     fs.finish_file(handle, Node(name="f", type=FILE, mode=0o600, size=3, mtime_ns=10**18), False)
     assert victim.read_text() == "original"
     assert not (target / "f").is_symlink() and (target / "f").read_bytes() == b"new"

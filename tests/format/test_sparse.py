@@ -9,6 +9,7 @@ import random
 import pytest
 
 from shared.format import FULL, Archiver, Restorer, Source
+from shared.format.restorer import _AtFs, _skip, _write_sparse
 from shared.format.sparse import BLOCK, data_runs
 
 rng = random.Random(5)
@@ -52,3 +53,33 @@ async def test_a_file_ending_in_zero_blocks_restores_at_its_size_and_sparse(repo
     assert tail.read_bytes() == DATA + ZEROS
     assert (tmp_path / "out" / "src" / "full").read_bytes() == DATA
     assert os.stat(tail).st_blocks * 512 <= len(DATA) + BLOCK  # the zero tail is a hole
+
+
+class _Recorder(_AtFs):
+    def __init__(self):
+        self.writes = []
+
+    def write(self, handle, buffers, offset):
+        self.writes.append((offset, [bytes(b) for b in buffers]))
+        super().write(handle, buffers, offset)
+
+
+def test_consecutive_chunks_go_out_in_one_write_per_stretch_of_data(tmp_path):
+    fs = _Recorder()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        # data, then a chunk that starts with two zero blocks, then data again
+        end = _write_sparse(fs, fd, [DATA, ZEROS + DATA[:BLOCK], DATA], 0)
+    finally:
+        os.close(fd)
+    assert fs.writes == [(0, [DATA]), (5 * BLOCK, [DATA[:BLOCK], DATA])]
+    assert end == 9 * BLOCK
+    assert (tmp_path / "f").read_bytes() == DATA + ZEROS + DATA[:BLOCK] + DATA
+
+
+def test_a_short_write_goes_on_where_it_stopped():
+    buffers = [memoryview(b"abc"), memoryview(b"de"), memoryview(b"fgh")]
+    assert [bytes(b) for b in _skip(buffers, 0)] == [b"abc", b"de", b"fgh"]
+    assert [bytes(b) for b in _skip(buffers, 4)] == [b"e", b"fgh"]
+    assert [bytes(b) for b in _skip(buffers, 5)] == [b"fgh"]
+    assert _skip(buffers, 8) == []
