@@ -206,6 +206,7 @@ class PackReader:
             async for fetched in ranges:
                 for blob in fetched.blobs():
                     yield blob
+                del fetched  # not kept while the next range is awaited
 
     async def read_ranges(self, plan: Plan) -> AsyncIterator[Fetched]:
         """The plan's ranges as read, in plan order, whole: for a caller that hands each

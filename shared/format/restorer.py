@@ -706,8 +706,9 @@ class _Run:
             # Chunks go to the workers in groups of up to GROUP_CHUNKS or GROUP_BYTES, as
             # views of the ranges read (no copy): a hand-off per small chunk (a database's
             # 32 KiB ones), or a step of the event loop per chunk, cost more than opening it.
-            # A group keeps its ranges alive until it is done: at most about the reader's
-            # memory budget of them are (a group's first range is always let through).
+            # A group keeps its ranges alive until it is done. No group is handed out while
+            # the ranges of those in flight exceed the reader's memory budget; with the
+            # reader's own and a group being gathered, about 2-3 budgets at most.
             plan = reader.plan_by_pack(places)
             budget = reader.memory
             users: dict[Fetched, int] = {}  # range -> groups in flight that use it
@@ -764,8 +765,7 @@ class _Run:
                     in_flight -= done
                     await settle(done)
             finally:
-                if in_flight:
-                    await asyncio.wait(in_flight)
+                await _settled(in_flight)
         finally:
             for file in files:
                 file.close()
@@ -793,7 +793,7 @@ class _Run:
                 except DictionaryNeeded as need:
                     if isinstance(blob.sealed, memoryview):
                         blob = replace(blob, sealed=bytes(blob.sealed))
-                    waiting.append((blob, need))
+                    waiting.append((blob, _without_frames(need)))
         finally:
             runs.flush()
         return waiting
@@ -805,7 +805,7 @@ class _Run:
         try:
             data = blob.open(self.repo.key, self.repo.dictionaries)
         except FormatError as e:  # missing or corrupt: leave a hole, go on
-            error = e
+            error = _without_frames(e)
         for file, offset, length in places:
             if data is None:
                 file.put(offset, [], error)
@@ -825,6 +825,29 @@ class _Run:
         for handle, _, _ in self.finished_dirs:
             self.fs.close_dir(handle)
         self.files, self.places, self.finished_dirs = [], {}, []
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """An error to keep (in a file's errors, in the report): without its traceback and
+    context, whose frames would keep alive the bytes of the whole range read."""
+    error.__traceback__ = None
+    error.__context__ = None
+    return error
+
+
+async def _settled(futures: set[asyncio.Future]) -> None:
+    """Wait until every worker is done, even through a cancellation (it is raised after):
+    a worker may still be writing into a file about to be closed, whose descriptor
+    number the next file opened would get."""
+    cancelled = False
+    while futures:
+        try:
+            await asyncio.wait(futures)
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _finish_all(files: list[_File]) -> None:
@@ -847,14 +870,14 @@ class _Runs:
         self.held = 0
 
     def add(self, file: _File, offset: int, data: bytes) -> None:
-        run = self.runs.get(file)
+        run = self.runs.pop(file, None)  # out before it is written: never written twice
         if run is not None and run[1] == offset:
             run[2].append(data)
             self.runs[file] = (run[0], offset + len(data), run[2])
         else:
+            self.runs[file] = (offset, offset + len(data), [data])
             if run is not None:
                 self._write(file, run)
-            self.runs[file] = (offset, offset + len(data), [data])
         self.held += len(data)
         if self.held >= RUN_BYTES:
             self.flush()
@@ -877,9 +900,9 @@ RUN_BYTES = 1 << 20
 def _write_sparse(fs: _Fs, handle, chunks: list[bytes], offset: int) -> int:
     """Write consecutive chunks from offset into a new file, all but their zero blocks
     (sparse.py), each stretch of data in one write; returns where the last byte written
-    ends (offset if none was)."""
+    ends (0 if none was)."""
     stretch: list[memoryview] = []
-    start = end = offset
+    start = end = 0
     for data in chunks:
         view = memoryview(data)
         for a, b in data_runs(data):

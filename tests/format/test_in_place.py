@@ -166,3 +166,19 @@ def test_new_passphrase_slots_use_32_mib_of_scrypt_and_old_slots_still_open():
 
 def test_big_buffers_go_back_to_the_system_on_linux():
     assert return_big_buffers_to_the_system() is True
+
+
+async def test_a_file_split_over_many_groups_and_runs_restores_whole(repo, tmp_path, monkeypatch):
+    """Groups of 3 chunks and runs of at most 2: a database's chunks reach both workers
+    in pieces, and each worker's runs of one file are written separately."""
+    from shared.format import restorer
+
+    monkeypatch.setattr(restorer, "GROUP_CHUNKS", 3)
+    monkeypatch.setattr(restorer, "RUN_BYTES", 64 * KiB)
+    src = tmp_path / "server"
+    src.mkdir()
+    _database(src / "erp.db", 4 * MiB + 8 * KiB, seed=21)  # ends in a short chunk
+    result = await Archiver(repo).backup([Source(str(src))], kind=FULL)
+    assert len((await _node(repo, result, "server", "erp.db")).content) > 100
+    await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert (tmp_path / "out" / "server" / "erp.db").read_bytes() == (src / "erp.db").read_bytes()

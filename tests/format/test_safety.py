@@ -174,6 +174,9 @@ async def test_flipped_byte_in_a_pack_is_reported_by_check_and_restore_naming_th
         await Restorer(repo).restore(sid, tmp_path / "out")
     assert [path for path, _ in e.value.damaged] == ["src/a.bin"]
     assert "src/a.bin" in str(e.value) and loc.pack_id in str(e.value)
+    # the error kept holds no frames (they would keep the whole range read alive)
+    assert all(error.__traceback__ is None and error.__context__ is None for _, error in e.value.damaged)
+    assert (tmp_path / "out" / "src" / "a.bin").stat().st_size == len(files["a.bin"])  # a hole where it was
     for name in ("b.bin", "c.bin", "small.txt"):  # everything else was restored
         assert (tmp_path / "out" / "src" / name).read_bytes() == files[name]
 

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from shared.format import FULL, Archiver, Restorer, Source
-from shared.format.restorer import _AtFs, _skip, _write_sparse
+from shared.format import restorer as restorer_module
+from shared.format.restorer import _AtFs, _Runs, _skip, _write_sparse
 from shared.format.sparse import BLOCK, data_runs
 
 rng = random.Random(5)
@@ -83,3 +84,30 @@ def test_a_short_write_goes_on_where_it_stopped():
     assert [bytes(b) for b in _skip(buffers, 4)] == [b"e", b"fgh"]
     assert [bytes(b) for b in _skip(buffers, 5)] == [b"fgh"]
     assert _skip(buffers, 8) == []
+
+
+def test_a_worker_joins_only_consecutive_chunks_of_one_file_and_holds_at_most_run_bytes(monkeypatch):
+    puts = []
+
+    class File:  # what _Runs needs of a restored file
+        def __init__(self, name):
+            self.name = name
+
+        def put(self, offset, chunks, error=None):
+            puts.append((self.name, offset, [len(c) for c in chunks]))
+
+    a, b = File("a"), File("b")
+    runs = _Runs()
+    runs.add(a, 0, b"x" * 10)
+    runs.add(a, 10, b"y" * 5)  # joins
+    runs.add(b, 0, b"z" * 3)  # another file: its own run
+    runs.add(a, 30, b"w" * 2)  # not where a's run ends: a's run goes out
+    runs.add(a, 15, b"v" * 1)  # nor here
+    runs.flush()
+    assert puts == [("a", 0, [10, 5]), ("a", 30, [2]), ("b", 0, [3]), ("a", 15, [1])]
+
+    puts.clear()
+    monkeypatch.setattr(restorer_module, "RUN_BYTES", 8)
+    runs.add(a, 0, b"x" * 5)
+    runs.add(a, 5, b"y" * 5)  # 10 bytes held: written at once
+    assert puts == [("a", 0, [5, 5])] and runs.held == 0
