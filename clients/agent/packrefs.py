@@ -47,17 +47,12 @@ class PackReferences:
         ids = [tree_id]
         for node in nodes:
             ids.extend(ref.id for ref in node.content or () if ref.id is not None)
-        index = self.repo.index
         in_flight = saver.in_flight(ids)  # their packs are noted when indexed
-        for blob_id in ids:
-            if blob_id in in_flight:
-                continue
-            loc = index.lookup(blob_id)
-            with self._lock:
-                if loc is None:
-                    self._pending.add(blob_id)
-                else:
-                    self._packs.add(loc.pack_id)
+        wanted = [blob_id for blob_id in ids if blob_id not in in_flight]
+        found = self.repo.index.packs_of(wanted)
+        with self._lock:
+            self._packs.update(found.values())
+            self._pending.update(blob_id for blob_id in wanted if blob_id not in found)
 
     def note_packs(self, packs) -> None:
         """Packs referenced wholesale (those of the parent, for folders kept unseen)."""
