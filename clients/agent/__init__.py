@@ -19,9 +19,16 @@ Read in this order:
 Imports only client-safe code: shared.format, shared.api, aiohttp, rich, the stdlib.
 """
 
-from importlib import metadata
+from functools import cache
 
-try:
-    __version__ = metadata.version("reclo")
-except metadata.PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+
+@cache
+def version() -> str:
+    """The installed version. Looked up when first asked: importlib.metadata costs
+    ~65 ms of every command's start, and most commands never need it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("reclo")
+    except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0"

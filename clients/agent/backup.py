@@ -31,7 +31,7 @@ from shared.format import FULL, INCREMENTAL, Archiver, Snapshot, Source
 from shared.format.indexcache import IndexCache
 from shared.format.treecache import TreeCache
 
-from . import __version__, hooks
+from . import hooks, version
 from .config import IMAGE, AgentConfig, SourceConfig
 from .exits import AgentError, UsageError
 from .packrefs import PackReferences, RecordingRepository
@@ -120,7 +120,7 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
 
             start = BackupStart(kind=kind, parent_snapshot_id=parent,
                                 sources=[SourceSpec(path=p, type=k) for p, k in paths],
-                                agent_version=__version__)
+                                agent_version=version())
             backup_id = (await target.remote.start_backup(start)).id
             state.change(open_sessions=[*state.load().open_sessions, backup_id])
             reporter.status(f"backup session {backup_id} opened ({kind})")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from shared.format import Checker, Repository, RepositoryExists, Restorer
 
-from . import __version__, config as configuration, exits, secretfile
+from . import config as configuration, exits, secretfile, version
 from .backup import BackupRequest, take_backup
 from .config import FOLDER, IMAGE, AgentConfig, SourceConfig
 from .exits import AgentError, ConfigError, UsageError
@@ -50,6 +50,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(exits.USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """--version, with the version looked up only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"reclo-agent {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
@@ -60,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON lines on stdout (progress, warnings, result)")
 
     parser = _Parser(prog="reclo-agent", description="ReClo Backup Manager", parents=[common])
-    parser.add_argument("--version", action="version", version=f"reclo-agent {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = commands.add_parser("register", parents=[common], help="mint an agent key for this host")

@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.format import FULL, Progress
 
-from . import __version__
+from . import version
 from .backup import BackupRequest, recorded_path, take_backup
 from .config import AgentConfig
 from .exits import OK, code_for
@@ -78,7 +78,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.cfg.schedule
-        self.log.event("agent.started", version=__version__, config=str(self.cfg.path), host=self.cfg.host,
+        self.log.event("agent.started", version=version(), config=str(self.cfg.path), host=self.cfg.host,
                        sources=[x.path for x in self.cfg.sources],
                        schedule={"full_day": s.full_weekday, "time": s.at.isoformat("minutes"),
                                  "incremental_every_seconds": s.incremental_every.total_seconds()})

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from shared.api.auth import AgentKeyCreated, AgentKeyRequest, LoginRequest, Me, Session
 from shared.api.backup import Backup, BackupCommit, BackupFail, BackupStart, ForgetResult, RetentionPolicy
 
-from . import __version__
+from . import version
 from .exits import AgentError, AuthRefused, ServerUnreachable
 
 M = TypeVar("M", bound=BaseModel)
@@ -41,7 +41,7 @@ class Server:
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Server:
-        self._http = aiohttp.ClientSession(timeout=TIMEOUT, headers={"User-Agent": f"reclo-agent/{__version__}"})
+        self._http = aiohttp.ClientSession(timeout=TIMEOUT, headers={"User-Agent": f"reclo-agent/{version()}"})
         return self
 
     async def __aexit__(self, *exc) -> None:

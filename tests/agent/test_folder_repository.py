@@ -136,6 +136,13 @@ async def test_skipped_files_give_exit_3_and_images_restore_byte_identical(agent
     assert (tmp_path / "out" / "src" / "data.txt").read_text() == "data"
 
 
+async def test_version_is_printed_on_stdout_and_exits_0(agent):
+    from importlib import metadata
+
+    r = await agent("--version")
+    assert r.code == 0 and r.stdout.strip() == f"reclo-agent {metadata.version('reclo')}", r
+
+
 async def test_usage_errors_exit_2_and_name_the_problem(agent, tmp_path):
     agent.write_config('repository = "file:///tmp/x"\n[schedule]\nincremental = "5m"\n')
     r = await agent("backup")
