@@ -49,9 +49,9 @@ class PackReferences:
             ids.extend(ref.id for ref in node.content or () if ref.id is not None)
         in_flight = saver.in_flight(ids)  # their packs are noted when indexed
         wanted = [blob_id for blob_id in ids if blob_id not in in_flight]
-        found = self.repo.index.packs_of(wanted)
+        found = self.repo.index.lookup_many(wanted)
         with self._lock:
-            self._packs.update(found.values())
+            self._packs.update(location.pack_id for location in found.values())
             self._pending.update(blob_id for blob_id in wanted if blob_id not in found)
 
     def note_packs(self, packs) -> None:

@@ -210,18 +210,19 @@ class DiskIndex:
             return self._db.execute("SELECT 1 FROM blobs WHERE id = ?",
                                     (blob_id,)).fetchone() is not None
 
-    def packs_of(self, blob_ids: Iterable[bytes]) -> dict[bytes, str]:
-        """The pack of each of blob_ids that is indexed, a few hundred per query: a tree
-        of a big file names thousands of chunks, and a query each cost ~30 µs of Python
-        and a hand-off of the GIL."""
+    def lookup_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        """The location of each of blob_ids that is indexed, a few hundred per query: a
+        tree of a big file names thousands of chunks, and a query each cost ~30 µs of
+        Python and a hand-off of the GIL."""
         ids = list(dict.fromkeys(blob_ids))
-        found: dict[bytes, str] = {}
+        found: dict[bytes, BlobLocation] = {}
         for at in range(0, len(ids), _IDS_PER_QUERY):
             batch = ids[at:at + _IDS_PER_QUERY]
             with self._lock:  # taken per query: lookups of other threads go in between
                 rows = self._db.execute(
-                    f"SELECT id, pack FROM blobs WHERE id IN ({','.join('?' * len(batch))})", batch).fetchall()
-            found.update((blob_id, self._pack_ids[number]) for blob_id, number in rows)
+                    f"SELECT id, pack, high, low FROM blobs WHERE id IN ({','.join('?' * len(batch))})",
+                    batch).fetchall()
+            found.update((blob_id, self._location(*row)) for blob_id, *row in rows)
         return found
 
     def __len__(self) -> int:
@@ -242,7 +243,7 @@ class DiskIndex:
             yield blob_id, self._location(number, high, low)
 
 
-# Ids per query of packs_of: well below SQLite's oldest limit of 999 parameters.
+# Ids per query of lookup_many: well below SQLite's oldest limit of 999 parameters.
 _IDS_PER_QUERY = 500
 
 

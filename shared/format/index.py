@@ -118,11 +118,10 @@ class Index:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs
 
-    def packs_of(self, blob_ids: Iterable[bytes]) -> dict[bytes, str]:
-        """The pack of each of blob_ids that is indexed: many lookups in one call (on
+    def lookup_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        """The location of each of blob_ids that is indexed: many lookups in one call (on
         disk, each lookup alone is a query)."""
-        blobs, pack_ids = self._blobs, self._pack_ids
-        return {b: pack_ids[found >> 106] for b in blob_ids if (found := blobs.get(b)) is not None}
+        return {b: location for b in blob_ids if (location := self.lookup(b)) is not None}
 
     def __len__(self) -> int:
         return len(self._blobs)

@@ -156,12 +156,12 @@ class PackReader:
         """Each distinct blob once; packs in the order their first blob was asked for."""
         per_pack: dict[str, list[tuple[int, bytes, BlobLocation]]] = {}
         missing: list[tuple[int, bytes]] = []
-        seen: set[bytes] = set()
+        first: dict[bytes, int] = {}  # each blob at its first position
         for position, blob_id in enumerate(blob_ids):
-            if blob_id in seen:
-                continue
-            seen.add(blob_id)
-            location = self.repo.index.lookup(blob_id)
+            first.setdefault(blob_id, position)
+        found = self.repo.index.lookup_many(first)
+        for blob_id, position in first.items():
+            location = found.get(blob_id)
             if location is None:
                 missing.append((position, blob_id))
             else:
@@ -294,8 +294,9 @@ class PackReader:
         windows: list[list[tuple[int, bytes]]] = []
         current: list[tuple[int, bytes]] = []
         size = 0
+        found = self.repo.index.lookup_many(blob_ids)
         for position, blob_id in enumerate(blob_ids):
-            location = self.repo.index.lookup(blob_id)
+            location = found.get(blob_id)
             current.append((position, blob_id))
             size += location.length if location is not None else 0
             if size >= window:

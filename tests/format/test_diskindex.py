@@ -60,7 +60,7 @@ def test_answers_as_the_entries_say_whichever_form_they_came_in(tmp_path):
 
 
 @pytest.mark.parametrize("on_disk", [True, False])
-def test_packs_of_many_ids_answer_as_lookups_do(tmp_path, on_disk):
+def test_many_ids_looked_up_at_once_answer_as_lookups_do(tmp_path, on_disk):
     from shared.format.index import Index
 
     index = DiskIndex(tmp_path / "index.sqlite") if on_disk else Index()
@@ -70,10 +70,10 @@ def test_packs_of_many_ids_answer_as_lookups_do(tmp_path, on_disk):
     unknown = [bytes([i]) * 32 for i in range(50)]
     # more ids than one query takes, repeated ids, unknown ones among them
     asked = [e.id for e in a.entries] + unknown + [e.id for e in b.entries] + [a.entries[0].id]
-    found = index.packs_of(asked)
-    assert found == {blob_id: index.lookup(blob_id).pack_id for blob_id in asked if blob_id in index}
+    found = index.lookup_many(asked)
+    assert found == {blob_id: index.lookup(blob_id) for blob_id in asked if blob_id in index}
     assert len(found) == 1300 and not found.keys() & set(unknown)
-    assert index.packs_of([]) == {}
+    assert index.lookup_many([]) == {}
 
 
 def test_a_blob_stored_twice_stays_where_it_was_first_seen(tmp_path):
