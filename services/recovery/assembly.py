@@ -28,7 +28,7 @@ from pathlib import Path
 from shared.format import FormatError, Repository
 from shared.format.packreader import Blob, PackReader
 from shared.format.snapshot import IMAGE, Node
-from shared.format.sparse import data_runs
+from shared.format.sparse import data_runs, pwrite_all
 
 
 class NoImage(Exception):
@@ -136,11 +136,4 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> None:
     back as zeros). Resuming over a chunk written before writes the same bytes again."""
     view = memoryview(data)
     for start, end in data_runs(data):
-        _pwrite_all(fd, view[start:end], offset + start)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data = data[n:]
-        offset += n
+        pwrite_all(fd, [view[start:end]], offset + start)

@@ -72,7 +72,7 @@ from .pack import BlobType
 from .packreader import Blob, Fetched, PackReader
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
-from .sparse import data_runs
+from .sparse import data_runs, pwrite_all, skip
 
 # Threads opening and writing chunks. Two, on two cores or more: the work is bound by
 # the GIL, and each thread more only adds hand-offs of it (a 1 GiB restore here: 2 took
@@ -242,14 +242,7 @@ class _AtFs(_Fs):
             return os.open(name, self._NEW_FILE_FLAGS, 0o600, dir_fd=parent)
 
     def write(self, handle: int, buffers: list[memoryview], offset: int) -> None:
-        # One system call for a run of chunks (vectored where the platform has it).
-        while buffers:
-            if len(buffers) == 1 or not _PWRITEV:
-                n = os.pwrite(handle, buffers[0], offset)
-            else:
-                n = os.pwritev(handle, buffers[:_IOV_MAX], offset)
-            offset += n
-            buffers = _skip(buffers, n)
+        pwrite_all(handle, buffers, offset)
 
     def finish_file(self, handle: int, node: Node, owner: bool, cut: bool = True) -> None:
         if cut:
@@ -258,22 +251,6 @@ class _AtFs(_Fs):
 
     def close_file(self, handle: int) -> None:
         os.close(handle)
-
-
-_PWRITEV = hasattr(os, "pwritev")
-_IOV_MAX = 1024  # buffers per vectored write: POSIX's usual IOV_MAX
-
-
-def _skip(buffers: list[memoryview], n: int) -> list[memoryview]:
-    """What is left to write of buffers after n bytes were written."""
-    i = 0
-    while i < len(buffers) and n >= len(buffers[i]):
-        n -= len(buffers[i])
-        i += 1
-    rest = buffers[i:]
-    if n:
-        rest[0] = rest[0][n:]
-    return rest
 
 
 def _fd_metadata(fd: int, node: Node, owner: bool) -> None:
@@ -390,7 +367,7 @@ class _PathFs(_Fs):
         with handle.lock:  # no pwrite on Windows
             os.lseek(handle.fd, offset, os.SEEK_SET)
             while buffers:
-                buffers = _skip(buffers, os.write(handle.fd, buffers[0]))
+                buffers = skip(buffers, os.write(handle.fd, buffers[0]))
 
     def finish_file(self, handle: _PathFile, node: Node, owner: bool, cut: bool = True) -> None:
         if cut:

@@ -10,8 +10,8 @@ import pytest
 
 from shared.format import FULL, Archiver, Restorer, Source
 from shared.format import restorer as restorer_module
-from shared.format.restorer import _AtFs, _Runs, _skip, _write_sparse
-from shared.format.sparse import BLOCK, data_runs
+from shared.format.restorer import _AtFs, _Runs, _write_sparse
+from shared.format.sparse import BLOCK, data_runs, skip
 
 rng = random.Random(5)
 DATA = rng.randbytes(3 * BLOCK)
@@ -80,10 +80,10 @@ def test_consecutive_chunks_go_out_in_one_write_per_stretch_of_data(tmp_path):
 
 def test_a_short_write_goes_on_where_it_stopped():
     buffers = [memoryview(b"abc"), memoryview(b"de"), memoryview(b"fgh")]
-    assert [bytes(b) for b in _skip(buffers, 0)] == [b"abc", b"de", b"fgh"]
-    assert [bytes(b) for b in _skip(buffers, 4)] == [b"e", b"fgh"]
-    assert [bytes(b) for b in _skip(buffers, 5)] == [b"fgh"]
-    assert _skip(buffers, 8) == []
+    assert [bytes(b) for b in skip(buffers, 0)] == [b"abc", b"de", b"fgh"]
+    assert [bytes(b) for b in skip(buffers, 4)] == [b"e", b"fgh"]
+    assert [bytes(b) for b in skip(buffers, 5)] == [b"fgh"]
+    assert skip(buffers, 8) == []
 
 
 def test_a_worker_joins_only_consecutive_chunks_of_one_file_and_holds_at_most_run_bytes(monkeypatch):
