@@ -94,6 +94,9 @@ _FAN_OUT_MIN_SIZE = 8 * 1024 * 1024
 _SMALL_FILE_SIZE = 256 * 1024
 _SMALL_BATCH_FILES = 64
 _SMALL_BATCH_BYTES = 1024 * 1024
+# How many subfolders may be walked beside the walk at once (_Run._subfolder). Each walk
+# holds little (a listing, an old tree); the file slots bound what they read.
+_WALKS_ASIDE = 8
 # A big file's pieces go to the chunk pool in batches of this many bytes.
 _BATCH_BYTES = 1024 * 1024
 
@@ -291,6 +294,7 @@ class _Run:
         # Pieces of big files; a separate pool, as file tasks wait for it (no deadlock).
         self.chunk_pool = ThreadPoolExecutor(self.a.workers, thread_name_prefix="reclo-chunks")
         self.file_slots = asyncio.Semaphore(self.a.workers * 2)
+        self.walks_aside = _WALKS_ASIDE
         self.saver: BlobSaver = self.repo.saver()
         loop = asyncio.get_running_loop()
         if self.cache_usable and self.parent_snapshot is not None:
@@ -462,7 +466,7 @@ class _Run:
 
     async def _dir(
         self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None,
-        remembered: FolderRecord | None | bool = True, listing: asyncio.Future | None = None,
+        remembered: FolderRecord | None | bool = True, looked: asyncio.Future[_Looked] | None = None,
     ) -> asyncio.Future[_DirDone]:
         """Walk a directory: start reading its files, walk its subdirectories, and return
         a task that finishes its node once all of them are done.
@@ -473,11 +477,77 @@ class _Run:
         so at most that many directories wait for their files.
 
         ``remembered``: the tree cache's record of this folder (True: look it up).
-        ``listing``: its listing, if already started (_ListAhead)."""
+        ``looked``: what _look found of it, if already started (_LookAhead)."""
+        seen = await (looked or self._look(path, rel, old, remembered))
+        remembered, kept, own = seen.remembered, seen.kept, seen.own
+        if seen.unchanged:
+            # Its own entries are as remembered: only its subfolders are walked (here, as
+            # the walk goes, like any folder's).
+            assert isinstance(remembered, FolderRecord) and own is not None
+            walked = []
+            subfolders = []
+            for entry_name, est in kept:
+                if stat.S_ISDIR(est.st_mode):
+                    child_rel = f"{rel}/{entry_name}" if rel else entry_name
+                    subfolders.append((entry_name, est, self._remembered(child_rel)))
+            old_nodes: dict[str, Node] = {}
+            if any(record is None for _, _, record in subfolders):
+                # not recorded (it warned): compared with its old tree
+                old_tree = await self._old_tree(path, remembered.tree)
+                old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
+            ahead = _LookAhead(self, path, rel, [
+                (n, None if record is not None else old_nodes.get(n), record) for n, _, record in subfolders])
+            for entry_name, est, record in subfolders:
+                child_rel = f"{rel}/{entry_name}" if rel else entry_name
+                sub_old = None if record is not None else old_nodes.get(entry_name)
+                walked.append(await self._subfolder(os.path.join(path, entry_name), child_rel,
+                                                    entry_name, est, sub_old, record, ahead.next()))
+            work = self._finish_remembered(path, rel, name, st, kept, own, remembered, walked)
+        else:
+            old_tree = seen.old_tree
+            old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
+            pending = await self._start_entries(path, rel, kept, old_nodes)
+            work = self._finish_dir(pending, path, rel, name, st, own, old_tree)
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _subfolder(
+        self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None,
+        remembered: FolderRecord | None | bool, looked: asyncio.Future[_Looked],
+    ) -> asyncio.Future[_DirDone]:
+        """Walk a subfolder (_dir): beside the walk, in a task of its own, while fewer
+        than _WALKS_ASIDE of those run; otherwise here and now. A big file in a later
+        folder (the VM disk after the users' shares) then starts reading while the walk
+        is still busy with the many small folders before it, instead of after them."""
+        if self.walks_aside <= 0:
+            return await self._dir(path, rel, name, st, old, remembered, looked)
+        self.walks_aside -= 1
+
+        async def aside() -> _DirDone:
+            try:
+                finishing = await self._dir(path, rel, name, st, old, remembered, looked)
+            finally:
+                self.walks_aside += 1  # its walk is done; its files may still be read
+            return await finishing
+
+        task = asyncio.ensure_future(aside())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _look(self, path: str, rel: str, old: Node | None,
+                    remembered: FolderRecord | None | bool) -> _Looked:
+        """What the walk must know of a folder before it walks it: its entries, and, if
+        they are not as the tree cache remembers them, its tree in the parent snapshot
+        (whose nodes its files are compared with). Both are reads from disk or the
+        store, which _LookAhead starts for the next subfolders while the walk is busy in
+        the current one."""
         if remembered is True:
             remembered = self._remembered(rel)
         try:
-            entries = await (listing or asyncio.to_thread(_scan, path))
+            entries = await asyncio.to_thread(_scan, path)
         except OSError as e:
             self.warn(path, f"cannot list directory: {e.strerror or e}")
             entries = []
@@ -487,38 +557,14 @@ class _Run:
                     if not excluded(self.a.excludes, f"{rel}/{n}" if rel else n, n)]
         own = folder_signature(kept) if self.cache is not None else None
         if isinstance(remembered, FolderRecord) and remembered.own == own:
-            # Its own entries are as remembered: only its subfolders are walked (here, as
-            # the walk goes, like any folder's).
-            walked = []
-            old_nodes: dict[str, Node] | None = None
-            subfolders = [(n, est) for n, est in kept if stat.S_ISDIR(est.st_mode)]
-            listings = _ListAhead(path, [n for n, _ in subfolders])
-            for entry_name, est in subfolders:
-                child_rel = f"{rel}/{entry_name}" if rel else entry_name
-                record = self._remembered(child_rel)
-                sub_old = None
-                if record is None:  # not recorded (it warned): compare it with its old tree
-                    if old_nodes is None:
-                        old_tree = await self._old_tree(path, remembered.tree)
-                        old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
-                    sub_old = old_nodes.get(entry_name)
-                walked.append(await self._dir(os.path.join(path, entry_name), child_rel,
-                                              entry_name, est, sub_old, record, listings.next()))
-            work = self._finish_remembered(path, rel, name, st, kept, own, remembered, walked)
+            return _Looked(remembered, kept, own, unchanged=True)
+        if old is not None and old.type == DIR:
+            old_tree = await self._old_tree(path, old.subtree)
+        elif isinstance(remembered, FolderRecord):  # a walk that skipped the parent's tree
+            old_tree = await self._old_tree(path, remembered.tree)
         else:
-            if old is not None and old.type == DIR:
-                old_tree = await self._old_tree(path, old.subtree)
-            elif isinstance(remembered, FolderRecord):  # a walk that skipped the parent's tree
-                old_tree = await self._old_tree(path, remembered.tree)
-            else:
-                old_tree = None
-            old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
-            pending = await self._start_entries(path, rel, kept, old_nodes)
-            work = self._finish_dir(pending, path, rel, name, st, own, old_tree)
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+            old_tree = None
+        return _Looked(remembered or None, kept, own, old_tree=old_tree)
 
     async def _old_tree(self, path: str, tree_id: bytes | None) -> tuple[bytes, list[Node]] | None:
         """The parent snapshot's tree of this folder and its nodes."""
@@ -537,8 +583,9 @@ class _Run:
         """Start each entry's node: files read (or kept from the parent), subfolders walked
         (or taken from ``walked``)."""
         pending: list[Node | _DirDone | asyncio.Future | _InBatch | None] = []
-        listings = _ListAhead(path, [n for n, est in kept if stat.S_ISDIR(est.st_mode)
-                                     and (walked is None or n not in walked)])
+        ahead = _LookAhead(self, path, rel, [
+            (n, old_nodes.get(n), True) for n, est in kept
+            if stat.S_ISDIR(est.st_mode) and (walked is None or n not in walked)])
         batch = _SmallFiles()
         for entry_name, est in kept:
             child = os.path.join(path, entry_name)
@@ -547,8 +594,8 @@ class _Run:
             if walked is not None and entry_name in walked:
                 pending.append(walked[entry_name])
             elif stat.S_ISDIR(mode):
-                pending.append(await self._dir(child, child_rel, entry_name, est,
-                                               old_nodes.get(entry_name), listing=listings.next()))
+                pending.append(await self._subfolder(child, child_rel, entry_name, est,
+                                                     old_nodes.get(entry_name), True, ahead.next()))
             elif stat.S_ISREG(mode) and est.st_size <= _SMALL_FILE_SIZE:
                 reused = self._reuse(entry_name, est, old_nodes.get(entry_name), FILE)
                 if reused is not None:
@@ -900,27 +947,51 @@ class _FannedOut(_Sink):
         return [self._ref(piece) for piece in batch]
 
 
-class _ListAhead:
-    """Lists a folder's next subfolders in threads while the walk is in the current one:
-    listing is system calls (lstat of every entry), which overlap with the walk's own
-    work instead of leaving the walk waiting for each folder in turn."""
+class _LookAhead:
+    """Looks at a folder's next subfolders (_Run._look: their listings, and their old
+    trees where needed) while the walk is in the current one. Listing is system calls
+    (an lstat of every entry) and an old tree a read from the repository, each
+    milliseconds on a cold disk or a remote store: one after another they were most of
+    an incremental's walk, with the files to read waiting behind it."""
 
-    AHEAD = 2
+    AHEAD = 4
 
-    def __init__(self, path: str, names: list[str]) -> None:
+    def __init__(self, run: _Run, path: str, rel: str,
+                 folders: list[tuple[str, Node | None, FolderRecord | None | bool]]) -> None:
+        self._run = run
         self._path = path
-        self._names = iter(names)
-        self._started: collections.deque[asyncio.Future] = collections.deque()
+        self._rel = rel
+        self._folders = iter(folders)  # (name, its parent-snapshot node, its record)
+        self._started: collections.deque[asyncio.Future[_Looked]] = collections.deque()
 
-    def next(self) -> asyncio.Future:
-        """The listing of the next subfolder (in the order given)."""
+    def next(self) -> asyncio.Future[_Looked]:
+        """What _look found of the next subfolder (in the order given)."""
         while len(self._started) <= self.AHEAD:
-            name = next(self._names, None)
-            if name is None:
+            folder = next(self._folders, None)
+            if folder is None:
                 break
-            self._started.append(asyncio.ensure_future(
-                asyncio.to_thread(_scan, os.path.join(self._path, name))))
+            name, old, remembered = folder
+            rel = f"{self._rel}/{name}" if self._rel else name
+            task = asyncio.ensure_future(
+                self._run._look(os.path.join(self._path, name), rel, old, remembered))
+            self._run._tasks.add(task)  # awaited by _drain if the walk fails first
+            task.add_done_callback(self._run._tasks.discard)
+            self._started.append(task)
         return self._started.popleft()
+
+
+@dataclass
+class _Looked:
+    """A folder as _Run._look found it: its record in the tree cache, its entries (as
+    kept by the excludes) and their signature; if they are as recorded (unchanged),
+    only its subfolders need walking, otherwise old_tree is its tree in the parent
+    snapshot, if it has one, with that tree's nodes."""
+
+    remembered: FolderRecord | None
+    kept: list[tuple[str, os.stat_result]]
+    own: bytes | None
+    unchanged: bool = False
+    old_tree: tuple[bytes, list[Node]] | None = None
 
 
 class _SmallFiles:

@@ -188,16 +188,18 @@ async def test_files_that_change_or_vanish_during_the_backup_are_warnings_not_fa
     (src / "a").mkdir(parents=True)
     growing = src / "a" / "growing.log"
     growing.write_bytes(os.urandom(48 * MiB))
-    (src / "z-vanishes.txt").write_text("here at the scan, gone at the read")
-    (src / "z-stays.txt").write_text("stays")
+    # Small files are read after the big files of their folder (in batches, once the
+    # folder's entries are all started), so these two are read after the log.
+    (src / "a" / "z-vanishes.txt").write_text("here at the scan, gone at the read")
+    (src / "a" / "z-stays.txt").write_text("stays")
 
     def meanwhile(progress):
-        # Runs while the backup reads a/growing.log (after the root folder was listed):
+        # Runs while the backup reads a/growing.log (after its folder was listed):
         # another program appends to the log and deletes a file not read yet.
         if progress.bytes_done > 0:
             with open(growing, "ab") as f:
                 f.write(b"more\n")
-            (src / "z-vanishes.txt").unlink(missing_ok=True)
+            (src / "a" / "z-vanishes.txt").unlink(missing_ok=True)
 
     result = await Archiver(repo, progress=meanwhile, progress_interval=0.002, workers=1).backup(
         [str(src)], kind=FULL
@@ -206,8 +208,8 @@ async def test_files_that_change_or_vanish_during_the_backup_are_warnings_not_fa
     assert any("z-vanishes.txt" in w and "vanished" in w for w in result.warnings)
     assert result.stats.warnings == len(result.warnings) == 2
     await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
-    assert (tmp_path / "out" / "src" / "z-stays.txt").read_text() == "stays"
-    assert not (tmp_path / "out" / "src" / "z-vanishes.txt").exists()
+    assert (tmp_path / "out" / "src" / "a" / "z-stays.txt").read_text() == "stays"
+    assert not (tmp_path / "out" / "src" / "a" / "z-vanishes.txt").exists()
     restored = (tmp_path / "out" / "src" / "a" / "growing.log").read_bytes()
     assert restored[: 48 * MiB] == growing.read_bytes()[: 48 * MiB]
 
