@@ -102,6 +102,12 @@ class _RecordingSaver(BlobSaver):
             self.references.note_tree(blob_id, Tree.decode(data).nodes, self)
         return blob_id, new
 
+    def save_tree(self, nodes: list[Node]) -> tuple[bytes, bool]:
+        # as save() does for a tree, without decoding what was just encoded
+        tree_id, new = super().save(BlobType.TREE, Tree(nodes).encode())
+        self.references.note_tree(tree_id, nodes, self)
+        return tree_id, new
+
     def reuse_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
         self.references.note_tree(tree_id, nodes, self)
 

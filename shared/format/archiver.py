@@ -317,7 +317,7 @@ class _Run:
                     node = await self._folder(source.path, name, old)
                 if node is not None:
                     nodes.append(node)
-            root_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+            root_id, _ = await self.saver.save_tree_async(nodes)
             await self.saver.flush()  # packs, then their index files ...
         except BaseException:
             await self._drain()
@@ -647,7 +647,7 @@ class _Run:
             # in a worker: a saver that tracks references looks up every chunk of the folder
             await asyncio.get_running_loop().run_in_executor(self.pool, self.saver.reuse_tree, tree_id, nodes)
         else:
-            tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+            tree_id, _ = await self.saver.save_tree_async(nodes)
         whole = b""
         clean = clean and path not in self._warned_dirs
         if own is not None:
@@ -678,7 +678,7 @@ class _Run:
                 return await self._finish_dir(pending, path, rel, name, st, own, None)
             new = {d.node.name: d.node for d in done}
             nodes = [new[n.name] if n.type == DIR else n for n in old_tree[1]]
-            tree_id, _ = await self.saver.save_async(BlobType.TREE, Tree(nodes).encode())
+            tree_id, _ = await self.saver.save_tree_async(nodes)
         with self._stats_lock:  # its files count as they did in the parent
             for field_name in FOLDER_TOTALS:
                 setattr(self.stats, field_name,

@@ -653,6 +653,13 @@ class BlobSaver:
         """save() from the event loop (it may block, so it runs in a thread)."""
         return await self._loop.run_in_executor(executor, self.save, blob_type, data, None)
 
+    def save_tree(self, nodes: list[Node]) -> tuple[bytes, bool]:
+        """Store a directory's tree (encoded here, in the worker thread)."""
+        return self.save(BlobType.TREE, Tree(nodes).encode())
+
+    async def save_tree_async(self, nodes: list[Node]) -> tuple[bytes, bool]:
+        return await self._loop.run_in_executor(None, self.save_tree, nodes)
+
     async def flush(self) -> None:
         """Upload the open packs and wait until every pack and its index file is stored."""
         self._raise_if_failed()

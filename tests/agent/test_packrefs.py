@@ -41,9 +41,13 @@ async def test_every_pack_the_snapshot_needs_is_reported(tmp_path):
             size = 700_000 if f % 13 == 0 else rng.randrange(0, 30_000)
             (src / f"d{d}" / f"f{f}").write_bytes(rng.randbytes(size))
 
+    # d2's chunks first go into packs of their own, through a backup of d2 alone: in the
+    # incremental below, only d2's tree references those packs.
+    await Archiver(repo, workers=2).backup([str(src / "d2")], kind=FULL)
     repo.references = PackReferences(repo)
     full = await Archiver(repo, workers=2).backup([str(src)], kind=FULL)
     reported = set(repo.references.packs())
+    full_packs = sorted(reported)
     assert len(reported) > 5
     assert await packs_really_referenced(repo, full.snapshot) <= reported
 
@@ -55,3 +59,4 @@ async def test_every_pack_the_snapshot_needs_is_reported(tmp_path):
     needed = await packs_really_referenced(repo, incr.snapshot)
     reported = set(repo.references.packs())
     assert needed <= reported and needed <= set(await repo.list_packs())
+    assert reported - set(full_packs) != set()  # the incremental's own packs
