@@ -111,6 +111,40 @@ def test_small_fixed_chunks_read_in_blocks_match_the_file_and_skip_unallocated_s
     assert read <= 2 * MiB  # of 5 MiB: only chunks around the four written stretches
 
 
+class _ShortReads:
+    """A file that hands out at most 5,000 bytes per read, as block devices and network
+    filesystems may."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def read(self, n=-1):
+        return self.f.read(min(n, 5000) if n >= 0 else 5000)
+
+    def readinto(self, view):
+        return self.f.readinto(memoryview(view)[:5000])
+
+
+@pytest.mark.parametrize("chunking", [FixedChunking(), IMAGE_CHUNK_SIZE], ids=["32-KiB-chunks", "1-MiB-chunks"])
+def test_image_chunks_whole_despite_short_reads_and_up_to_where_the_file_ends(tmp_path, chunking):
+    path = tmp_path / "disk.img"
+    data = random.Random(5).randbytes(3 * MiB + 12_345)
+    path.write_bytes(data)
+    chunker = ImageChunker(chunking)
+    with open(path, "rb", buffering=0) as f:
+        pieces = list(chunker.pieces(_ShortReads(f), len(data)))
+    assert b"".join(p.data for p in pieces) == data
+    chunk = chunker.chunking.chunk_size(len(data))
+    assert [p.length for p in pieces[:-1]] == [chunk] * (len(pieces) - 1)
+    # A device that ends before its announced size: pieces up to where it ended.
+    with open(path, "rb", buffering=0) as f:
+        pieces = list(chunker.pieces(f, len(data) + 5 * MiB))
+    assert b"".join(p.data for p in pieces) == data
+
+
 def test_image_zero_blocks_that_are_allocated_become_holes(tmp_path):
     path = tmp_path / "disk.img"
     path.write_bytes(bytes(2 * MiB) + b"x" * MiB)
