@@ -95,8 +95,11 @@ _SMALL_FILE_SIZE = 256 * 1024
 _SMALL_BATCH_FILES = 64
 _SMALL_BATCH_BYTES = 1024 * 1024
 # How many subfolders may be walked beside the walk at once (_Run._subfolder). Each walk
-# holds little (a listing, an old tree); the file slots bound what they read.
-_WALKS_ASIDE = 8
+# holds the listing and old tree of every folder on its path, so what the walk holds at
+# once is up to (1 + _WALKS_ASIDE) * depth of them, plus _LookAhead.MOST looked at ahead
+# (before walking aside: 3 * depth). 4 hid a store's latency nearly as well as 8
+# (docs/BENCHMARKS.md, "The walk against a slow store").
+_WALKS_ASIDE = 4
 # A big file's pieces go to the chunk pool in batches of this many bytes.
 _BATCH_BYTES = 1024 * 1024
 
@@ -261,6 +264,7 @@ class _Run:
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
         self._tasks: set[asyncio.Future] = set()
+        self.looked_ahead = 0  # folders looked at ahead and not yet walked (_LookAhead)
         self.cache: TreeCache | None = archiver.tree_cache
         self.cache_usable = False  # the cache describes the parent: unchanged folders are kept
         self.source_name = ""  # the folder source being walked (the cache's key)
@@ -320,10 +324,12 @@ class _Run:
             root_id, _ = await self.saver.save_tree_async(nodes)
             await self.saver.flush()  # packs, then their index files ...
         except BaseException:
-            await self._drain()
-            await self.saver.abort()
-            if self.cache is not None:
-                self.cache.close()  # the current cache stays as it was
+            try:
+                await self._abandon()
+                await self.saver.abort()
+            finally:
+                if self.cache is not None:
+                    self.cache.close()  # the current cache stays as it was
             raise
         finally:
             self._stop.set()
@@ -371,10 +377,33 @@ class _Run:
         self.parent_snapshot = await self.repo.load_snapshot(self.parent_id)
         return await self.repo.load_tree(self.parent_snapshot.tree)
 
-    async def _drain(self) -> None:
-        """After a failure, wait for file tasks still running in threads."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def _abandon(self) -> None:
+        """After a failure or a cancel: the walks stop where they are (cancelled), the
+        threads reading files at their next piece (_stop) and the saver takes nothing
+        more; returns once none of this backup's tasks runs. A second cancel meanwhile
+        leaves the threads ending by themselves, none of them waiting for the loop."""
+        self._stop.set()
+        self.saver.stop()
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                if isinstance(task, asyncio.Task):
+                    task.cancel()  # a walk, a look ahead, a folder's finish (not a thread's future)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        """A task of this backup's walk: _abandon cancels it. Its failure reaches whoever
+        awaits it; when a failure elsewhere came first, nobody does, and it is not
+        reported as never retrieved."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Future) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     def warn(self, path: str, reason: str) -> None:
         self.warnings.append(f"{path}: {reason}")
@@ -508,10 +537,7 @@ class _Run:
             old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
             pending = await self._start_entries(path, rel, kept, old_nodes)
             work = self._finish_dir(pending, path, rel, name, st, own, old_tree)
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._spawn(work)
 
     async def _subfolder(
         self, path: str, rel: str, name: str, st: os.stat_result, old: Node | None,
@@ -524,17 +550,23 @@ class _Run:
         if self.walks_aside <= 0:
             return await self._dir(path, rel, name, st, old, remembered, looked)
         self.walks_aside -= 1
+        walking = True
+
+        def walked(_=None) -> None:  # its walk is done; its files may still be read
+            nonlocal walking
+            if walking:
+                walking = False
+                self.walks_aside += 1
 
         async def aside() -> _DirDone:
             try:
                 finishing = await self._dir(path, rel, name, st, old, remembered, looked)
             finally:
-                self.walks_aside += 1  # its walk is done; its files may still be read
+                walked()
             return await finishing
 
-        task = asyncio.ensure_future(aside())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = self._spawn(aside())
+        task.add_done_callback(walked)  # also if cancelled before it began
         return task
 
     async def _look(self, path: str, rel: str, old: Node | None,
@@ -718,7 +750,7 @@ class _Run:
         await self.file_slots.acquire()  # bounds files in flight (and the memory they hold)
         future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, FILE, old)
         self._tasks.add(future)
-        future.add_done_callback(lambda f: (self.file_slots.release(), self._tasks.discard(f)))
+        future.add_done_callback(lambda f: (self.file_slots.release(), self._forget(f)))
         return future
 
     async def _read_batch(self, batch: _SmallFiles) -> None:
@@ -727,7 +759,7 @@ class _Run:
         await self.file_slots.acquire()
         future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_files, batch.files)
         self._tasks.add(future)
-        future.add_done_callback(lambda f: (self.file_slots.release(), self._tasks.discard(f)))
+        future.add_done_callback(lambda f: (self.file_slots.release(), self._forget(f)))
         batch.future.set_result(future)
 
     def _read_files(self, files: list[tuple[str, str]]) -> list[Node | None]:
@@ -796,6 +828,8 @@ class _Run:
             sink = (_FannedOut if size >= _FAN_OUT_MIN_SIZE else _Inline)(self, content, dictionary, known)
             try:
                 for piece in chunker.pieces(f, size, on_read=self._count_read):
+                    if self._stop.is_set():
+                        raise _Stopping(path)
                     sink.add(piece)
                     total += piece.length
                     self._advance(nbytes=piece.length)  # holes count as done: progress is logical
@@ -854,6 +888,10 @@ class _Run:
             if reused is not None:
                 return reused
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE, old)
+
+
+class _Stopping(Exception):
+    """Raised in a thread reading a file when the backup is abandoned (_Run._abandon)."""
 
 
 class _Sink:
@@ -954,7 +992,11 @@ class _LookAhead:
     milliseconds on a cold disk or a remote store: one after another they were most of
     an incremental's walk, with the files to read waiting behind it."""
 
-    AHEAD = 4
+    AHEAD = 4  # subfolders of one folder
+    # ... and of all folders being walked at once: what the looked-at folders hold (a
+    # listing, an old tree) stays bounded however wide and deep the tree and however many
+    # walks go on aside.
+    MOST = 16
 
     def __init__(self, run: _Run, path: str, rel: str,
                  folders: list[tuple[str, Node | None, FolderRecord | None | bool]]) -> None:
@@ -966,17 +1008,16 @@ class _LookAhead:
 
     def next(self) -> asyncio.Future[_Looked]:
         """What _look found of the next subfolder (in the order given)."""
-        while len(self._started) <= self.AHEAD:
+        run = self._run
+        while len(self._started) <= self.AHEAD and (not self._started or run.looked_ahead < self.MOST):
             folder = next(self._folders, None)
             if folder is None:
                 break
             name, old, remembered = folder
             rel = f"{self._rel}/{name}" if self._rel else name
-            task = asyncio.ensure_future(
-                self._run._look(os.path.join(self._path, name), rel, old, remembered))
-            self._run._tasks.add(task)  # awaited by _drain if the walk fails first
-            task.add_done_callback(self._run._tasks.discard)
-            self._started.append(task)
+            self._started.append(run._spawn(run._look(os.path.join(self._path, name), rel, old, remembered)))
+            run.looked_ahead += 1
+        run.looked_ahead -= 1
         return self._started.popleft()
 
 

@@ -532,6 +532,10 @@ class SaverStats:
     stored_bytes: int = 0  # bytes of the packs uploaded
 
 
+class SaverStopped(Exception):
+    """A save after BlobSaver.stop()."""
+
+
 class BlobSaver:
     """Blobs in, packs out: deduplicates, seals, packs and uploads, with backpressure.
 
@@ -623,6 +627,14 @@ class BlobSaver:
     def _forget(self, future: concurrent.futures.Future) -> None:
         with self._lock:
             self._uploads.discard(future)
+
+    def stop(self) -> None:
+        """The backup is abandoned: every save from now on raises, so the threads still
+        reading files end at their next chunk, and those waiting for an upload slot wake
+        up to raise too (each passes the slot on). Uploads under way go on (abort)."""
+        if self._error is None:
+            self._error = SaverStopped("the backup was stopped")
+        self._slots.release()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

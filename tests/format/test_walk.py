@@ -3,15 +3,21 @@ snapshot does not depend on it."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import threading
+import time
 
-from shared.format import FULL, INCREMENTAL, Archiver, Restorer
+import pytest
+
+from shared.format import FULL, INCREMENTAL, Archiver, Repository, Restorer
 from shared.format import archiver as archiver_module
 from shared.format.constants import MiB
+from shared.format.store import ForwardingStore
 from shared.format.treecache import TreeCache
 
-from .conftest import content_digest
+from .conftest import FAST_KDF, content_digest
 
 
 def _slow_folder_until(monkeypatch, slow_name: str, big_name: str) -> list[bool]:
@@ -87,3 +93,140 @@ async def test_an_incremental_walks_ahead_with_a_tree_cache(repo, tmp_path, monk
     await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
     assert (tmp_path / "out" / "src" / "a-shares" / "slow" / "note.txt").read_text() == "a longer note"
     assert content_digest(tmp_path / "out" / "src" / "z-vm" / "disk.bin") == content_digest(src / "z-vm" / "disk.bin")
+
+
+# --- stopping: a cancel or a failure stops the walks, and nothing of the backup runs on ---
+
+
+def _backup_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+def _big_tree(src, image_mib: int) -> None:
+    for i in range(30):
+        (src / "a-shares" / f"user-{i:02}").mkdir(parents=True)
+        (src / "a-shares" / f"user-{i:02}" / "notes.txt").write_text(f"notes {i}")
+    (src / "z-vm").mkdir()
+    with open(src / "z-vm" / "disk.img", "wb") as f:  # fixed chunks, read 1 MiB at a time
+        for _ in range(image_mib):
+            f.write(os.urandom(MiB))
+
+
+async def test_a_cancelled_backup_stops_its_walks_and_reads_no_further(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _big_tree(src, 64)
+    real_scan = archiver_module._scan
+    monkeypatch.setattr(archiver_module, "_scan", lambda path: time.sleep(0.05) or real_scan(path))
+    reading = threading.Event()
+    read_after_cancel = []
+    real_count = archiver_module._Run._count_read
+
+    def count_read(self, n):
+        reading.set()
+        if cancelled.is_set():
+            read_after_cancel.append(n)
+        real_count(self, n)
+
+    cancelled = threading.Event()
+    monkeypatch.setattr(archiver_module._Run, "_count_read", count_read)
+    backup = asyncio.ensure_future(Archiver(repo, workers=2).backup([str(src)], kind=FULL))
+    assert await asyncio.to_thread(reading.wait, 30)  # the disk image is being read ...
+    cancelled.set()
+    backup.cancel()  # ... while the walk is still in the slow shares
+    with pytest.raises(asyncio.CancelledError):
+        await backup
+    assert sum(read_after_cancel) <= 4 * MiB  # a block or so per reading thread, not the 64 MiB
+    assert _backup_tasks() == []
+
+
+class _SlowPacks(ForwardingStore):
+    async def put(self, key, data, **options):
+        if key.startswith("data/"):
+            await asyncio.sleep(0.3)
+        await self.inner.put(key, data, **options)
+
+
+@pytest.mark.timeout(60)
+async def test_a_second_cancel_while_the_first_is_handled_does_not_hang(store, tmp_path):
+    """The threads reading files wait for upload slots; the first cancel's clean-up is cut
+    short by the second, and the pools are shut down with threads still in them: they
+    must end by themselves (the saver stopped), not wait for the loop."""
+    src = tmp_path / "src"
+    _big_tree(src, 48)
+    repo = await Repository.init(_SlowPacks(store), "pw", kdf=FAST_KDF, pack_size=2 * MiB)
+    repo.uploads_in_flight = 1
+    backup = asyncio.ensure_future(Archiver(repo, workers=2).backup([str(src)], kind=FULL))
+    await asyncio.sleep(0.5)
+    backup.cancel()
+    await asyncio.sleep(0.2)
+    backup.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await backup
+
+
+async def test_a_folder_that_fails_fails_the_backup_and_leaves_no_task_behind(repo, tmp_path):
+    """Walks aside and looks ahead are under way when a folder's old tree cannot be read:
+    the backup fails with that error, and none of them goes on afterwards or fails
+    unheard."""
+    src = tmp_path / "src"
+    for i in range(20):
+        for j in range(6):
+            (src / f"d{i:02}" / f"s{j}").mkdir(parents=True)
+            (src / f"d{i:02}" / f"s{j}" / "f.txt").write_text(f"{i} {j}")
+    full = await Archiver(repo).backup([str(src)], kind=FULL)
+    for path in src.rglob("f.txt"):
+        path.write_text(path.read_text() + " changed")  # every folder compared with its old tree
+    unexpected = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: unexpected.append(context))
+    real_load = repo.load_tree
+    top = (await real_load(full.snapshot.tree)).nodes[0].subtree
+    folders = (await real_load(top)).nodes
+    slow_but_fine = {n.subtree for n in folders[:8]}
+    failing_at_once = {n.subtree for n in folders[8:]}
+    loads_after_failure = []
+
+    async def load_tree(tree_id):
+        if failed:
+            loads_after_failure.append(tree_id)
+        if tree_id in (full.snapshot.tree, top):
+            return await real_load(tree_id)
+        if tree_id in slow_but_fine:
+            await asyncio.sleep(0.2)
+            return await real_load(tree_id)
+        if tree_id not in failing_at_once:
+            await asyncio.sleep(0.05)
+        raise ConnectionError("the store went away")  # not a FormatError: the backup fails
+
+    failed = False
+    repo.load_tree = load_tree
+    with pytest.raises(ConnectionError):
+        await Archiver(repo).backup([str(src)], kind=INCREMENTAL)
+    failed = True
+    assert _backup_tasks() == []
+    await asyncio.sleep(0.7)  # what a task left running would do by now
+    assert loads_after_failure == []
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unexpected == []  # no "exception was never retrieved"
+
+
+async def test_what_the_walk_looks_at_ahead_stays_bounded(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for i in range(6):
+        for j in range(6):
+            for k in range(4):
+                (src / f"d{i}" / f"s{j}" / f"t{k}").mkdir(parents=True)
+                (src / f"d{i}" / f"s{j}" / f"t{k}" / "f.txt").write_text(f"{i}{j}{k}")
+    outstanding = []
+    real_look = archiver_module._Run._look
+
+    async def look(self, *args):
+        outstanding.append(self.looked_ahead)
+        await asyncio.sleep(0.002)  # a store with some latency: looks pile up if they can
+        return await real_look(self, *args)
+
+    monkeypatch.setattr(archiver_module._Run, "_look", look)
+    await Archiver(repo).backup([str(src)], kind=FULL)
+    assert len(outstanding) == 1 + 6 + 36 + 144
+    assert max(outstanding) <= archiver_module._LookAhead.MOST
+    assert max(outstanding) > archiver_module._LookAhead.AHEAD  # several folders look ahead at once
