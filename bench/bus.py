@@ -4,6 +4,7 @@ service handler runs.
 
     .venv/bin/python bench/bus.py [--events 5000] [--per-transaction 1] [--producers 32]
                                   [--prefetch 128] [--batch-limit 100] [--embedded]
+                                  [--loop uvloop|asyncio]
 
 Default: MariaDB on 127.0.0.1:3306 and RabbitMQ on 127.0.0.1:5672, under throw-away names,
 with two processes as two services would be: this one writes the events (``--producers``
@@ -13,6 +14,8 @@ child process (``--consume``, started by this one) is the consumer with its own 
 cross processes). Prints one JSON line: events/s from the first write to the last event
 handled, the time to write and to relay, each process's CPU seconds (``cpu_seconds_run``:
 from the first write to the end, without start-up) and the load average before and after.
+Both processes run on uvloop, as the services do where it is installed (`reclo serve`);
+``--loop asyncio`` for asyncio's own loop (the figures before 2026-11-26 night).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from shared.bus import create_bus  # noqa: E402
 from shared.db import Database  # noqa: E402
 from shared.events import TokensExpiryDue, utcnow  # noqa: E402
 from shared.inbox import Dispatcher, inbox_table  # noqa: E402
+from shared.http.loop import run as loop_run  # noqa: E402
 from shared.logs import configure_logging  # noqa: E402
 from shared.outbox import Outbox, outbox_table  # noqa: E402
 
@@ -147,7 +151,8 @@ async def run_two_processes(args) -> dict:
     await bus.connect()
     consumer = subprocess.Popen(
         [sys.executable, __file__, "--consume", tag, "--events", str(args.events),
-         "--prefetch", str(args.prefetch), "--batch-limit", str(args.batch_limit)],
+         "--prefetch", str(args.prefetch), "--batch-limit", str(args.batch_limit),
+         "--loop", args.loop],
         stdout=subprocess.PIPE, text=True)
     try:
         if consumer.stdout.readline().strip() != "ready":
@@ -212,7 +217,7 @@ async def delete_topology(tag: str) -> None:
 def figures(args, mode: str, elapsed: float, written: float, relayed: float) -> dict:
     return {"mode": mode, "events": args.events, "per_transaction": args.per_transaction,
             "producers": args.producers, "prefetch": args.prefetch,
-            "batch_limit": args.batch_limit, "seconds": round(elapsed, 2),
+            "batch_limit": args.batch_limit, "loop": args.loop, "seconds": round(elapsed, 2),
             "events_per_second": round(args.events / elapsed),
             "write_seconds": round(written, 2), "relayed_seconds": round(relayed, 2),
             "load_average_before": LOAD_BEFORE,
@@ -230,15 +235,18 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=128)
     parser.add_argument("--batch-limit", type=int, default=100,
                         help="most events the consumer handles per transaction (1: no batching)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="event loop of both processes (services run on uvloop where installed)")
     parser.add_argument("--consume", metavar="TAG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("warning")
+    run = loop_run if args.loop == "uvloop" else asyncio.run
     if args.consume:
-        asyncio.run(consume(args))
+        run(consume(args))
     elif args.embedded:
-        print(json.dumps(asyncio.run(run_embedded(args))))
+        print(json.dumps(run(run_embedded(args))))
     else:
-        print(json.dumps(asyncio.run(run_two_processes(args))))
+        print(json.dumps(run(run_two_processes(args))))
 
 
 if __name__ == "__main__":
