@@ -97,9 +97,9 @@ _SMALL_BATCH_BYTES = 1024 * 1024
 # How many subfolders may be walked beside the walk at once (_Run._subfolder). Each walk
 # holds the listing and old tree of every folder on its path, so what the walk holds at
 # once is up to (1 + _WALKS_ASIDE) * depth of them, plus _LookAhead.MOST looked at ahead
-# (before walking aside: 3 * depth). 4 hid a store's latency nearly as well as 8
-# (docs/BENCHMARKS.md, "The walk against a slow store").
-_WALKS_ASIDE = 4
+# (before walking aside: 3 * depth). Fewer walks aside, or fewer looks ahead, left deep
+# trees waiting for one read at a time (docs/BENCHMARKS.md, "The walk against a slow store").
+_WALKS_ASIDE = 8
 # A big file's pieces go to the chunk pool in batches of this many bytes.
 _BATCH_BYTES = 1024 * 1024
 
@@ -748,19 +748,22 @@ class _Run:
         if reused is not None:
             return reused
         await self.file_slots.acquire()  # bounds files in flight (and the memory they hold)
-        future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, FILE, old)
-        self._tasks.add(future)
-        future.add_done_callback(lambda f: (self.file_slots.release(), self._forget(f)))
-        return future
+        return self._in_thread(self._read_file, path, name, FILE, old)
 
     async def _read_batch(self, batch: _SmallFiles) -> None:
         """Read a batch of small files in one worker task; one file slot, as the files are
         read one after another (what they hold in memory is one small file's)."""
         await self.file_slots.acquire()
-        future = asyncio.get_running_loop().run_in_executor(self.pool, self._read_files, batch.files)
+        batch.future.set_result(self._in_thread(self._read_files, batch.files))
+
+    def _in_thread(self, read, *args) -> asyncio.Future:
+        """Reading in a worker thread, holding a file slot until it ends. What the walk
+        awaits is a shield of it: a cancelled folder does not mark the read done while
+        its thread still runs, and _abandon waits for the thread itself."""
+        future = asyncio.get_running_loop().run_in_executor(self.pool, read, *args)
         self._tasks.add(future)
         future.add_done_callback(lambda f: (self.file_slots.release(), self._forget(f)))
-        batch.future.set_result(future)
+        return asyncio.shield(future)
 
     def _read_files(self, files: list[tuple[str, str]]) -> list[Node | None]:
         return [self._read_file(path, name, FILE) for path, name in files]
@@ -798,6 +801,8 @@ class _Run:
     # --- reading (worker threads) ---
 
     def _read_file(self, path: str, name: str, node_type: str, old: Node | None = None) -> Node | None:
+        if self._stop.is_set():
+            raise _Stopping(path)  # queued before the backup was abandoned
         try:
             f = _open_for_reading(path, follow=node_type == IMAGE)
         except FileNotFoundError:
@@ -865,11 +870,15 @@ class _Run:
             try:
                 return dictionaries.get_from_worker(old.dictionary, self._stop).encoder(chunk)
             except FormatError as e:
+                if self._stop.is_set():
+                    raise _Stopping(path) from None  # not unusable: the backup is stopping
                 self.warn(path, f"the dictionary of its last backup is unusable, training a new one: {e}")
         try:
             samples = read_samples(f.fileno(), size, chunk)
         except OSError:
             return None  # the read that follows meets the error too, and reports it
+        if self._stop.is_set():
+            raise _Stopping(path)
         trained = train(samples)
         return None if trained is None else dictionaries.add_from_worker(trained, self._stop).encoder(chunk)
 
@@ -887,7 +896,8 @@ class _Run:
             reused = self._reuse(name, st, old, IMAGE)
             if reused is not None:
                 return reused
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._read_file, path, name, IMAGE, old)
+        await self.file_slots.acquire()
+        return await self._in_thread(self._read_file, path, name, IMAGE, old)
 
 
 class _Stopping(Exception):
@@ -996,7 +1006,7 @@ class _LookAhead:
     # ... and of all folders being walked at once: what the looked-at folders hold (a
     # listing, an old tree) stays bounded however wide and deep the tree and however many
     # walks go on aside.
-    MOST = 16
+    MOST = 64
 
     def __init__(self, run: _Run, path: str, rel: str,
                  folders: list[tuple[str, Node | None, FolderRecord | None | bool]]) -> None:

@@ -13,7 +13,9 @@ import pytest
 
 from shared.format import FULL, INCREMENTAL, Archiver, Repository, Restorer
 from shared.format import archiver as archiver_module
+from shared.format.archiver import Source
 from shared.format.constants import MiB
+from shared.format.snapshot import IMAGE
 from shared.format.store import ForwardingStore
 from shared.format.treecache import TreeCache
 
@@ -230,3 +232,33 @@ async def test_what_the_walk_looks_at_ahead_stays_bounded(repo, tmp_path, monkey
     assert len(outstanding) == 1 + 6 + 36 + 144
     assert max(outstanding) <= archiver_module._LookAhead.MOST
     assert max(outstanding) > archiver_module._LookAhead.AHEAD  # several folders look ahead at once
+
+
+@pytest.mark.parametrize("kind", ["folder", "image"])
+async def test_after_a_stop_the_loop_runs_while_the_reading_threads_end(repo, tmp_path, monkeypatch, kind):
+    """A thread still reading when the backup is cancelled is waited for by the loop, not
+    by blocking it: the agent's heartbeats and a second Stop go on meanwhile."""
+    src = tmp_path / "src"
+    (src / "z-vm").mkdir(parents=True)
+    (src / "z-vm" / "disk.img").write_bytes(os.urandom(16 * MiB))
+    source = str(src) if kind == "folder" else Source(str(src / "z-vm" / "disk.img"), IMAGE)
+    loop = asyncio.get_running_loop()
+    reading, cancelled, loop_ran = threading.Event(), threading.Event(), []
+
+    def count_read(self, n):  # in the reading thread, after each block
+        reading.set()
+        if cancelled.wait(10) and not loop_ran:
+            answered = threading.Event()
+            loop.call_soon_threadsafe(answered.set)
+            loop_ran.append(answered.wait(5))
+
+    monkeypatch.setattr(archiver_module._Run, "_count_read", count_read)
+    backup = asyncio.ensure_future(Archiver(repo, workers=2).backup([source], kind=FULL))
+    assert await asyncio.to_thread(reading.wait, 30)
+    backup.cancel()
+    await asyncio.sleep(0)
+    cancelled.set()
+    with pytest.raises(asyncio.CancelledError):
+        await backup
+    assert loop_ran == [True]
+    assert _backup_tasks() == []
