@@ -265,6 +265,8 @@ class _Run:
         self._stop = threading.Event()
         self._tasks: set[asyncio.Future] = set()
         self.looked_ahead = 0  # folders looked at ahead and not yet walked (_LookAhead)
+        self._walking: asyncio.Task | None = None  # the walk of the sources
+        self._failure: BaseException | None = None  # the first failure of a task of the walk
         self.cache: TreeCache | None = archiver.tree_cache
         self.cache_usable = False  # the cache describes the parent: unchanged folders are kept
         self.source_name = ""  # the folder source being walked (the cache's key)
@@ -311,16 +313,13 @@ class _Run:
             scanner = loop.run_in_executor(None, self._count_totals)
         ticker = asyncio.create_task(self._tick()) if self.a.progress_callback else None
         try:
-            nodes = []
-            for source, name in zip(self.sources, self.names):
-                old = parent_root.find(name) if parent_root else None
-                if source.kind == IMAGE:
-                    node = await self._image(source.path, name, old)
-                else:
-                    self.source_name = name
-                    node = await self._folder(source.path, name, old)
-                if node is not None:
-                    nodes.append(node)
+            self._walking = asyncio.ensure_future(self._walk_sources(parent_root))
+            try:
+                nodes = await self._walking
+            except asyncio.CancelledError:
+                if self._failure is not None and not asyncio.current_task().cancelling():
+                    raise self._failure from None  # what stopped the walk (_forget)
+                raise
             root_id, _ = await self.saver.save_tree_async(nodes)
             await self.saver.flush()  # packs, then their index files ...
         except BaseException:
@@ -361,6 +360,20 @@ class _Run:
         self._report()
         return BackupResult(snapshot_id, snapshot, self.warnings)
 
+    async def _walk_sources(self, parent_root: Tree | None) -> list[Node]:
+        """Each source's node, walked one source after another."""
+        nodes = []
+        for source, name in zip(self.sources, self.names):
+            old = parent_root.find(name) if parent_root else None
+            if source.kind == IMAGE:
+                node = await self._image(source.path, name, old)
+            else:
+                self.source_name = name
+                node = await self._folder(source.path, name, old)
+            if node is not None:
+                nodes.append(node)
+        return nodes
+
     async def _parent_root(self) -> Tree | None:
         if self.kind != INCREMENTAL:
             self.parent_id = None
@@ -392,9 +405,9 @@ class _Run:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn(self, coroutine) -> asyncio.Task:
-        """A task of this backup's walk: _abandon cancels it. Its failure reaches whoever
-        awaits it; when a failure elsewhere came first, nobody does, and it is not
-        reported as never retrieved."""
+        """A task of this backup's walk: _abandon cancels it. Its failure stops the walk
+        at once and is what backup() raises (_forget); a failure after the first is
+        dropped, not reported as never retrieved."""
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
@@ -402,8 +415,16 @@ class _Run:
 
     def _forget(self, task: asyncio.Future) -> None:
         self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and self._failure is None and not self._stop.is_set():
+            # Every folder awaits its entries, so the backup fails with this anyway, but
+            # only once the folder above gets to it: stop the walk now, not after what
+            # the other walks and reads would still do.
+            self._failure = error
+            if self._walking is not None:
+                self._walking.cancel()
 
     def warn(self, path: str, reason: str) -> None:
         self.warnings.append(f"{path}: {reason}")
