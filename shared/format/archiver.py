@@ -312,14 +312,19 @@ class _Run:
         else:
             scanner = loop.run_in_executor(None, self._count_totals)
         ticker = asyncio.create_task(self._tick()) if self.a.progress_callback else None
+        me = asyncio.current_task()
+        cancels = me.cancelling() if me is not None else 0  # the caller's, before the walk
         try:
             self._walking = asyncio.ensure_future(self._walk_sources(parent_root))
+            failure = None
             try:
                 nodes = await self._walking
             except asyncio.CancelledError:
-                if self._failure is not None and not asyncio.current_task().cancelling():
-                    raise self._failure from None  # what stopped the walk (_forget)
-                raise
+                if self._failure is None or me is None or me.cancelling() > cancels:
+                    raise  # the caller's cancel stays a cancel
+                failure = self._failure  # what stopped the walk (_forget)
+            if failure is not None:
+                raise failure  # outside the except: it keeps its own cause and context
             root_id, _ = await self.saver.save_tree_async(nodes)
             await self.saver.flush()  # packs, then their index files ...
         except BaseException:

@@ -265,35 +265,41 @@ async def test_after_a_stop_the_loop_runs_while_the_reading_threads_end(repo, tm
 
 
 async def test_a_failure_in_a_folder_walked_aside_stops_the_backup_at_once(repo, tmp_path, monkeypatch):
-    """b/ fails while a/big.bin is being read: the backup fails with b's error without
-    reading the rest of a/big.bin first (its parent folder would only get to b later)."""
+    """b/ fails while a/disk.img is being read: the backup fails with b's error, its own
+    cause kept, without reading the rest of a/disk.img first (the folder above would
+    only get to b later)."""
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "b").mkdir()
-    with open(src / "a" / "big.bin", "wb") as f:
+    with open(src / "a" / "disk.img", "wb") as f:  # fixed chunks, read 1 MiB at a time
         for _ in range(64):
             f.write(os.urandom(MiB))
-    failed = threading.Event()
+    reading, failed = threading.Event(), threading.Event()
     read_after_failure = []
     real_count, real_scan = archiver_module._Run._count_read, archiver_module._scan
 
     def count_read(self, n):
+        reading.set()
         if failed.is_set():
+            if not read_after_failure:
+                self._stop.wait(10)  # the reading pauses until the backup is stopped, if it is
             read_after_failure.append(n)
-        time.sleep(0.02)  # a slowish disk, so that a/big.bin is still being read
         real_count(self, n)
 
     def scan(path):
         if os.path.basename(path) == "b":
-            time.sleep(0.2)
+            reading.wait(10)
             failed.set()
-            raise ValueError("the tree cache's disk is full")  # not an OSError of the listing
+            try:
+                raise KeyError("quota")
+            except KeyError as e:
+                raise ValueError("the tree cache's disk is full") from e  # not the listing's OSError
         return real_scan(path)
 
     monkeypatch.setattr(archiver_module._Run, "_count_read", count_read)
     monkeypatch.setattr(archiver_module, "_scan", scan)
-    with pytest.raises(ValueError, match="disk is full"):
+    with pytest.raises(ValueError, match="disk is full") as raised:
         await Archiver(repo, workers=2).backup([str(src)], kind=FULL)
-    assert failed.is_set()
-    assert sum(read_after_failure) <= 8 * MiB  # of 64: a few blocks in flight, not the rest
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert sum(read_after_failure) <= 4 * MiB  # of 64: what the reading threads had in hand
     assert _backup_tasks() == []
