@@ -108,7 +108,7 @@ async def _incremental(data: Path, run: Path, latency: float) -> dict:
     from shared.format.store import LocalFolderStore
     from shared.format.treecache import TreeCache
 
-    store = _DelayedReads(LocalFolderStore(run / "repo"), latency)
+    store = _delayed_reads(LocalFolderStore(run / "repo"), latency)
     repo = await Repository.open(store, PASSPHRASE)
     cache = TreeCache(run / "tree-cache.sqlite")
     started = time.perf_counter()
@@ -123,7 +123,9 @@ async def _incremental(data: Path, run: Path, latency: float) -> dict:
             "bytes_read": result.stats.bytes_read, "code": str(Path(sys.path[0]))}
 
 
-def _DelayedReads(inner, latency: float):
+def _delayed_reads(inner, latency: float):
+    """inner, with each read answered after latency seconds; counts the reads. (The class
+    is made here, once shared is importable from the checkout --code names.)"""
     from shared.format.store import ForwardingStore
 
     class DelayedReads(ForwardingStore):

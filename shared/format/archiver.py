@@ -539,23 +539,18 @@ class _Run:
             # Its own entries are as remembered: only its subfolders are walked (here, as
             # the walk goes, like any folder's).
             assert isinstance(remembered, FolderRecord) and own is not None
-            walked = []
-            subfolders = []
-            for entry_name, est in kept:
-                if stat.S_ISDIR(est.st_mode):
-                    child_rel = f"{rel}/{entry_name}" if rel else entry_name
-                    subfolders.append((entry_name, est, self._remembered(child_rel)))
+            records = [(n, est, self._remembered(_child_rel(rel, n))) for n, est in kept if stat.S_ISDIR(est.st_mode)]
             old_nodes: dict[str, Node] = {}
-            if any(record is None for _, _, record in subfolders):
+            if any(record is None for _, _, record in records):
                 # not recorded (it warned): compared with its old tree
                 old_tree = await self._old_tree(path, remembered.tree)
                 old_nodes = {n.name: n for n in old_tree[1]} if old_tree else {}
-            ahead = _LookAhead(self, path, rel, [
-                (n, None if record is not None else old_nodes.get(n), record) for n, _, record in subfolders])
-            for entry_name, est, record in subfolders:
-                child_rel = f"{rel}/{entry_name}" if rel else entry_name
-                sub_old = None if record is not None else old_nodes.get(entry_name)
-                walked.append(await self._subfolder(os.path.join(path, entry_name), child_rel,
+            subfolders = [(n, est, None if record is not None else old_nodes.get(n), record)
+                          for n, est, record in records]
+            ahead = _LookAhead(self, path, rel, [(n, sub_old, record) for n, _, sub_old, record in subfolders])
+            walked = []
+            for entry_name, est, sub_old, record in subfolders:
+                walked.append(await self._subfolder(os.path.join(path, entry_name), _child_rel(rel, entry_name),
                                                     entry_name, est, sub_old, record, ahead.next()))
             work = self._finish_remembered(path, rel, name, st, kept, own, remembered, walked)
         else:
@@ -612,7 +607,7 @@ class _Run:
         kept = entries
         if self.a.excludes:
             kept = [(n, est) for n, est in entries
-                    if not excluded(self.a.excludes, f"{rel}/{n}" if rel else n, n)]
+                    if not excluded(self.a.excludes, _child_rel(rel, n), n)]
         own = folder_signature(kept) if self.cache is not None else None
         if isinstance(remembered, FolderRecord) and remembered.own == own:
             return _Looked(remembered, kept, own, unchanged=True)
@@ -647,7 +642,7 @@ class _Run:
         batch = _SmallFiles()
         for entry_name, est in kept:
             child = os.path.join(path, entry_name)
-            child_rel = f"{rel}/{entry_name}" if rel else entry_name
+            child_rel = _child_rel(rel, entry_name)
             mode = est.st_mode
             if walked is not None and entry_name in walked:
                 pending.append(walked[entry_name])
@@ -1050,7 +1045,7 @@ class _LookAhead:
             if folder is None:
                 break
             name, old, remembered = folder
-            rel = f"{self._rel}/{name}" if self._rel else name
+            rel = _child_rel(self._rel, name)
             self._started.append(run._spawn(run._look(os.path.join(self._path, name), rel, old, remembered)))
             run.looked_ahead += 1
         run.looked_ahead -= 1
@@ -1127,6 +1122,11 @@ def _own_totals(nodes: list[Node]) -> dict[str, int]:
                 else:
                     totals["chunks"] += 1
     return totals
+
+
+def _child_rel(rel: str, name: str) -> str:
+    """The path of an entry relative to its source's root ("" is the root)."""
+    return f"{rel}/{name}" if rel else name
 
 
 def _scan(path: str) -> list[tuple[str, os.stat_result]]:
