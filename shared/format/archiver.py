@@ -47,6 +47,7 @@ from .chunker import ImageChunker, Piece
 from .constants import DICTIONARY_MAX_CHUNK, DICTIONARY_MIN_FILE
 from .dictionaries import DictionaryEncoder, read_samples, train
 from .pack import BlobType
+from . import readahead
 from .repository import BlobSaver, Repository
 from .treecache import FOLDER_TOTALS, FolderRecord, TreeCache, folder_signature, signature
 from .snapshot import (
@@ -787,7 +788,15 @@ class _Run:
         return asyncio.shield(future)
 
     def _read_files(self, files: list[tuple[str, str]]) -> list[Node | None]:
-        return [self._read_file(path, name, FILE) for path, name in files]
+        """A batch of small files: all opened and asked for first, then read one by one
+        (readahead.py)."""
+        opened = [_opened_ahead(path) for path, _ in files]
+        try:
+            return [self._read_file(path, name, FILE, opened=f) for (path, name), f in zip(files, opened)]
+        finally:
+            for f in opened:
+                if not isinstance(f, OSError):
+                    f.close()
 
     def _reuse(self, name: str, st: os.stat_result, old: Node | None, node_type: str) -> Node | None:
         """The parent's node, refreshed, if the file did not change since the parent."""
@@ -821,11 +830,15 @@ class _Run:
 
     # --- reading (worker threads) ---
 
-    def _read_file(self, path: str, name: str, node_type: str, old: Node | None = None) -> Node | None:
+    def _read_file(self, path: str, name: str, node_type: str, old: Node | None = None,
+                   opened=None) -> Node | None:
+        """opened: the file, or why it could not be opened, if the caller opened it."""
         if self._stop.is_set():
             raise _Stopping(path)  # queued before the backup was abandoned
         try:
-            f = _open_for_reading(path, follow=node_type == IMAGE)
+            if isinstance(opened, OSError):
+                raise opened
+            f = opened if opened is not None else _open_for_reading(path, follow=node_type == IMAGE)
         except FileNotFoundError:
             self.warn(path, "vanished before it could be read")
             return None
@@ -842,6 +855,8 @@ class _Run:
                 chunker = self.repo.image_chunker
             else:
                 size = before.st_size
+                if opened is None and size < _FAN_OUT_MIN_SIZE:
+                    readahead.will_need(f.fileno())  # all of it at once, not a window at a time
                 chunker = self.repo.file_chunker
                 if self.repo.in_place_chunker is not None and self.a.rewritten_in_place(name, size):
                     chunker = self.repo.in_place_chunker
@@ -1140,6 +1155,16 @@ def _scan(path: str) -> list[tuple[str, os.stat_result]]:
                 continue  # vanished between listing and stat
     out.sort(key=lambda item: os.fsencode(item[0]))
     return out
+
+
+def _opened_ahead(path: str):
+    """A small file of a batch, opened and its data asked for; or why it could not be opened."""
+    try:
+        f = _open_for_reading(path, follow=False)
+    except OSError as e:
+        return e
+    readahead.will_need(f.fileno())
+    return f
 
 
 def _open_for_reading(path: str, follow: bool):

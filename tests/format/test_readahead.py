@@ -1,0 +1,101 @@
+"""The backup tells the kernel which files it is about to read (readahead.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import sys
+import time
+
+import pytest
+
+from shared.format import FULL, INCREMENTAL, Archiver
+from shared.format import readahead
+from shared.format.constants import KiB, MiB
+from shared.format.treecache import TreeCache
+
+needs_fadvise = pytest.mark.skipif(not readahead.AVAILABLE or not sys.platform.startswith("linux"),
+                                   reason="posix_fadvise and mincore, as this test uses them, are Linux's")
+
+
+def _cached(path) -> bool:
+    """Whether every page of the file is in the page cache, asked with mincore(2) over a
+    mapping that is never touched (a read would itself start the kernel's readahead)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return all(b & 1 for b in vector.raw)
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+def _drop_from_cache(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@needs_fadvise
+def test_a_file_asked_for_is_read_into_memory_before_anyone_reads_it(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(os.urandom(2 * MiB))
+    _drop_from_cache(path)
+    if _cached(path):
+        pytest.fail(f"could not drop {path} from the page cache: this test needs a disk-backed folder")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        readahead.will_need(fd)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 10
+    while not _cached(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _cached(path)
+
+
+def _tree(src) -> None:
+    (src / "docs").mkdir(parents=True)
+    for i in range(10):
+        (src / "docs" / f"small-{i}.txt").write_text(f"small file {i}\n" * 100)
+    (src / "docs" / "medium.bin").write_bytes(os.urandom(600 * KiB))  # its own task: asked for whole
+    (src / "vm").mkdir()
+    (src / "vm" / "big.bin").write_bytes(os.urandom(9 * MiB))  # read end to end: left to the kernel
+
+
+@needs_fadvise
+async def test_the_backup_asks_for_the_files_it_reads_and_only_those(repo, tmp_path, monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(readahead, "will_need", lambda fd: asked.append(os.readlink(f"/proc/self/fd/{fd}")))
+    src = tmp_path / "src"
+    _tree(src)
+    cache = TreeCache(tmp_path / "tree-cache.sqlite")
+    archiver = Archiver(repo, tree_cache=cache)
+    full = await archiver.backup([str(src)], kind=FULL)
+    cache.commit(full.snapshot_id, [])
+    rel = sorted(os.path.relpath(p, src) for p in asked)
+    assert rel == sorted([f"docs/small-{i}.txt" for i in range(10)] + ["docs/medium.bin"])
+
+    asked.clear()
+    (src / "docs" / "small-3.txt").write_text("changed\n")
+    (src / "docs" / "new.txt").write_text("new\n")
+    result = await archiver.backup([str(src)], kind=INCREMENTAL)
+    assert result.snapshot.parent == full.snapshot_id
+    # the unchanged files are taken from the parent unread, so nobody asks for them
+    assert sorted(os.path.relpath(p, src) for p in asked) == ["docs/new.txt", "docs/small-3.txt"]
