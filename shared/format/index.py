@@ -118,6 +118,10 @@ class Index:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs
 
+    def contains_many(self, blob_ids: Iterable[bytes]) -> set[bytes]:
+        """Those of blob_ids that are indexed (on disk, many in one query)."""
+        return {b for b in blob_ids if b in self}
+
     def lookup_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         """The location of each of blob_ids that is indexed: many lookups in one call (on
         disk, each lookup alone is a query)."""

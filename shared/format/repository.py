@@ -32,7 +32,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Awaitable, Iterable, TypeVar
+from typing import Awaitable, Iterable, Sequence, TypeVar
 
 from . import compression
 from .chunker import ChunkerParams, FileChunker, FixedChunking, ImageChunker
@@ -573,9 +573,31 @@ class BlobSaver:
         generation = self._indexed
         if blob_id in self.repo.index:
             return blob_id, False
+        return blob_id, self._store(blob_type, data, blob_id, dictionary, generation)
+
+    def not_stored(self, blob_ids: Sequence[bytes]) -> tuple[set[bytes], int]:
+        """Those of blob_ids the index lacks, asked together (on disk each lookup alone is
+        a query, and a hand-off of the GIL and the index's lock), and the generation they
+        were asked at, for save_data."""
+        generation = self._indexed
+        present = self.repo.index.contains_many(blob_ids)
+        return {b for b in blob_ids if b not in present}, generation
+
+    def save_data(self, data: bytes, blob_id: bytes, dictionary: DictionaryEncoder | None,
+                  absent_at: int) -> bool:
+        """save() of a data blob that not_stored found missing from the index at generation
+        absent_at; returns whether it was new (another file may have saved it since)."""
+        self._raise_if_failed()
+        return self._store(BlobType.DATA, data, blob_id, dictionary, absent_at)
+
+    def _store(self, blob_type: BlobType, data: bytes, blob_id: bytes, dictionary: DictionaryEncoder | None,
+               generation: int) -> bool:
+        """Seal and pack a blob the index lacked at generation, unless it is pending or a
+        pack indexed since holds it."""
+        key = self.repo.key
         with self._lock:
             if blob_id in self._pending or (generation != self._indexed and blob_id in self.repo.index):
-                return blob_id, False
+                return False
             self._pending.add(blob_id)
         try:
             plaintext = compression.encode(data, dictionary)  # the costly part, outside the lock
@@ -598,7 +620,7 @@ class BlobSaver:
                 self._open[blob_type] = PackWriter()
         if full is not None:
             self._ship(full.finish(key))
-        return blob_id, True
+        return True
 
     def reuse_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
         """A tree the backup references again without saving it (an unchanged directory

@@ -74,6 +74,8 @@ def test_many_ids_looked_up_at_once_answer_as_lookups_do(tmp_path, on_disk):
     assert found == {blob_id: index.lookup(blob_id) for blob_id in asked if blob_id in index}
     assert len(found) == 1300 and not found.keys() & set(unknown)
     assert index.lookup_many([]) == {}
+    assert index.contains_many(asked) == {blob_id for blob_id in asked if blob_id in index} == set(found)
+    assert index.contains_many([]) == set() and index.contains_many(unknown) == set()
 
 
 def test_a_blob_stored_twice_stays_where_it_was_first_seen(tmp_path):
