@@ -710,11 +710,11 @@ class BlobSaver:
         self._raise_if_failed()
 
     async def abort(self) -> None:
-        """After a failure: let uploads already under way finish (their blobs get indexed)."""
-        try:
-            await self._wait_uploads()
-        except BaseException:
-            pass
+        """After a failure: let uploads already under way finish (their blobs get indexed;
+        their own failures are not raised). A cancel meanwhile (a second Ctrl-C) stops the
+        wait, and the uploads with it, and is raised: it used to be swallowed, which turned
+        the caller's cancel into the first failure."""
+        await self._wait_uploads()
 
     async def _wait_uploads(self) -> None:
         while True:

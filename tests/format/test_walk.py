@@ -303,3 +303,28 @@ async def test_a_failure_in_a_folder_walked_aside_stops_the_backup_at_once(repo,
     assert isinstance(raised.value.__cause__, KeyError)
     assert sum(read_after_failure) <= 4 * MiB  # of 64: what the reading threads had in hand
     assert _backup_tasks() == []
+
+
+async def test_a_cancel_while_the_saver_waits_for_its_uploads_is_raised(store):
+    """BlobSaver.abort waits for the uploads under way; a cancel then stops the wait and
+    is what the caller gets, not swallowed."""
+    from shared.format.pack import BlobType
+
+    release = asyncio.Event()
+
+    class HeldPacks(ForwardingStore):
+        async def put(self, key, data, **options):
+            if key.startswith("data/"):
+                await release.wait()
+            await self.inner.put(key, data, **options)
+
+    repo = await Repository.init(HeldPacks(store), "pw", kdf=FAST_KDF, pack_size=1 * MiB)
+    saver = repo.saver()
+    await saver.save_async(BlobType.DATA, os.urandom(2 * MiB))  # a full pack: its upload waits
+    waiting = asyncio.ensure_future(saver.abort())
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # it does wait for the upload
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
