@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .constants import DICTIONARIES_PREFIX, SNAPSHOTS_PREFIX
-from .errors import CorruptBlob, FormatError, MissingBlob, MissingPack, ObjectNotFound
+from .errors import BlobWithoutDictionary, CorruptBlob, FormatError, MissingBlob, MissingPack, ObjectNotFound
 from .index import BlobLocation
 from .pack import PackEntry, open_blob, read_pack
 from .repository import Repository, pack_key
@@ -132,9 +132,11 @@ class Checker:
                 except ObjectNotFound:
                     problems[pack_id] = Problem("missing-pack", f"pack {pack_id} is missing", pack_id)
                     return
-                bad, verified, notes = await self.repo.dictionaries.in_thread(
+                bad, verified, notes, undictionaried = await self.repo.dictionaries.in_thread(
                     self._verify_pack, pack_id, data, by_pack[pack_id])
             result.packs_read += 1
+            for dictionary_id in undictionaried:  # its blobs are not known bad: the dictionary is gone
+                self._missing_dictionary(dictionary_id)
             result.blobs_verified += verified
             for entry, error in bad:
                 bad_blobs[entry.id] = pack_id
@@ -150,7 +152,9 @@ class Checker:
 
     def _verify_pack(
         self, pack_id: str, data: bytes, entries: list[PackEntry]
-    ) -> tuple[list[tuple[PackEntry, Exception]], int, list[str]]:
+    ) -> tuple[list[tuple[PackEntry, Exception]], int, list[str], set[bytes]]:
+        """The blobs found bad, how many were verified, notes on the pack, and the missing
+        dictionaries that some of its blobs need (those are neither bad nor verified)."""
         notes = []
         digest = hashlib.sha256(data).hexdigest()
         if digest != pack_id:
@@ -165,13 +169,16 @@ class Checker:
         except FormatError as e:
             notes.append(f"header unreadable: {e}")
         bad = []
+        undictionaried: dict[bytes, int] = {}  # missing dictionary -> blobs that need it
         for e in entries:
             try:
                 open_blob(self.repo.key, e, data[e.offset : e.offset + e.length], pack_id=pack_id,
                           dictionaries=self.repo.dictionaries)
+            except BlobWithoutDictionary as error:
+                undictionaried[error.dictionary_id] = undictionaried.get(error.dictionary_id, 0) + 1
             except CorruptBlob as error:
                 bad.append((e, error))
-        return bad, len(entries) - len(bad), notes
+        return bad, len(entries) - len(bad) - sum(undictionaried.values()), notes, set(undictionaried)
 
     async def _walk_snapshots(
         self, result: CheckResult, pack_problems: dict[str, Problem], bad_blobs: dict[bytes, str]
@@ -224,11 +231,7 @@ class Checker:
         reported: set[str] = set()
         if node.dictionary is not None and node.dictionary.hex() not in self._dictionaries:
             # Its chunks were compressed with it (docs/format.md §3): none of them opens.
-            problem = self._missing_dictionaries.get(node.dictionary)
-            if problem is None:
-                problem = self._missing_dictionaries[node.dictionary] = Problem(
-                    "missing-dictionary", f"compression dictionary {node.dictionary.hex()} is missing")
-            problem.add_path(where)
+            self._missing_dictionary(node.dictionary).add_path(where)
         for ref in node.content or ():
             if ref.id is None:
                 continue
@@ -242,6 +245,14 @@ class Checker:
             if pack_id is not None and pack_id not in reported:
                 pack_problems[pack_id].add_path(where)
                 reported.add(pack_id)
+
+    def _missing_dictionary(self, dictionary_id: bytes) -> Problem:
+        """The one problem reported for a missing dictionary, naming every file that needs it."""
+        problem = self._missing_dictionaries.get(dictionary_id)
+        if problem is None:
+            problem = self._missing_dictionaries[dictionary_id] = Problem(
+                "missing-dictionary", f"compression dictionary {dictionary_id.hex()} is missing")
+        return problem
 
     async def _snapshot_ids(self):
         async for key in self.repo.store.list(SNAPSHOTS_PREFIX):

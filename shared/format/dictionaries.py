@@ -42,7 +42,7 @@ from .constants import (
     ZSTD_LEVEL,
 )
 from .crypto import AAD_DICTIONARY
-from .errors import FormatError, ObjectNotFound, StoreError
+from .errors import FormatError, MissingDictionary, ObjectNotFound, StoreError
 
 _FETCH_ATTEMPTS = 3
 _ZSTD_DICTIONARY_MAGIC = bytes.fromhex("37a430ec")  # zstd's format, little endian 0xEC30A437
@@ -158,7 +158,7 @@ class Dictionaries:
             try:
                 data = await self._get(key)
             except ObjectNotFound:
-                raise FormatError(f"compression dictionary {dictionary_id.hex()} is missing ({key})") from None
+                raise MissingDictionary(dictionary_id, key) from None
             if len(data) > MAX_DICTIONARY_SIZE:
                 raise FormatError(f"compression dictionary {dictionary_id.hex()} is {len(data)} bytes, "
                                   f"more than {MAX_DICTIONARY_SIZE}")

@@ -34,6 +34,23 @@ class CorruptBlob(FormatError):
         super().__init__(f"corrupt blob in pack {pack_id} at offset {offset}: {reason}")
 
 
+class MissingDictionary(FormatError):
+    """The compression dictionary a blob names is not in the repository."""
+
+    def __init__(self, dictionary_id: bytes, key: str):
+        self.dictionary_id = dictionary_id
+        super().__init__(f"compression dictionary {dictionary_id.hex()} is missing ({key})")
+
+
+class BlobWithoutDictionary(CorruptBlob):
+    """A blob that cannot be opened because its dictionary is missing: its own bytes may
+    be intact (a check reports the dictionary, not the blob)."""
+
+    def __init__(self, pack_id: str, offset: int, blob_id: str | None, missing: MissingDictionary):
+        self.dictionary_id = missing.dictionary_id
+        super().__init__(pack_id, offset, str(missing), blob_id)
+
+
 class CorruptObject(FormatError):
     def __init__(self, key: str, reason: str):
         self.key = key

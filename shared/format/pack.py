@@ -28,7 +28,7 @@ from enum import IntEnum
 from . import compression
 from .constants import CHUNK_ID_SIZE, PACK_HEADER_ENTRY_SIZE, PACK_MAGIC, PACK_TRAILER_SIZE
 from .crypto import AAD_PACK_HEADER, MasterKey, blob_aad
-from .errors import CorruptBlob, DecryptionFailed, FormatError
+from .errors import BlobWithoutDictionary, CorruptBlob, DecryptionFailed, FormatError, MissingDictionary
 
 _ENTRY = struct.Struct("<B32sQII")
 assert _ENTRY.size == PACK_HEADER_ENTRY_SIZE
@@ -88,6 +88,8 @@ def open_blob(
         data = compression.decode(plain, entry.raw_length, dictionaries if entry.type is BlobType.DATA else None)
     except DecryptionFailed:
         raise corrupt("authentication failed") from None
+    except MissingDictionary as e:
+        raise BlobWithoutDictionary(pack_id, entry.offset, entry.id.hex(), e) from None
     except FormatError as e:
         raise corrupt(str(e)) from None
     if len(data) != entry.raw_length:
