@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.format import LocalFolderStore, Repository, ScryptParams
+from shared.format import FULL, Archiver, LocalFolderStore, Repository, ScryptParams
 from shared.format.constants import MiB
+from shared.format.treecache import TreeCache
 
 # The slow default scrypt (0.5 s, 128 MiB) is for customers, not for every test.
 FAST_KDF = ScryptParams(n=2**14, r=8, p=1)
@@ -119,3 +120,13 @@ class CountingStore(LocalFolderStore):
         if key.startswith("data/"):
             self.pack_puts += 1
             self.pack_bytes += len(data)
+
+
+async def full_with_tree_cache(repo: Repository, tmp_path: Path, src: Path):
+    """An archiver with a tree cache, and its full backup of src, which the cache now
+    describes: the next incremental starts from it."""
+    cache = TreeCache(tmp_path / "tree-cache.sqlite")
+    archiver = Archiver(repo, tree_cache=cache)
+    full = await archiver.backup([str(src)], kind=FULL)
+    cache.commit(full.snapshot_id, [])
+    return archiver, full

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from shared.format import FULL, INCREMENTAL, Archiver
+from shared.format import INCREMENTAL
 from shared.format import readahead
 from shared.format.constants import KiB, MiB
-from shared.format.treecache import TreeCache
 
+from .conftest import full_with_tree_cache
 from .pagecache import cached as _cached, drop_from_cache as _drop_from_cache, needs_fadvise
 
 @needs_fadvise
@@ -47,10 +47,7 @@ async def test_the_backup_asks_for_the_files_it_reads_and_only_those(repo, tmp_p
     monkeypatch.setattr(readahead, "will_need", lambda fd: asked.append(os.readlink(f"/proc/self/fd/{fd}")))
     src = tmp_path / "src"
     _tree(src)
-    cache = TreeCache(tmp_path / "tree-cache.sqlite")
-    archiver = Archiver(repo, tree_cache=cache)
-    full = await archiver.backup([str(src)], kind=FULL)
-    cache.commit(full.snapshot_id, [])
+    archiver, full = await full_with_tree_cache(repo, tmp_path, src)
     rel = sorted(os.path.relpath(p, src) for p in asked)
     assert rel == sorted([f"docs/small-{i}.txt" for i in range(10)] + ["docs/medium.bin"])
 

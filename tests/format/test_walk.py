@@ -17,9 +17,8 @@ from shared.format.archiver import Source
 from shared.format.constants import MiB
 from shared.format.snapshot import IMAGE
 from shared.format.store import ForwardingStore
-from shared.format.treecache import TreeCache
 
-from .conftest import FAST_KDF, content_digest
+from .conftest import FAST_KDF, content_digest, full_with_tree_cache
 
 
 def _slow_folder_until(monkeypatch, slow_name: str, big_name: str) -> list[bool]:
@@ -82,10 +81,7 @@ async def test_an_incremental_walks_ahead_with_a_tree_cache(repo, tmp_path, monk
     the one changed file deep in a-shares is found."""
     src = tmp_path / "src"
     _tree(src)
-    cache = TreeCache(tmp_path / "tree-cache.sqlite")
-    archiver = Archiver(repo, tree_cache=cache)
-    full = await archiver.backup([str(src)], kind=FULL)
-    cache.commit(full.snapshot_id, [])
+    archiver, full = await full_with_tree_cache(repo, tmp_path, src)
     (src / "a-shares" / "slow" / "note.txt").write_text("a longer note")
     os.truncate(src / "z-vm" / "disk.bin", 9 * MiB - 4096)  # changed: read again
     waits = _slow_folder_until(monkeypatch, "slow", "disk.bin")
