@@ -6,8 +6,9 @@ each file costs a wait for the disk. So a worker opens all the files of a batch 
 files first and asks for each one's data (POSIX_FADV_WILLNEED, which starts the reads and
 returns), then reads them one by one, by which time most are in memory; a medium-sized
 file is asked for whole when it is opened. Measured on the benchmark's tree of 8,256
-small and medium files, cold: the time spent waiting for the disk went from 0.8-1.0 s
-to 0.2-0.3 s (docs/BENCHMARKS.md, "Telling the kernel what comes next").
+small and medium files, cold: the time spent waiting for the disk went from 0.9-1.0 s
+to about 0.5 s, and the backup of those files from 5.6-6.2 s to 4.7-5.5 s
+(docs/BENCHMARKS.md, "Small files, index lookups and copies").
 
 Where posix_fadvise does not exist (Windows, macOS) this does nothing.
 """
