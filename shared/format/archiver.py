@@ -95,6 +95,10 @@ _FAN_OUT_MIN_SIZE = 8 * 1024 * 1024
 _SMALL_FILE_SIZE = 256 * 1024
 _SMALL_BATCH_FILES = 64
 _SMALL_BATCH_BYTES = 1024 * 1024
+# Small files a backup holds open at once to ask the kernel for them ahead of reading
+# (_Run._opened_ahead): two batches' worth, whatever the number of workers, far below
+# the usual limit of 1024 descriptors; past it a file is opened when it is read.
+_OPEN_AHEAD = 2 * _SMALL_BATCH_FILES
 # How many subfolders may be walked beside the walk at once (_Run._subfolder). Each walk
 # holds the listing and old tree of every folder on its path, so what the walk holds at
 # once is up to (1 + _WALKS_ASIDE) * depth of them, plus _LookAhead.MOST looked at ahead
@@ -266,6 +270,7 @@ class _Run:
         self._stop = threading.Event()
         self._tasks: set[asyncio.Future] = set()
         self.looked_ahead = 0  # folders looked at ahead and not yet walked (_LookAhead)
+        self._open_ahead = threading.Semaphore(_OPEN_AHEAD)  # files held open by _read_files
         self._walking: asyncio.Task | None = None  # the walk of the sources
         self._failure: BaseException | None = None  # the first failure of a task of the walk
         self.cache: TreeCache | None = archiver.tree_cache
@@ -790,21 +795,36 @@ class _Run:
     def _read_files(self, files: list[tuple[str, str]]) -> list[Node | None]:
         """A batch of small files: all opened and asked for first, then read one by one
         (readahead.py)."""
-        opened = [_opened_ahead(path) for path, _ in files]
+        opened = [self._opened_ahead(path) for path, _ in files]
         chunks: list[tuple[bytes, bytes, DictionaryEncoder | None]] = []
         try:
             nodes = [self._read_file(path, name, FILE, opened=f, deferred=chunks)
                      for (path, name), f in zip(files, opened)]
         finally:
             for f in opened:
-                if not isinstance(f, OSError):
+                if f is not None and not isinstance(f, OSError):
                     f.close()
+                    self._open_ahead.release()
         # The index is asked about the whole batch's chunks at once (_Deferred).
         absent, generation = self.saver.not_stored([blob_id for _, blob_id, _ in chunks])
         for data, blob_id, dictionary in chunks:
             if blob_id in absent:
                 self.saver.save_data(data, blob_id, dictionary, generation)
         return nodes
+
+    def _opened_ahead(self, path: str):
+        """A small file of a batch, opened and its data asked for; or why it could not be
+        opened; or None: opened when it is read, as the backup holds _OPEN_AHEAD files
+        open already, or the process may open no more."""
+        if not self._open_ahead.acquire(blocking=False):
+            return None
+        try:
+            f = _open_for_reading(path, follow=False)
+        except OSError as e:
+            self._open_ahead.release()
+            return None if e.errno in (errno.EMFILE, errno.ENFILE) else e
+        readahead.will_need(f.fileno())
+        return f
 
     def _reuse(self, name: str, st: os.stat_result, old: Node | None, node_type: str) -> Node | None:
         """The parent's node, refreshed, if the file did not change since the parent."""
@@ -877,7 +897,7 @@ class _Run:
                 known = frozenset(r.id for r in old.content if r.id is not None)
             if size >= _FAN_OUT_MIN_SIZE:
                 sink: _Sink = _FannedOut(self, content, dictionary, known)
-            elif deferred is not None:
+            elif deferred is not None and size <= _SMALL_FILE_SIZE:  # not one that grew since listed
                 sink = _Deferred(self, content, dictionary, known, deferred)
             else:
                 sink = _Inline(self, content, dictionary, known)
@@ -1205,16 +1225,6 @@ def _scan(path: str) -> list[tuple[str, os.stat_result]]:
                 continue  # vanished between listing and stat
     out.sort(key=lambda item: os.fsencode(item[0]))
     return out
-
-
-def _opened_ahead(path: str):
-    """A small file of a batch, opened and its data asked for; or why it could not be opened."""
-    try:
-        f = _open_for_reading(path, follow=False)
-    except OSError as e:
-        return e
-    readahead.will_need(f.fileno())
-    return f
 
 
 def _open_for_reading(path: str, follow: bool):
