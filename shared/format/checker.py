@@ -74,6 +74,9 @@ class Checker:
         self.concurrency = concurrency
         self._dictionaries: set[str] = set()  # ids (hex) of the dictionaries the store holds
         self._missing_dictionaries: dict[bytes, Problem] = {}
+        # blob id -> the missing dictionary it was compressed with (read_data): a file may
+        # use chunks another file stored, compressed with that file's dictionary
+        self._without_dictionary: dict[bytes, bytes] = {}
 
     async def check(self, *, read_data: bool = False, subset_percent: float | None = None) -> CheckResult:
         """read_data: verify every pack's content; subset_percent: verify that share of packs."""
@@ -102,6 +105,7 @@ class Checker:
 
         self._dictionaries = {k.rsplit("/", 1)[-1] async for k in self.repo.store.list(DICTIONARIES_PREFIX)}
         self._missing_dictionaries = {}
+        self._without_dictionary = {}
         bad_blobs: dict[bytes, str] = {}  # blob id -> pack id whose copy of it is bad
         if read_data or subset_percent:
             readable = sorted(p for p in indexed if p not in pack_problems)
@@ -135,8 +139,9 @@ class Checker:
                 bad, verified, notes, undictionaried = await self.repo.dictionaries.in_thread(
                     self._verify_pack, pack_id, data, by_pack[pack_id])
             result.packs_read += 1
-            for dictionary_id in undictionaried:  # its blobs are not known bad: the dictionary is gone
+            for blob_id, dictionary_id in undictionaried.items():  # not known bad: the dictionary is gone
                 self._missing_dictionary(dictionary_id)
+                self._without_dictionary[blob_id] = dictionary_id
             result.blobs_verified += verified
             for entry, error in bad:
                 bad_blobs[entry.id] = pack_id
@@ -152,9 +157,9 @@ class Checker:
 
     def _verify_pack(
         self, pack_id: str, data: bytes, entries: list[PackEntry]
-    ) -> tuple[list[tuple[PackEntry, Exception]], int, list[str], set[bytes]]:
-        """The blobs found bad, how many were verified, notes on the pack, and the missing
-        dictionaries that some of its blobs need (those are neither bad nor verified)."""
+    ) -> tuple[list[tuple[PackEntry, Exception]], int, list[str], dict[bytes, bytes]]:
+        """The blobs found bad, how many were verified, notes on the pack, and the blobs
+        that need a missing dictionary, with its id (neither bad nor verified)."""
         notes = []
         digest = hashlib.sha256(data).hexdigest()
         if digest != pack_id:
@@ -169,16 +174,16 @@ class Checker:
         except FormatError as e:
             notes.append(f"header unreadable: {e}")
         bad = []
-        undictionaried: dict[bytes, int] = {}  # missing dictionary -> blobs that need it
+        undictionaried: dict[bytes, bytes] = {}  # blob id -> the missing dictionary it needs
         for e in entries:
             try:
                 open_blob(self.repo.key, e, data[e.offset : e.offset + e.length], pack_id=pack_id,
                           dictionaries=self.repo.dictionaries)
             except BlobWithoutDictionary as error:
-                undictionaried[error.dictionary_id] = undictionaried.get(error.dictionary_id, 0) + 1
+                undictionaried[e.id] = error.dictionary_id
             except CorruptBlob as error:
                 bad.append((e, error))
-        return bad, len(entries) - len(bad) - sum(undictionaried.values()), notes, set(undictionaried)
+        return bad, len(entries) - len(bad) - len(undictionaried), notes, undictionaried
 
     async def _walk_snapshots(
         self, result: CheckResult, pack_problems: dict[str, Problem], bad_blobs: dict[bytes, str]
@@ -228,13 +233,18 @@ class Checker:
 
     def _check_content(self, sid, path, node, pack_problems, bad_blobs, result) -> None:
         where = f"{sid[:8]}:{path}"
-        reported: set[str] = set()
+        reported: set[str | bytes] = set()  # pack ids, "missing", dictionary ids
         if node.dictionary is not None and node.dictionary.hex() not in self._dictionaries:
             # Its chunks were compressed with it (docs/format.md §3): none of them opens.
             self._missing_dictionary(node.dictionary).add_path(where)
+            reported.add(node.dictionary)
         for ref in node.content or ():
             if ref.id is None:
                 continue
+            needs = self._without_dictionary.get(ref.id)
+            if needs is not None and needs not in reported:
+                self._missing_dictionary(needs).add_path(where)
+                reported.add(needs)
             loc = self.repo.index.lookup(ref.id)
             if loc is None:
                 if "missing" not in reported:

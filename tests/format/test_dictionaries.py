@@ -180,6 +180,29 @@ async def test_a_missing_dictionary_names_the_file_and_the_rest_restores(repo, s
     assert checked.blobs_verified == len(fresh.index) - len({r.id for r in node.content if r.id is not None})
 
 
+async def test_a_copy_whose_chunks_were_stored_with_a_lost_dictionary_is_named_too(repo, store, tmp_path):
+    """The copy of a database trains its own dictionary but its chunks deduplicate to the
+    original's, compressed with the original's: with that one lost, the copy cannot be
+    restored either, and check --read-data names both files under that dictionary."""
+    src = tmp_path / "server"
+    src.mkdir()
+    _table(src / "a.db", 9 * MiB, seed=8)
+    (src / "b.db").write_bytes((src / "a.db").read_bytes())
+    result = await Archiver(repo, workers=1).backup([str(src)], kind=FULL)  # a.db first
+    a, b = [await _node(repo, result, "server", n) for n in ("a.db", "b.db")]
+    assert a.dictionary != b.dictionary and [r.id for r in a.content] == [r.id for r in b.content]
+    await store.delete(DICTIONARIES_PREFIX + a.dictionary.hex())
+
+    fresh = await reopen(store)
+    with pytest.raises(RestoreIncomplete) as caught:
+        await Restorer(fresh).restore(result.snapshot_id, tmp_path / "out")
+    assert sorted(path for path, _ in caught.value.damaged) == ["server/a.db", "server/b.db"]
+    checked = await Checker(fresh).check(read_data=True)
+    assert [p.kind for p in checked.problems] == ["missing-dictionary"]
+    assert sorted(checked.problems[0].paths) == [f"{result.snapshot_id[:8]}:server/{n}" for n in ("a.db", "b.db")]
+    assert a.dictionary.hex() in checked.problems[0].message
+
+
 async def test_a_dictionary_that_is_not_what_its_name_says_is_refused(repo, store, tmp_path):
     src = tmp_path / "server"
     src.mkdir()
