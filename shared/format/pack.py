@@ -124,15 +124,9 @@ class PackWriter:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
-        if len(blob_id) != CHUNK_ID_SIZE:
-            raise ValueError("blob ids are 32 bytes")
-        self.entries.append(PackEntry(blob_type, blob_id, len(self._buf), len(sealed), raw_length))
-        self._buf += sealed
-
     def seal(self, key: MasterKey, blob_type: BlobType, blob_id: bytes, plaintext: bytes, raw_length: int) -> None:
-        """add(seal of plaintext), the blob encrypted straight into the pack (MasterKey.seal_into).
-        plaintext: compression.encode's output for the blob."""
+        """Append a blob: what seal_blob would give, encrypted straight into the pack
+        (MasterKey.seal_into). plaintext: compression.encode's output for the blob."""
         if len(blob_id) != CHUNK_ID_SIZE:
             raise ValueError("blob ids are 32 bytes")
         offset = len(self._buf)

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from shared.format import compression
 from shared.format.crypto import MasterKey
 from shared.format.errors import CorruptBlob, FormatError
 from shared.format.index import Index, IndexedPack, decode_index, encode_index
@@ -14,7 +15,7 @@ def _pack(key, blobs):
     w = PackWriter()
     for t, data in blobs:
         bid = key.chunk_id(data)
-        w.add(t, bid, seal_blob(key, t, bid, data), len(data))
+        w.seal(key, t, bid, compression.encode(data), len(data))
     return w.finish(key)
 
 
@@ -34,20 +35,20 @@ def test_pack_layout_and_read_back():
 
 
 def test_blobs_sealed_into_the_pack_read_back_like_blobs_sealed_apart():
-    """PackWriter.seal encrypts straight into the pack; the pack is the same format."""
-    from shared.format import compression
-
+    """PackWriter.seal encrypts straight into the pack: each blob opens as one sealed
+    apart (seal_blob) does, and takes as many bytes."""
     key = MasterKey.generate()
-    blobs = [(BlobType.DATA, os.urandom(300_000)), (BlobType.DATA, b"text " * 20_000), (BlobType.TREE, b'{"nodes":[]}')]
+    blobs = [(BlobType.DATA, b"apart"), (BlobType.DATA, os.urandom(300_000)), (BlobType.DATA, b"text " * 20_000),
+             (BlobType.TREE, b'{"nodes":[]}')]
     w = PackWriter()
-    w.add(BlobType.DATA, key.chunk_id(b"apart"), seal_blob(key, BlobType.DATA, key.chunk_id(b"apart"), b"apart"), 5)
     for t, data in blobs:
         w.seal(key, t, key.chunk_id(data), compression.encode(data), len(data))
     pack = w.finish(key)
     entries = read_pack(key, bytes(pack.data), pack.id)
     assert entries == pack.entries and len(entries) == 4
-    for e, data in zip(entries, [b"apart"] + [d for _, d in blobs]):
+    for e, (t, data) in zip(entries, blobs):
         assert open_blob(key, e, bytes(pack.data[e.offset : e.offset + e.length]), pack_id=pack.id) == data
+        assert e.length == len(seal_blob(key, t, e.id, data))
     assert entries[2].length < 100_000  # compressed, then sealed
 
 
