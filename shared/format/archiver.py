@@ -805,11 +805,7 @@ class _Run:
                 if f is not None and not isinstance(f, OSError):
                     f.close()
                     self._open_ahead.release()
-        # The index is asked about the whole batch's chunks at once (_Deferred).
-        absent, generation = self.saver.not_stored([blob_id for _, blob_id, _ in chunks])
-        for data, blob_id, dictionary in chunks:
-            if blob_id in absent:
-                self.saver.save_data(data, blob_id, dictionary, generation)
+        self.saver.save_data_many(chunks)  # the whole batch's at once (_Deferred)
         return nodes
 
     def _opened_ahead(self, path: str):
@@ -1093,11 +1089,8 @@ class _FannedOut(_Sink):
     def _save(self, batch: list[Piece]) -> list[ChunkRef]:
         """The batch's pieces hashed, then the index asked about all of them at once."""
         ids = [None if piece.data is None else self.key.chunk_id(piece.data) for piece in batch]
-        asked = [blob_id for blob_id in ids if blob_id is not None and blob_id not in self.known]
-        absent, generation = self.saver.not_stored(asked) if asked else (set(), 0)
-        for piece, blob_id in zip(batch, ids):
-            if blob_id in absent:
-                self.saver.save_data(piece.data, blob_id, self.dictionary, generation)  # type: ignore[arg-type]
+        self.saver.save_data_many([(piece.data, blob_id, self.dictionary) for piece, blob_id in zip(batch, ids)
+                                   if blob_id is not None and blob_id not in self.known])  # type: ignore[misc]
         return [ChunkRef(blob_id, piece.length) for piece, blob_id in zip(batch, ids)]
 
 

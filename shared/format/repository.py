@@ -575,20 +575,19 @@ class BlobSaver:
             return blob_id, False
         return blob_id, self._store(blob_type, data, blob_id, dictionary, generation)
 
-    def not_stored(self, blob_ids: Sequence[bytes]) -> tuple[set[bytes], int]:
-        """Those of blob_ids the index lacks, asked together (on disk each lookup alone is
-        a query, and a hand-off of the GIL and the index's lock), and the generation they
-        were asked at, for save_data."""
-        generation = self._indexed
-        present = self.repo.index.contains_many(blob_ids)
-        return {b for b in blob_ids if b not in present}, generation
-
-    def save_data(self, data: bytes, blob_id: bytes, dictionary: DictionaryEncoder | None,
-                  absent_at: int) -> bool:
-        """save() of a data blob that not_stored found missing from the index at generation
-        absent_at; returns whether it was new (another file may have saved it since)."""
+    def save_data_many(self, chunks: Sequence[tuple[bytes, bytes, DictionaryEncoder | None]]) -> None:
+        """save() of many data blobs, each (data, id, dictionary), the index asked about all
+        of them in one query (on disk each lookup alone is a query, and a hand-off of the
+        GIL and the index's lock)."""
+        if not chunks:
+            return
         self._raise_if_failed()
-        return self._store(BlobType.DATA, data, blob_id, dictionary, absent_at)
+        generation = self._indexed
+        present = self.repo.index.contains_many([blob_id for _, blob_id, _ in chunks])
+        for data, blob_id, dictionary in chunks:
+            if blob_id not in present:
+                self._raise_if_failed()
+                self._store(BlobType.DATA, data, blob_id, dictionary, generation)
 
     def _store(self, blob_type: BlobType, data: bytes, blob_id: bytes, dictionary: DictionaryEncoder | None,
                generation: int) -> bool:

@@ -1,5 +1,5 @@
 """A backup asks the index about chunks many at a time: on disk each lookup alone is a
-query, with a hand-off of the GIL (BlobSaver.not_stored, archiver's _Deferred and
+query, with a hand-off of the GIL (BlobSaver.save_data_many, archiver's _Deferred and
 _FannedOut)."""
 
 from __future__ import annotations
