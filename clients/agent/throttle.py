@@ -65,6 +65,9 @@ class ThrottledStore(ForwardingStore):
         await self.bucket.take(len(data))
         await self.inner.put(key, data, **options)
 
+    def blocking_get(self):
+        return self.inner.blocking_get()  # reads are not paced
+
 
 
 class PacedSession:

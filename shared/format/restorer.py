@@ -23,7 +23,9 @@ the ranges go to two worker threads whole, in groups of up to 64 chunks or 1 MiB
 each chunk is decrypted once and written to every place that needs it; a file is finished
 (cut to its size if it ends in a hole, metadata applied) when its last chunk is in. From
 an object store that is a few requests per pack instead of one per chunk; on the event
-loop, one step per range instead of one per chunk.
+loop, one step per range instead of one per chunk. From a local folder each worker reads
+the ranges it opens itself (``PackReader.blocking_fetch``): a read there takes less than
+handing it to a reading thread and the result back through the loop.
 
 Holes are not written: data chunks are written at their offsets (skipping all-zero 4 KiB
 blocks inside them) and the file is cut to its size, so sparse files and images come back
@@ -69,7 +71,7 @@ from .dictionaries import DictionaryNeeded
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .memory import return_big_buffers_to_the_system
 from .pack import BlobType
-from .packreader import Blob, Fetched, PackReader
+from .packreader import Blob, Fetched, PackRange, PackReader
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
 from .sparse import data_runs, pwrite_all, skip
@@ -711,36 +713,46 @@ class _Run:
                         del users[f]
                         pinned -= f.range.length
 
+            async def wait_below(bound: int) -> None:
+                nonlocal in_flight
+                while in_flight and (len(in_flight) >= bound or pinned > budget):
+                    done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    await settle(done)
+
             if plan.missing:
                 in_flight.add(loop.run_in_executor(self.pool, self._place_all, plan.missing_blobs(), places))
             group: list[tuple[Fetched, int, int]] = []
             count = size = 0
+            fetch = reader.blocking_fetch()
             try:
-                async with aclosing(reader.read_ranges(plan)) as ranges:
-                    async for fetched in ranges:
-                        start = 0
-                        for i, (_, _, location) in enumerate(fetched.range.blobs):
-                            count += 1
-                            size += location.length
-                            if count < GROUP_CHUNKS and size < GROUP_BYTES:
-                                continue
-                            group.append((fetched, start, i + 1))
-                            start = i + 1
-                            submit(group)
-                            group, count, size = [], 0, 0
-                            while in_flight and (len(in_flight) >= limit or pinned > budget):
-                                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                                in_flight -= done
-                                await settle(done)
-                        if start < len(fetched.range.blobs):
-                            group.append((fetched, start, len(fetched.range.blobs)))
-                        del fetched
-                if group:
-                    submit(group)
-                while in_flight:
-                    done, _ = await asyncio.wait(in_flight)
-                    in_flight -= done
-                    await settle(done)
+                if fetch is not None:
+                    # A local folder: each worker reads the range it opens, instead of a
+                    # reading thread handing it to the loop and the loop to a worker.
+                    # Ranges wait in the pool's queue unread, so at most one per worker
+                    # is held (plus the copies of blobs waiting for a dictionary).
+                    for r in plan.ranges:
+                        in_flight.add(loop.run_in_executor(self.pool, self._read_and_place, fetch, r, places))
+                        await wait_below(limit)
+                else:
+                    async with aclosing(reader.read_ranges(plan)) as ranges:
+                        async for fetched in ranges:
+                            start = 0
+                            for i, (_, _, location) in enumerate(fetched.range.blobs):
+                                count += 1
+                                size += location.length
+                                if count < GROUP_CHUNKS and size < GROUP_BYTES:
+                                    continue
+                                group.append((fetched, start, i + 1))
+                                start = i + 1
+                                submit(group)
+                                group, count, size = [], 0, 0
+                                await wait_below(limit)
+                            if start < len(fetched.range.blobs):
+                                group.append((fetched, start, len(fetched.range.blobs)))
+                            del fetched
+                    if group:
+                        submit(group)
+                await wait_below(1)
             finally:
                 await _settled(in_flight)
         finally:
@@ -752,6 +764,11 @@ class _Run:
             else:
                 self.result.files += 1
                 self.result.bytes += file.node.size
+
+    def _read_and_place(self, fetch: Callable[[PackRange], Fetched], r: PackRange,
+                        places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
+        """_place_all for the blobs of a range this worker reads itself (a local folder)."""
+        return self._place_all(fetch(r).blobs(copy=False), places)
 
     def _place_group(self, group: list[tuple[Fetched, int, int]], places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
         """_place_all for the blobs [start:stop] of each range of a group (a worker thread)."""

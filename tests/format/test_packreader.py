@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from contextlib import aclosing
 
 import pytest
@@ -173,8 +174,13 @@ async def test_a_restore_reads_each_pack_in_a_few_requests_not_per_chunk(counted
     assert data_requests <= 2 * len(packs) < data_chunks  # whole packs in <= 2 ranges, not per chunk
 
 
-async def test_a_restore_from_a_store_that_fails_reads_names_every_file(counted, tmp_path):
-    store, repo = counted
+@pytest.mark.parametrize("reads", ["in the workers", "through get"])
+async def test_a_restore_from_a_store_that_fails_reads_names_every_file(reads, tmp_path):
+    from shared.format import Repository
+
+    store = (LocalFolderStore if reads == "in the workers" else GetCountingStore)(tmp_path / "repo")
+    repo = await Repository.init(store, PASSPHRASE, kdf=FAST_KDF, pack_size=TEST_PACK_SIZE)
+    assert (store.blocking_get() is not None) == (reads == "in the workers")
     src = tmp_path / "src"
     src.mkdir()
     for name in ("a.bin", "b.bin"):
@@ -186,6 +192,50 @@ async def test_a_restore_from_a_store_that_fails_reads_names_every_file(counted,
         await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
     assert sorted(path for path, _ in e.value.damaged) == ["src/a.bin", "src/b.bin"]
     assert all(isinstance(error, MissingPack) for _, error in e.value.damaged)
+
+
+async def test_a_local_folder_is_read_by_the_restore_workers_themselves(tmp_path, monkeypatch):
+    """A plain folder store's packs are read in the worker threads that open them, not
+    handed from a reading thread through the event loop; the reads are still counted."""
+    from shared.format import Repository
+
+    repo = await Repository.init(LocalFolderStore(tmp_path / "repo"), PASSPHRASE, kdf=FAST_KDF,
+                                 pack_size=TEST_PACK_SIZE)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(20):
+        (src / f"f{i}.bin").write_bytes(os.urandom(50_000))
+    (src / "sub" / "big.bin").write_bytes(os.urandom(3 * MiB))
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    reads: list[tuple[str, str]] = []  # (thread, pack)
+    plain_get = LocalFolderStore._get
+
+    def recording_get(path, key, offset, length):
+        if key.startswith("data/"):
+            reads.append((threading.current_thread().name, key))
+        return plain_get(path, key, offset, length)
+
+    monkeypatch.setattr(LocalFolderStore, "_get", staticmethod(recording_get))
+    restorer = Restorer(repo)
+    await restorer.restore(result.snapshot_id, tmp_path / "out")
+    assert describe(tmp_path / "out" / "src") == describe(src)
+    in_workers = [key for name, key in reads if name.startswith("reclo-restore")]
+    assert in_workers and restorer.reader.requests == len(in_workers)
+    # through get() (a thread of the loop's executor): only directory listings (trees)
+    tree_packs = {pack_key(loc.pack_id) for _, loc in repo.index.items() if loc.type is BlobType.TREE}
+    assert {key for name, key in reads if not name.startswith("reclo-restore")} <= tree_packs
+    assert not tree_packs & set(in_workers)
+
+
+def test_only_a_wrapper_that_leaves_reads_alone_lets_workers_read_past_it(tmp_path):
+    from clients.agent.retrying import RetryingStore
+    from clients.agent.throttle import ThrottledStore, TokenBucket
+
+    local = LocalFolderStore(tmp_path)
+    assert local.blocking_get() is not None
+    assert ThrottledStore(local, TokenBucket(1_000_000)).blocking_get() is not None  # paces puts only
+    assert RetryingStore(local).blocking_get() is None  # its get() retries
+    assert GetCountingStore(tmp_path).blocking_get() is None  # its get() counts
 
 
 async def test_a_corrupt_directory_listing_is_reported_and_its_siblings_restored(counted, tmp_path):
