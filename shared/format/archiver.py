@@ -367,7 +367,11 @@ class _Run:
             stats=s,
         )
         snapshot_id = await self.repo.save_snapshot(snapshot)  # ... then the snapshot
-        self.progress.totals_final = True
+        with self._progress_lock:
+            # What was backed up is the total: the parent's, which an incremental starts
+            # from, or the scanner's, counted while files came and went, were estimates.
+            p = self.progress
+            p.files_total, p.bytes_total, p.totals_final = p.files_done, p.bytes_done, True
         self._report()
         return BackupResult(snapshot_id, snapshot, self.warnings)
 

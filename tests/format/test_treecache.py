@@ -112,6 +112,21 @@ async def test_changes_are_found_and_only_their_path_is_rebuilt(repo, tmp_path, 
     assert changed.snapshot.tree != full.snapshot.tree
 
 
+async def test_progress_starts_from_the_parents_totals_and_ends_on_what_was_backed_up(repo, tmp_path, cache):
+    src = tmp_path / "src"
+    make_tree(src)
+    await backup(repo, src, cache, kind=FULL)
+    for i in range(5):
+        (src / "b" / "x" / f"new{i}.txt").write_text("added" * i)
+    os.unlink(src / "a" / "y" / "f2.txt")
+    updates = []
+    grown = await backup(repo, src, cache, progress=updates.append, progress_interval=0.01)
+    assert not updates[0].totals_final and updates[0].files_total == 12 + 1  # the parent's count
+    last = updates[-1]
+    assert last.totals_final and last.files_done == last.files_total == grown.stats.files == 12 + 1 + 5 - 1
+    assert last.bytes_done == last.bytes_total == grown.stats.bytes
+
+
 async def test_a_folder_that_warned_is_looked_at_again(repo, tmp_path, cache, monkeypatch):
     src = tmp_path / "src"
     make_tree(src)
