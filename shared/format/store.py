@@ -170,6 +170,8 @@ class LocalFolderStore(ObjectStore):
     @staticmethod
     def _get(path: Path, key: str, offset: int, length: int | None) -> bytes:
         try:
+            if _HAS_PREAD:
+                return _pread_object(path, offset, length)
             with open(path, "rb") as f:
                 if offset:
                     f.seek(offset)
@@ -227,5 +229,33 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+_HAS_PREAD = hasattr(os, "pread")  # not on Windows
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _pread_object(path: Path, offset: int, length: int | None) -> bytes:
+    """An object's bytes from offset: open, pread, close. A buffered file object would add
+    fstat, ioctl and lseek calls, each a hand-off of the GIL for a restore's worker threads
+    (~2,500 ranged reads in a 1 GiB restore)."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        if length is None:
+            length = max(0, os.fstat(fd).st_size - offset)
+        data = os.pread(fd, length, offset)
+        if len(data) < length:  # short only at the end of the file, or on a signal
+            parts = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(fd, length - got, offset + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        return data
     finally:
         os.close(fd)
