@@ -71,7 +71,7 @@ from .dictionaries import DictionaryNeeded
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .memory import return_big_buffers_to_the_system
 from .pack import BlobType
-from .packreader import Blob, Fetched, PackRange, PackReader
+from .packreader import Blob, Fetched, PackRange, PackReader, Plan
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
 from .sparse import data_runs, pwrite_all, skip
@@ -507,17 +507,34 @@ class _Trees:
     async def _read_into(self, futures: dict[bytes, asyncio.Future]) -> None:
         async with self.gate:
             plan = self.reader.plan_by_pack(futures)
+            fetch = self.reader.blocking_fetch()
+            if fetch is not None:  # a local folder: read and open them all in one thread
+                for tree_id, tree in await asyncio.to_thread(self._read_and_open, fetch, plan):
+                    _settle(futures[tree_id], tree)
+                return
             async with aclosing(self.reader.read(plan)) as blobs:
                 async for blob in blobs:
-                    future = futures[blob.id]
                     try:
                         tree = await asyncio.to_thread(self._open, blob)
                     except FormatError as e:
-                        if not future.done():
-                            future.set_exception(e)
-                    else:
-                        if not future.done():
-                            future.set_result(tree)
+                        tree = e
+                    _settle(futures[blob.id], tree)
+
+    def _read_and_open(self, fetch: Callable[[PackRange], Fetched], plan: Plan) -> list[tuple[bytes, Tree | FormatError]]:
+        """Each listing of a plan, or why it could not be read; one range held at a time."""
+        opened: list[tuple[bytes, Tree | FormatError]] = []
+
+        def open_all(blobs: Iterable[Blob]) -> None:
+            for blob in blobs:
+                try:
+                    opened.append((blob.id, self._open(blob)))
+                except FormatError as e:
+                    opened.append((blob.id, e))
+
+        open_all(plan.missing_blobs())
+        for r in plan.ranges:
+            open_all(fetch(r).blobs(copy=False))
+        return opened
 
     def _open(self, blob: Blob) -> Tree:
         if blob.error is None and blob.location.type is not BlobType.TREE:  # type: ignore[union-attr]
@@ -819,6 +836,16 @@ class _Run:
         for handle, _, _ in self.finished_dirs:
             self.fs.close_dir(handle)
         self.files, self.places, self.finished_dirs = [], {}, []
+
+
+def _settle(future: asyncio.Future, outcome) -> None:
+    """A directory listing read ahead, or the FormatError why it could not be."""
+    if future.done():
+        return
+    if isinstance(outcome, FormatError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _without_frames(error: BaseException) -> BaseException:

@@ -174,13 +174,19 @@ async def test_a_restore_reads_each_pack_in_a_few_requests_not_per_chunk(counted
     assert data_requests <= 2 * len(packs) < data_chunks  # whole packs in <= 2 ranges, not per chunk
 
 
-@pytest.mark.parametrize("reads", ["in the workers", "through get"])
-async def test_a_restore_from_a_store_that_fails_reads_names_every_file(reads, tmp_path):
+async def store_and_repo(reads: str, tmp_path):
+    """A plain folder store, which the restore's threads read themselves, or one that counts
+    its reads in get(), which they then go through."""
     from shared.format import Repository
 
     store = (LocalFolderStore if reads == "in the workers" else GetCountingStore)(tmp_path / "repo")
-    repo = await Repository.init(store, PASSPHRASE, kdf=FAST_KDF, pack_size=TEST_PACK_SIZE)
     assert (store.blocking_get() is not None) == (reads == "in the workers")
+    return store, await Repository.init(store, PASSPHRASE, kdf=FAST_KDF, pack_size=TEST_PACK_SIZE)
+
+
+@pytest.mark.parametrize("reads", ["in the workers", "through get"])
+async def test_a_restore_from_a_store_that_fails_reads_names_every_file(reads, tmp_path):
+    store, repo = await store_and_repo(reads, tmp_path)
     src = tmp_path / "src"
     src.mkdir()
     for name in ("a.bin", "b.bin"):
@@ -238,8 +244,9 @@ def test_only_a_wrapper_that_leaves_reads_alone_lets_workers_read_past_it(tmp_pa
     assert GetCountingStore(tmp_path).blocking_get() is None  # its get() counts
 
 
-async def test_a_corrupt_directory_listing_is_reported_and_its_siblings_restored(counted, tmp_path):
-    store, repo = counted
+@pytest.mark.parametrize("reads", ["in the workers", "through get"])
+async def test_a_corrupt_directory_listing_is_reported_and_its_siblings_restored(reads, tmp_path):
+    store, repo = await store_and_repo(reads, tmp_path)
     src = tmp_path / "src"
     for d in ("one", "two", "three"):
         (src / d).mkdir(parents=True)
