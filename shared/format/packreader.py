@@ -150,7 +150,7 @@ class PackReader:
         self.memory = memory
         self.requests = 0  # ranged GETs made, for tests and benchmarks
         self.bytes_fetched = 0
-        self._count_lock = threading.Lock()  # blocking_fetch counts from worker threads
+        self._count_lock = threading.Lock()  # blocking_fetch counts from worker threads too
 
     # --- planning ---------------------------------------------------------------------
 
@@ -309,12 +309,14 @@ class PackReader:
         return windows
 
     async def _fetch(self, r: PackRange) -> bytes:
-        self.requests += 1
+        with self._count_lock:
+            self.requests += 1
         try:
             data = await self.repo.store.get(pack_key(r.pack_id), r.start, r.length)
         except ObjectNotFound:
             raise MissingPack(r.pack_id) from None
-        self.bytes_fetched += len(data)
+        with self._count_lock:
+            self.bytes_fetched += len(data)
         return data
 
     def blocking_fetch(self) -> Callable[[PackRange], Fetched] | None:

@@ -528,8 +528,8 @@ class _Trees:
             for blob in blobs:
                 try:
                     opened.append((blob.id, self._open(blob)))
-                except FormatError as e:
-                    opened.append((blob.id, e))
+                except FormatError as e:  # kept in the report: without the frames holding the range
+                    opened.append((blob.id, _without_frames(e)))
 
         open_all(plan.missing_blobs())
         for r in plan.ranges:
@@ -684,6 +684,11 @@ class _Run:
                 # Chunks that named a dictionary not loaded yet: load it, pinned until they
                 # are placed (so they get further each time), and hand them out again.
                 dictionaries = self.repo.dictionaries
+                # Every failure looked at (a failing disk fails each worker reading it), the
+                # first one raised.
+                failures = [e for f in done if not f.cancelled() and (e := f.exception()) is not None]
+                if failures:
+                    raise failures[0]
                 for f in done:
                     waiting = f.result()
                     if waiting:
@@ -745,11 +750,13 @@ class _Run:
                 if fetch is not None:
                     # A local folder: each worker reads the range it opens, instead of a
                     # reading thread handing it to the loop and the loop to a worker.
-                    # Ranges wait in the pool's queue unread, so at most one per worker
-                    # is held (plus the copies of blobs waiting for a dictionary).
+                    # Ranges wait in the pool's queue unread, so at most one per running
+                    # worker is held (plus the copies of blobs waiting for a dictionary),
+                    # and no more at once than the reader's budget allows.
+                    reads = max(1, min(limit, reader.memory // reader.max_range))
                     for r in plan.ranges:
                         in_flight.add(loop.run_in_executor(self.pool, self._read_and_place, fetch, r, places))
-                        await wait_below(limit)
+                        await wait_below(reads)
                 else:
                     async with aclosing(reader.read_ranges(plan)) as ranges:
                         async for fetched in ranges:
@@ -867,6 +874,9 @@ async def _settled(futures: set[asyncio.Future]) -> None:
             break
         except asyncio.CancelledError:
             cancelled = True
+    for future in futures:
+        if future.done() and not future.cancelled():
+            future.exception()  # looked at: the restore raises its first failure, not each
     if cancelled:
         raise asyncio.CancelledError
 

@@ -221,16 +221,64 @@ async def test_a_local_folder_is_read_by_the_restore_workers_themselves(tmp_path
             reads.append((threading.current_thread().name, key))
         return plain_get(path, key, offset, length)
 
+    streamed = []  # PackReader.read: the listings' path through get() and the loop
+    plain_read = PackReader.read
     monkeypatch.setattr(LocalFolderStore, "_get", staticmethod(recording_get))
+    monkeypatch.setattr(PackReader, "read", lambda reader, plan: streamed.append(plan) or plain_read(reader, plan))
     restorer = Restorer(repo)
     await restorer.restore(result.snapshot_id, tmp_path / "out")
     assert describe(tmp_path / "out" / "src") == describe(src)
     in_workers = [key for name, key in reads if name.startswith("reclo-restore")]
     assert in_workers and restorer.reader.requests == len(in_workers)
-    # through get() (a thread of the loop's executor): only directory listings (trees)
+    assert not streamed  # the listings too were read by the thread that opens them
+    # elsewhere (a thread of the loop's executor): only directory listings (trees)
     tree_packs = {pack_key(loc.pack_id) for _, loc in repo.index.items() if loc.type is BlobType.TREE}
     assert {key for name, key in reads if not name.startswith("reclo-restore")} <= tree_packs
     assert not tree_packs & set(in_workers)
+
+
+async def test_a_disk_that_fails_under_the_workers_fails_the_restore_once(tmp_path, monkeypatch):
+    """An I/O error reading a pack (not a missing pack) stops the restore with that error,
+    as it does through get(); each worker that met it has its failure looked at, none is
+    left to be logged as never retrieved."""
+    import errno
+
+    from shared.format import Repository, store as store_module
+
+    repo = await Repository.init(LocalFolderStore(tmp_path / "repo"), PASSPHRASE, kdf=FAST_KDF,
+                                 pack_size=TEST_PACK_SIZE)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}.bin").write_bytes(os.urandom(400_000))
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    data_packs = {pack_key(loc.pack_id) for _, loc in repo.index.items() if loc.type is BlobType.DATA}
+    assert len(data_packs) >= 2
+    plain = store_module._pread_object
+
+    def failing_disk(path, offset, length):
+        if any(str(path).endswith(key) for key in data_packs):
+            raise OSError(errno.EIO, "Input/output error")
+        return plain(path, offset, length)
+
+    monkeypatch.setattr(store_module, "_pread_object", failing_disk)
+    loop = asyncio.get_running_loop()
+    handed_out: list[asyncio.Future] = []  # what the restore gave its worker threads
+    plain_run_in_executor = loop.run_in_executor
+
+    def recording_run_in_executor(executor, fn, *args):
+        future = plain_run_in_executor(executor, fn, *args)
+        handed_out.append(future)
+        return future
+
+    monkeypatch.setattr(loop, "run_in_executor", recording_run_in_executor)
+    with pytest.raises(OSError) as e:
+        await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert e.value.errno == errno.EIO
+    ended = [f for f in handed_out if f.done() and not f.cancelled()]
+    unlooked = [f for f in ended if f._log_traceback]  # before this test looks at them
+    assert len([f for f in ended if f.exception() is not None]) >= 2  # both workers met the disk
+    assert not unlooked  # and the restore looked at each failure
 
 
 def test_only_a_wrapper_that_leaves_reads_alone_lets_workers_read_past_it(tmp_path):
