@@ -72,6 +72,27 @@ def test_zero_runs_become_holes_and_sparse_holes_are_not_read(tmp_path):
     assert sum(p.length for p in pieces if p.is_hole) > 3 * 1024 * MiB - 2 * MiB
 
 
+def test_a_file_smaller_than_a_hole_that_counts_is_not_probed_for_holes(tmp_path, monkeypatch):
+    """Holes under SPARSE_HOLE_MIN count as data, so a smaller file is one data extent,
+    found without SEEK_DATA/SEEK_HOLE, and read by position (pread) in one call."""
+    from shared.format import chunker
+    from shared.format.constants import SPARSE_HOLE_MIN
+
+    path = tmp_path / "small"
+    with open(path, "wb") as f:  # a hole, then data: still one data extent
+        f.seek(SPARSE_HOLE_MIN // 2)
+        f.write(b"end")
+    size = path.stat().st_size
+    probes = []
+    plain_lseek = os.lseek
+    monkeypatch.setattr(chunker.os, "lseek", lambda *a: probes.append(a) or plain_lseek(*a))
+    with open(path, "rb", buffering=0) as f:
+        assert list(chunker.extents(f.fileno(), size)) == [(0, size, True)]
+        pieces = list(FileChunker().pieces(f, size))
+    assert not probes
+    assert b"".join(p.data if p.data is not None else bytes(p.length) for p in pieces) == path.read_bytes()
+
+
 def test_image_chunks_are_fixed_and_aligned(tmp_path):
     path = tmp_path / "disk.img"
     size = 10 * MiB + 4096 + 123
