@@ -101,7 +101,7 @@ class Fetched:
     """One planned range as read: its bytes, or the error why they could not be read."""
 
     range: PackRange
-    data: bytes | None
+    data: bytes | memoryview | None  # a view: of a buffer its reader reuses (blocking_fetch)
     error: FormatError | None
 
     def blobs(self, start: int = 0, stop: int | None = None, *, copy: bool = True) -> Iterator[Blob]:
@@ -113,7 +113,10 @@ class Fetched:
                 yield Blob(position, blob_id, location, None, self.error)
             else:
                 begin = location.offset - self.range.start
-                yield Blob(position, blob_id, location, data[begin:begin + location.length], None)
+                sealed = data[begin:begin + location.length]
+                if copy and isinstance(sealed, memoryview):
+                    sealed = bytes(sealed)
+                yield Blob(position, blob_id, location, sealed, None)
 
 
 class _Fill:
@@ -319,21 +322,23 @@ class PackReader:
             self.bytes_fetched += len(data)
         return data
 
-    def blocking_fetch(self) -> Callable[[PackRange], Fetched] | None:
+    def blocking_fetch(self) -> Callable[..., Fetched] | None:
         """For a store whose reads are cheap enough to make in the thread that needs them
         (``ObjectStore.blocking_get``: a local folder): a blocking read of one planned
-        range, which a worker thread calls instead of awaiting read_ranges. Saves two
-        hand-offs per range (to a reading thread and back to the event loop), each a wait
-        for the GIL. The caller bounds how many ranges it holds. None for other stores."""
+        range, ``fetch(r, into=None)``, which a worker thread calls instead of awaiting
+        read_ranges. Saves two hand-offs per range (to a reading thread and back to the
+        event loop), each a wait for the GIL. ``into``: a buffer the caller reuses for
+        its ranges, which the data may then be a view of. The caller bounds how many
+        ranges it holds. None for other stores."""
         get = self.repo.store.blocking_get()
         if get is None:
             return None
 
-        def fetch(r: PackRange) -> Fetched:
+        def fetch(r: PackRange, into: bytearray | None = None) -> Fetched:
             with self._count_lock:
                 self.requests += 1
             try:  # as _fetch: a missing pack is every blob's error, anything else the caller's
-                data = get(pack_key(r.pack_id), r.start, r.length)
+                data = get(pack_key(r.pack_id), r.start, r.length, into)
             except ObjectNotFound:
                 return Fetched(r, None, MissingPack(r.pack_id))
             except FormatError as e:

@@ -572,6 +572,7 @@ class _Run:
         self.chunks = 0
         self.finished_dirs: list[tuple[object, Node, str]] = []  # closed when the batch ends
         self.writing: asyncio.Future | None = None  # the batch being written
+        self.buffers = threading.local()  # each worker's, for the ranges it reads (_read_buffer)
 
     def damaged(self, path: str, error: Exception) -> None:
         self.result.damaged.append((path, error))
@@ -789,10 +790,28 @@ class _Run:
                 self.result.files += 1
                 self.result.bytes += file.node.size
 
-    def _read_and_place(self, fetch: Callable[[PackRange], Fetched], r: PackRange,
+    def _read_and_place(self, fetch: Callable[..., Fetched], r: PackRange,
                         places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
-        """_place_all for the blobs of a range this worker reads itself (a local folder)."""
-        return self._place_all(fetch(r).blobs(copy=False), places)
+        """_place_all for the blobs of a range this worker reads itself (a local folder),
+        into the worker's own buffer."""
+        return self._place_all(fetch(r, self._read_buffer(r.length)).blobs(copy=False), places)
+
+    def _read_buffer(self, size: int) -> bytearray:
+        """This worker thread's buffer for the ranges it reads: a fresh 2 MiB for every
+        range cost a page fault per 4 KiB (~10 % of a restore). Reused only once nothing
+        looks into it any more: what _place_all keeps (blobs waiting for a dictionary)
+        is copied, and a bytearray that still has views cannot grow, which is checked."""
+        buffer = getattr(self.buffers, "buffer", None)
+        if buffer is not None and len(buffer) >= size:
+            try:
+                buffer.append(0)  # BufferError while a view of the last range is alive
+            except BufferError:
+                pass
+            else:
+                del buffer[-1]
+                return buffer
+        buffer = self.buffers.buffer = bytearray(max(size, self.r.reader.max_range))
+        return buffer
 
     def _place_group(self, group: list[tuple[Fetched, int, int]], places: dict) -> list[tuple[Blob, DictionaryNeeded]]:
         """_place_all for the blobs [start:stop] of each range of a group (a worker thread)."""

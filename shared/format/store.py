@@ -20,6 +20,9 @@ from typing import AsyncIterator
 
 from .errors import InvalidKey, ObjectExists, ObjectNotFound
 
+# (key, offset, length, into=None): ObjectStore.blocking_get
+BlockingGet = Callable[..., "bytes | memoryview"]
+
 Bytes = bytes | bytearray | memoryview
 
 _KEY_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -54,12 +57,14 @@ class ObjectStore(ABC):
 
     ``blocking_get()``: get() as a plain blocking call that a worker thread may make
     itself, for a store whose reads take less than handing them to another thread and
-    back (a local folder); None where every read must go through get().
+    back (a local folder); None where every read must go through get(). Its ``into``,
+    where given, is a buffer the caller reuses: the range may be read into it and a view
+    of it returned (the caller must be done with that view before reusing the buffer).
     """
 
     read_budget: tuple[int, int] = (8 * 1024 * 1024, 32 * 1024 * 1024)
 
-    def blocking_get(self) -> Callable[[str, int, int], bytes] | None:
+    def blocking_get(self) -> BlockingGet | None:
         return None
 
     @abstractmethod
@@ -162,11 +167,20 @@ class LocalFolderStore(ObjectStore):
             raise ValueError("offset and length must not be negative")
         return await asyncio.to_thread(self._get, self._path(key), key, offset or 0, length)
 
-    def blocking_get(self) -> Callable[[str, int, int], bytes] | None:
+    def blocking_get(self) -> BlockingGet | None:
         if type(self).get is not LocalFolderStore.get or "get" in vars(self):
             return None  # get() does more here (tests count or gate reads)
-        # (key, offset, length), both ints, as a reader plans them: not get()'s checks
-        return lambda key, offset, length: self._get(self._path(key), key, offset, length)
+
+        def get(key: str, offset: int, length: int, into: bytearray | None = None) -> bytes | memoryview:
+            # offset and length as a reader plans them (ints): not get()'s checks
+            if into is None or not _HAS_PREADV or len(into) < length:
+                return self._get(self._path(key), key, offset, length)
+            try:
+                return _pread_into(self._path(key), offset, memoryview(into)[:length])
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise ObjectNotFound(key) from None
+
+        return get
 
     @staticmethod
     def _get(path: Path, key: str, offset: int, length: int | None) -> bytes:
@@ -235,7 +249,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 _HAS_PREAD = hasattr(os, "pread")  # not on Windows
+_HAS_PREADV = hasattr(os, "preadv")  # nor this
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _pread_into(path: Path, offset: int, view: memoryview) -> memoryview:
+    """_pread_object into a buffer the caller keeps (no fresh memory, hence no page
+    faults, for every range a restore reads); the part of view that was filled."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        got = 0
+        while got < len(view):  # short only at the end of the file, or on a signal
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if not n:
+                break
+            got += n
+        return view[:got]
+    finally:
+        os.close(fd)
 
 
 def _pread_object(path: Path, offset: int, length: int | None) -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 from contextlib import aclosing
+from pathlib import Path
 
 import pytest
 
@@ -213,28 +214,59 @@ async def test_a_local_folder_is_read_by_the_restore_workers_themselves(tmp_path
         (src / f"f{i}.bin").write_bytes(os.urandom(50_000))
     (src / "sub" / "big.bin").write_bytes(os.urandom(3 * MiB))
     result = await Archiver(repo).backup([str(src)], kind=FULL)
-    reads: list[tuple[str, str]] = []  # (thread, pack)
-    plain_get = LocalFolderStore._get
-
-    def recording_get(path, key, offset, length):
-        if key.startswith("data/"):
-            reads.append((threading.current_thread().name, key))
-        return plain_get(path, key, offset, length)
-
+    reads: list[tuple[str, str, bool]] = []  # (thread, pack, into the thread's own buffer)
+    for reading in ("_pread_object", "_pread_into"):
+        recorded_read(monkeypatch, tmp_path / "repo", reading, reads)
     streamed = []  # PackReader.read: the listings' path through get() and the loop
     plain_read = PackReader.read
-    monkeypatch.setattr(LocalFolderStore, "_get", staticmethod(recording_get))
     monkeypatch.setattr(PackReader, "read", lambda reader, plan: streamed.append(plan) or plain_read(reader, plan))
     restorer = Restorer(repo)
     await restorer.restore(result.snapshot_id, tmp_path / "out")
     assert describe(tmp_path / "out" / "src") == describe(src)
-    in_workers = [key for name, key in reads if name.startswith("reclo-restore")]
+    in_workers = [(key, kept) for name, key, kept in reads if name.startswith("reclo-restore")]
     assert in_workers and restorer.reader.requests == len(in_workers)
+    assert all(kept for _, kept in in_workers)  # into each worker's buffer, not fresh memory
     assert not streamed  # the listings too were read by the thread that opens them
     # elsewhere (a thread of the loop's executor): only directory listings (trees)
     tree_packs = {pack_key(loc.pack_id) for _, loc in repo.index.items() if loc.type is BlobType.TREE}
-    assert {key for name, key in reads if not name.startswith("reclo-restore")} <= tree_packs
-    assert not tree_packs & set(in_workers)
+    assert {key for name, key, _ in reads if not name.startswith("reclo-restore")} <= tree_packs
+    assert not tree_packs & {key for key, _ in in_workers}
+
+
+async def test_a_workers_read_buffer_is_reused_only_once_nothing_looks_into_it(counted):
+    from shared.format.restorer import _Run
+
+    _, repo = counted
+    restorer = Restorer(repo)
+    run = _Run(restorer, None, None)
+    first = run._read_buffer(1000)
+    assert len(first) == restorer.reader.max_range
+    assert run._read_buffer(5000) is first  # nothing looks into it: the same memory again
+    view = memoryview(first)[10:20]  # a blob of the last range, still held somewhere
+    second = run._read_buffer(1000)
+    assert second is not first and bytes(view) == bytes(10)
+    view.release()
+    assert run._read_buffer(restorer.reader.max_range + 1) is not second  # too small: a bigger one
+
+
+def recorded_read(monkeypatch, root, reading: str, reads: list, fail_for: set[str] = frozenset()) -> None:
+    """The folder store's low-level read ``reading`` (shared.format.store), recording
+    (thread, pack key, whether into a kept buffer) for packs, failing for ``fail_for``."""
+    import errno
+
+    from shared.format import store as store_module
+
+    plain = getattr(store_module, reading)
+
+    def read(path, *args):
+        key = Path(path).relative_to(root).as_posix()
+        if key.startswith("data/"):
+            reads.append((threading.current_thread().name, key, reading == "_pread_into"))
+            if key in fail_for:
+                raise OSError(errno.EIO, "Input/output error")
+        return plain(path, *args)
+
+    monkeypatch.setattr(store_module, reading, read)
 
 
 async def test_a_disk_that_fails_under_the_workers_fails_the_restore_once(tmp_path, monkeypatch):
@@ -243,7 +275,7 @@ async def test_a_disk_that_fails_under_the_workers_fails_the_restore_once(tmp_pa
     left to be logged as never retrieved."""
     import errno
 
-    from shared.format import Repository, store as store_module
+    from shared.format import Repository
 
     repo = await Repository.init(LocalFolderStore(tmp_path / "repo"), PASSPHRASE, kdf=FAST_KDF,
                                  pack_size=TEST_PACK_SIZE)
@@ -254,14 +286,8 @@ async def test_a_disk_that_fails_under_the_workers_fails_the_restore_once(tmp_pa
     result = await Archiver(repo).backup([str(src)], kind=FULL)
     data_packs = {pack_key(loc.pack_id) for _, loc in repo.index.items() if loc.type is BlobType.DATA}
     assert len(data_packs) >= 2
-    plain = store_module._pread_object
-
-    def failing_disk(path, offset, length):
-        if any(str(path).endswith(key) for key in data_packs):
-            raise OSError(errno.EIO, "Input/output error")
-        return plain(path, offset, length)
-
-    monkeypatch.setattr(store_module, "_pread_object", failing_disk)
+    for reading in ("_pread_object", "_pread_into"):
+        recorded_read(monkeypatch, tmp_path / "repo", reading, [], fail_for=data_packs)
     loop = asyncio.get_running_loop()
     handed_out: list[asyncio.Future] = []  # what the restore gave its worker threads
     plain_run_in_executor = loop.run_in_executor
