@@ -243,7 +243,9 @@ class Dictionaries:
                 return found
             failed = self._failed.get(dictionary_id)
         if failed is not None:
-            raise failed
+            # One object for every blob that needs it: raised afresh, or its traceback
+            # would grow with every raise and keep each blob's frames (and bytes) alive.
+            raise failed.with_traceback(None)
         raise DictionaryNeeded(dictionary_id)
 
     # --- from the backup's worker threads (never from the default executor, see above) ---

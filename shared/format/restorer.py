@@ -428,7 +428,7 @@ class _File:
                 if self.handle is None and not self.failed:
                     self.handle = fs.create_file(self.parent, self.node.name)
             except OSError as e:
-                self.errors.append(e)
+                self.errors.append(_without_frames(e))
                 self.failed = True
             handle = None if self.failed else self.handle
         end = 0
@@ -437,7 +437,7 @@ class _File:
                 end = _write_sparse(fs, handle, chunks, offset)
         except OSError as e:
             with self.lock:
-                self.errors.append(e)
+                self.errors.append(_without_frames(e))
                 self.failed = True
         with self.lock:
             self.end = max(self.end, end)
@@ -454,7 +454,7 @@ class _File:
             if not self.failed:
                 fs.finish_file(self.handle, self.node, self.run.r.restore_owner, cut=self.end != self.node.size)
         except OSError as e:
-            self.errors.append(e)
+            self.errors.append(_without_frames(e))
             self.failed = True
         finally:
             self.close()
@@ -753,7 +753,8 @@ class _Run:
                     # reading thread handing it to the loop and the loop to a worker.
                     # Ranges wait in the pool's queue unread, so at most one per running
                     # worker is held (plus the copies of blobs waiting for a dictionary),
-                    # and no more at once than the reader's budget allows.
+                    # and no more at once than the reader's budget allows. Each worker
+                    # keeps one buffer for them (max_range, or its largest range).
                     reads = max(1, min(limit, reader.memory // reader.max_range))
                     for r in plan.ranges:
                         in_flight.add(loop.run_in_executor(self.pool, self._read_and_place, fetch, r, places))

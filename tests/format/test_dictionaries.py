@@ -338,3 +338,23 @@ async def test_a_store_error_while_fetching_a_dictionary_is_tried_again(repo, st
     await Restorer(fresh).restore(result.snapshot_id, tmp_path / "out")  # no damage reported
     assert content_digest(tmp_path / "out" / "server" / "erp.db") == content_digest(src / "erp.db")
     assert len(flaky.failed) == 1
+
+
+async def test_the_failure_of_a_missing_dictionary_does_not_grow_with_every_blob_that_meets_it(repo):
+    """Every blob naming a dictionary that can't be loaded is told so with one stored
+    error; each telling starts a fresh traceback, so the error does not collect the
+    frames (and the bytes) of every blob before it."""
+    from shared.format.errors import MissingDictionary
+
+    missing = bytes(32)
+    await repo.dictionaries.load_pinned(missing)
+    depths = []
+    for _ in range(5):
+        try:
+            repo.dictionaries.get(missing)
+        except MissingDictionary as e:
+            depth, tb = 0, e.__traceback__
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            depths.append(depth)
+    assert len(depths) == 5 and depths[0] <= 2 and len(set(depths)) == 1

@@ -249,6 +249,32 @@ async def test_a_workers_read_buffer_is_reused_only_once_nothing_looks_into_it(c
     assert run._read_buffer(restorer.reader.max_range + 1) is not second  # too small: a bigger one
 
 
+async def test_a_file_that_cannot_be_written_is_reported_without_the_range_it_came_from(tmp_path, monkeypatch):
+    """A write error (a full disk) is kept in the report without its traceback, whose
+    frames would keep the worker's read buffer from being reused until the end."""
+    import errno
+
+    from shared.format import Repository, restorer as restorer_module
+
+    repo = await Repository.init(LocalFolderStore(tmp_path / "repo"), PASSPHRASE, kdf=FAST_KDF,
+                                 pack_size=TEST_PACK_SIZE)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (src / name).write_bytes(os.urandom(300_000))
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+
+    def full_disk(self, handle, buffers, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(restorer_module._AtFs, "write", full_disk)
+    monkeypatch.setattr(restorer_module._PathFs, "write", full_disk)
+    with pytest.raises(RestoreIncomplete) as e:
+        await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert sorted(path for path, _ in e.value.damaged) == ["src/a.bin", "src/b.bin"]
+    assert all(error.errno == errno.ENOSPC and error.__traceback__ is None for _, error in e.value.damaged)
+
+
 def recorded_read(monkeypatch, root, reading: str, reads: list, fail_for: set[str] = frozenset()) -> None:
     """The folder store's low-level read ``reading`` (shared.format.store), recording
     (thread, pack key, whether into a kept buffer) for packs, failing for ``fail_for``."""
