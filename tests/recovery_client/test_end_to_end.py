@@ -70,9 +70,16 @@ async def test_list_recover_follow_and_download(stack, recover, http, tmp_path, 
         (tmp_path / "slow-config").mkdir()
         await recover("login", "--server", f"http://127.0.0.1:{proxy.port}", "--username",
                       username, env=slow)
-        process = await asyncio.create_subprocess_exec(
-            str(recover_bin()), "download", recovery_id, str(dest), env=slow,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        # A shell that starts this suite in the background (`cmd &` without job control)
+        # has it ignore SIGINT, which the client would inherit and keep, as a Unix program
+        # does: handled here instead, the signal is back to its default in the child.
+        ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(recover_bin()), "download", recovery_id, str(dest), env=slow,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        finally:
+            signal.signal(signal.SIGINT, ignored)
         await eventually(lambda: part.exists() and part.stat().st_size > 2 * 1024 * 1024,
                          timeout=30)
         process.send_signal(signal.SIGINT)
