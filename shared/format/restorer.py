@@ -510,7 +510,7 @@ class _Trees:
             fetch = self.reader.blocking_fetch()
             if fetch is not None:  # a local folder: read and open them all in one thread
                 for tree_id, tree in await asyncio.to_thread(self._read_and_open, fetch, plan):
-                    _settle(futures[tree_id], tree)
+                    _resolve_listing(futures[tree_id], tree)
                 return
             async with aclosing(self.reader.read(plan)) as blobs:
                 async for blob in blobs:
@@ -518,7 +518,7 @@ class _Trees:
                         tree = await asyncio.to_thread(self._open, blob)
                     except FormatError as e:
                         tree = e
-                    _settle(futures[blob.id], tree)
+                    _resolve_listing(futures[blob.id], tree)
 
     def _read_and_open(self, fetch: Callable[[PackRange], Fetched], plan: Plan) -> list[tuple[bytes, Tree | FormatError]]:
         """Each listing of a plan, or why it could not be read; one range held at a time."""
@@ -865,7 +865,7 @@ class _Run:
         self.files, self.places, self.finished_dirs = [], {}, []
 
 
-def _settle(future: asyncio.Future, outcome) -> None:
+def _resolve_listing(future: asyncio.Future, outcome) -> None:
     """A directory listing read ahead, or the FormatError why it could not be."""
     if future.done():
         return
