@@ -197,12 +197,21 @@ async def test_an_object_store_outage_is_waited_out(tmp_path, unique, slow_s3, l
         row = await eventually(waiting, timeout=30)
         assert row.state == domain.DOWNLOADING and row.failure_reason is None
         # The run ends just after writing that message; a sweep before then finds it still
-        # held and skips it (the scheduler would sweep again a minute later; this test not).
+        # held and skips it. The scheduler sweeps every minute; here, every second until done.
         worker = stack.runtimes["recovery"].context.worker
         await eventually(lambda: recovery_id not in worker.runs)
         await slow_s3.start()
-        await sweep(stack)
-        ready = await wait_state(api, recovery_id, ["finishing", "failed"])
+
+        async def sweeping() -> None:
+            while True:
+                await sweep(stack)
+                await asyncio.sleep(1)
+
+        sweeps = asyncio.ensure_future(sweeping())
+        try:
+            ready = await wait_state(api, recovery_id, ["finishing", "failed"])
+        finally:
+            sweeps.cancel()
         assert ready["state"] == "finishing", ready["failure_reason"]
         assert ready["image_sha256"] == sha256_of(disk)
         assert (await recovery_row(stack, recovery_id)).attempts == 2
