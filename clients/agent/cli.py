@@ -323,7 +323,8 @@ async def cmd_restore(cfg: AgentConfig, args, reporter: Reporter) -> int:
         repo = await target.open_repository(_passphrase(cfg))
         snapshot_id = await repo.find_snapshot(args.snapshot)
         reporter.status(f"restoring {snapshot_id[:8]}{' ' + args.path if args.path else ''} into {args.target}")
-        result = await Restorer(repo).restore(snapshot_id, args.target, path=args.path)
+        reporter.activity = "restore"
+        result = await Restorer(repo, progress=reporter.progress).restore(snapshot_id, args.target, path=args.path)
     reporter.result({"snapshot": snapshot_id, "target": str(args.target), "files": result.files, "dirs": result.dirs,
                      "symlinks": result.symlinks, "bytes": result.bytes},
                     f"restored {snapshot_id[:8]} into {args.target}: {result.files} files, {result.dirs} folders, "

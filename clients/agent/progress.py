@@ -1,7 +1,7 @@
 """How a command tells its progress: a progress bar on a terminal, JSON lines for programs
 (`--json`), and nothing but the result when it runs unattended (not a TTY).
 
-Three reporters, one interface: `progress(Progress)` while a backup runs, `warning(text)`
+Three reporters, one interface: `progress(Progress)` while a backup or a restore runs, `warning(text)`
 for a file that was skipped or changed, `result(doc)` once at the end. JSON lines are one
 object per line with a `type` (`progress`, `warning`, `result`, `error`), so a monitoring
 script can follow a backup with a plain line reader.
@@ -27,6 +27,7 @@ class Reporter:
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.activity = "backup"  # what the progress is of: the bar's label
 
     def __enter__(self) -> Reporter:
         return self
@@ -126,7 +127,7 @@ class TerminalReporter(Reporter):
                 transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task("backup", total=None, files="")
+            self._task = self._bar.add_task(self.activity, total=None, files="")
         return self._bar
 
     def progress(self, p: Progress) -> None:

@@ -12,6 +12,7 @@ Read in this order (docs/format.md describes the bytes):
     snapshot     snapshots, trees and their nodes
     store        the append-only object store port, and a local-folder adapter
     repository   object layout, init/open, the blob saver (write order: packs, index, snapshot)
+    progress     how far a backup or a restore is, for a progress bar
     archiver     backing up folders and images (full or incremental)
     restorer     restoring safely, verifying every chunk
     checker      checking structure and, optionally, data
@@ -19,7 +20,7 @@ Read in this order (docs/format.md describes the bytes):
 Depends on nothing server-side: the agent installs it without a database or a broker.
 """
 
-from .archiver import Archiver, BackupResult, Progress, Source
+from .archiver import Archiver, BackupResult, Source
 from .checker import Checker, CheckResult, Problem
 from .crypto import ScryptParams
 from .errors import (
@@ -41,6 +42,7 @@ from .errors import (
     UnsafePath,
     WrongPassphrase,
 )
+from .progress import Progress
 from .repository import Repository
 from .restorer import Restorer, RestoreResult
 from .snapshot import FULL, INCREMENTAL, Snapshot

@@ -39,9 +39,10 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import FormatError, SourceNotFound
+from .progress import Meter, ProgressCallback
 from .memory import return_big_buffers_to_the_system
 from .chunker import ImageChunker, Piece
 from .constants import DICTIONARY_MAX_CHUNK, DICTIONARY_MIN_FILE
@@ -120,20 +121,6 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 class Source:
     path: str
     kind: str = FOLDER  # FOLDER | IMAGE
-
-
-@dataclass
-class Progress:
-    """Where a backup is; totals grow while the scanner is still counting."""
-
-    files_done: int = 0
-    files_total: int = 0
-    bytes_done: int = 0
-    bytes_total: int = 0
-    totals_final: bool = False
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -264,8 +251,8 @@ class _Run:
         self.parent_id = parent
         self.warnings: list[str] = []
         self.stats = SnapshotStats()
-        self.progress = Progress()
-        self._progress_lock = threading.Lock()
+        # totals grow while the scanner is still counting
+        self.meter = Meter(archiver.progress_callback, archiver.progress_interval)
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
         self._tasks: set[asyncio.Future] = set()
@@ -312,12 +299,12 @@ class _Run:
         if self.cache_usable and self.parent_snapshot is not None:
             # No second walk: the parent's totals are a good guess, final at the end.
             parent_stats = self.parent_snapshot.stats
-            self._add_total(parent_stats.files + parent_stats.images, parent_stats.bytes)
+            self.meter.add_total(parent_stats.files + parent_stats.images, parent_stats.bytes)
             scanner = loop.create_future()
             scanner.set_result(None)
         else:
             scanner = loop.run_in_executor(None, self._count_totals)
-        ticker = asyncio.create_task(self._tick()) if self.a.progress_callback else None
+        ticker = self.meter.start()
         me = asyncio.current_task()
         cancels = me.cancelling() if me is not None else 0  # the caller's, before the walk
         try:
@@ -345,7 +332,6 @@ class _Run:
             self._stop.set()
             if ticker is not None:
                 ticker.cancel()
-            # a failing progress callback stops the reports, never the backup
             await asyncio.gather(scanner, *([ticker] if ticker else []), return_exceptions=True)
             self.pool.shutdown(wait=True)
             self.chunk_pool.shutdown(wait=True)
@@ -367,12 +353,10 @@ class _Run:
             stats=s,
         )
         snapshot_id = await self.repo.save_snapshot(snapshot)  # ... then the snapshot
-        with self._progress_lock:
-            # What was backed up is the total: the parent's, which an incremental starts
-            # from, or the scanner's, counted while files came and went, were estimates.
-            p = self.progress
-            p.files_total, p.bytes_total, p.totals_final = p.files_done, p.bytes_done, True
-        self._report()
+        # What was backed up is the total: the parent's, which an incremental starts from,
+        # or the scanner's, counted while files came and went, were estimates.
+        self.meter.totals_are_done()
+        self.meter.report()
         return BackupResult(snapshot_id, snapshot, self.warnings)
 
     async def _walk_sources(self, parent_root: Tree | None) -> list[Node]:
@@ -450,25 +434,9 @@ class _Run:
 
     # --- progress ---
 
-    def _advance(self, files: int = 0, nbytes: int = 0) -> None:
-        with self._progress_lock:
-            self.progress.files_done += files
-            self.progress.bytes_done += nbytes
-
     def _count_read(self, n: int) -> None:
         with self._stats_lock:
             self.stats.bytes_read += n
-
-    def _report(self) -> None:
-        if self.a.progress_callback is not None:
-            with self._progress_lock:
-                snapshot = replace(self.progress)
-            self.a.progress_callback(snapshot)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.a.progress_interval)
-            self._report()
 
     def _count_totals(self) -> None:
         """Runs in a thread beside the backup, so a progress bar can show totals early."""
@@ -479,7 +447,7 @@ class _Run:
                         size = f.seek(0, os.SEEK_END)
                 except OSError:
                     size = 0
-                self._add_total(1, size)
+                self.meter.add_total(1, size)
                 continue
             # scandir's entries know their type without a system call, so only regular
             # files are stat'ed (the walk itself stats everything again: this thread only
@@ -506,14 +474,8 @@ class _Run:
                                 continue
                 except OSError:
                     continue
-                self._add_total(files, nbytes)
-        with self._progress_lock:
-            self.progress.totals_final = True
-
-    def _add_total(self, files: int, nbytes: int) -> None:
-        with self._progress_lock:
-            self.progress.files_total += files
-            self.progress.bytes_total += nbytes
+                self.meter.add_total(files, nbytes)
+        self.meter.totals_known()
 
     # --- folders ---
 
@@ -746,7 +708,7 @@ class _Run:
             for field_name in FOLDER_TOTALS:
                 setattr(self.stats, field_name,
                         getattr(self.stats, field_name) + getattr(remembered, field_name))
-        self._advance(files=remembered.files, nbytes=remembered.bytes)
+        self.meter.advance(files=remembered.files, nbytes=remembered.bytes)
         clean = path not in self._warned_dirs and all(d.clean for d in done)
         if clean:
             self.cache.record(self.source_name, rel,  # type: ignore[union-attr]
@@ -854,7 +816,7 @@ class _Run:
                     s.hole_bytes += r.length
                 else:
                     s.chunks += 1
-        self._advance(files=1, nbytes=0 if read else node.size)
+        self.meter.advance(files=1, nbytes=0 if read else node.size)
 
     # --- reading (worker threads) ---
 
@@ -907,11 +869,11 @@ class _Run:
                         raise _Stopping(path)
                     sink.add(piece)
                     total += piece.length
-                    self._advance(nbytes=piece.length)  # holes count as done: progress is logical
+                    self.meter.advance(nbytes=piece.length)  # holes count as done: progress is logical
                 sink.finish()
             except OSError as e:
                 self.warn(path, f"read error, skipped: {e.strerror or e}")
-                self._advance(files=1, nbytes=size - total)
+                self.meter.advance(files=1, nbytes=size - total)
                 return None
             finally:
                 sink.close()
@@ -926,7 +888,7 @@ class _Run:
         node.dictionary = None if dictionary is None else dictionary.id
         self._count_file(node, read=True)
         if total < size:
-            self._advance(nbytes=size - total)
+            self.meter.advance(nbytes=size - total)
         return node
 
     def _dictionary(self, f, size: int, chunker: ImageChunker, path: str, old: Node | None) -> DictionaryEncoder | None:

@@ -71,6 +71,7 @@ from .dictionaries import DictionaryNeeded
 from .errors import FormatError, PathNotFound, RestoreIncomplete, UnsafePath
 from .memory import return_big_buffers_to_the_system
 from .pack import BlobType
+from .progress import Meter, ProgressCallback
 from .packreader import Blob, Fetched, PackRange, PackReader, Plan
 from .repository import Repository
 from .snapshot import DIR, FILE, IMAGE, SYMLINK, Node, Tree
@@ -133,9 +134,12 @@ class RestoreResult:
 
 class Restorer:
     def __init__(self, repo: Repository, *, workers: int = WORKERS, restore_owner: bool | None = None,
-                 portable: bool | None = None, reader: PackReader | None = None):
+                 portable: bool | None = None, reader: PackReader | None = None,
+                 progress: ProgressCallback | None = None, progress_interval: float = 0.25):
         self.repo = repo
         self.workers = workers
+        self.progress_callback = progress
+        self.progress_interval = progress_interval
         # chown needs root; as anyone else the files simply belong to whoever restores.
         self.restore_owner = (hasattr(os, "geteuid") and os.geteuid() == 0) if restore_owner is None else restore_owner
         self.portable = PORTABLE_DEFAULT if portable is None else portable
@@ -154,15 +158,26 @@ class Restorer:
         return_big_buffers_to_the_system()  # chunk buffers back to the OS (memory.py)
         fs: _Fs = _PathFs() if self.portable else _AtFs()
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="reclo-restore")
-        run = _Run(self, fs, pool)
+        meter = Meter(self.progress_callback, self.progress_interval)
+        if not path and (snapshot.stats.files or snapshot.stats.images):
+            # The whole snapshot: its totals are known before the first file.
+            meter.add_total(snapshot.stats.files + snapshot.stats.images, snapshot.stats.bytes)
+            meter.totals_known()
+        run = _Run(self, fs, pool, meter)
         top = fs.open_root(os.fspath(target))
+        ticker = meter.start()
         try:
             await run.walk(top, nodes, "")
+            meter.totals_known()  # a part of a snapshot: its totals grew as it was walked
             await run.finish()
         finally:
+            if ticker is not None:
+                ticker.cancel()
             await run.abandon()
             fs.close_dir(top)
             pool.shutdown(wait=True)
+            await asyncio.gather(*([ticker] if ticker else []), return_exceptions=True)  # its cancel
+        meter.report()
         if run.result.damaged:
             raise RestoreIncomplete(run.result.damaged)
         return run.result
@@ -415,6 +430,7 @@ class _File:
         self.errors: list[Exception] = []
         self.failed = False  # the file itself could not be written: stop feeding it
         self.end = 0  # the file's size so far: where its last byte written ends
+        self.written = 0  # bytes of chunks handed to it, written or not (progress)
         self.lock = threading.Lock()
 
     def put(self, offset: int, chunks: list[bytes], error: Exception | None = None) -> None:
@@ -439,12 +455,16 @@ class _File:
             with self.lock:
                 self.errors.append(_without_frames(e))
                 self.failed = True
+        handed = sum(map(len, chunks))
         with self.lock:
             self.end = max(self.end, end)
+            self.written += handed
             self.remaining -= len(chunks) or 1
-            if self.remaining > 0:
-                return
-            self._finish()
+            finished = self.remaining <= 0
+            if finished:
+                self._finish()
+        # Its holes count as done with its last chunk: progress is logical, as a backup's.
+        self.run.meter.advance(files=int(finished), nbytes=handed + (self.node.size - self.written if finished else 0))
 
     def _finish(self) -> None:
         fs = self.run.fs
@@ -559,8 +579,10 @@ class _Trees:
 
 
 class _Run:
-    def __init__(self, restorer: Restorer, fs: _Fs, pool: ThreadPoolExecutor):
+    def __init__(self, restorer: Restorer, fs: _Fs, pool: ThreadPoolExecutor, meter: Meter):
         self.r = restorer
+        self.meter = meter
+        self.count_totals = not meter.progress.totals_final  # add each file's as it is walked
         self.repo = restorer.repo
         self.fs = fs
         self.pool = pool
@@ -629,6 +651,8 @@ class _Run:
                 placed.append((ref.id, offset, ref.length))
             offset += ref.length
         file = _File(self, parent, node, path, len(placed))
+        if self.count_totals:
+            self.meter.add_total(1, node.size)
         self.files.append(file)
         for chunk_id, at, length in placed:
             self.places.setdefault(chunk_id, []).append((file, at, length))
@@ -902,8 +926,10 @@ async def _settled(futures: set[asyncio.Future]) -> None:
 
 
 def _finish_all(files: list[_File]) -> None:
+    """Files without chunks: empty, or nothing but holes."""
     for file in files:
         file._finish()
+        file.run.meter.advance(files=1, nbytes=file.node.size)
 
 
 # Chunks handed to a worker at once: up to this many, or this many stored bytes.

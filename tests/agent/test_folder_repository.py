@@ -64,8 +64,12 @@ async def test_full_incremental_restore_and_check(agent, tmp_path):
     r = await agent("restore", first["snapshot"], str(tmp_path / "out1"))
     assert r.code == 0, r
     assert describe(tmp_path / "out1" / "src") == before
-    r = await agent("restore", second["snapshot"][:10], str(tmp_path / "out2"), "--path", "src")
+    r = await agent("restore", second["snapshot"][:10], str(tmp_path / "out2"), "--path", "src", "--json")
     assert r.code == 0, r
+    progress = [d for d in r.lines if d["type"] == "progress"]
+    assert progress and progress[-1]["totals_final"]
+    assert progress[-1]["files_done"] == progress[-1]["files_total"] == r.result["files"]
+    assert progress[-1]["bytes_done"] == progress[-1]["bytes_total"] == r.result["bytes"]
     assert describe(tmp_path / "out2" / "src") == describe(src)
     assert os.lstat(tmp_path / "out2" / "src" / "sparse.img").st_blocks * 512 < 4 * MiB  # holes stayed holes
 

@@ -234,11 +234,12 @@ async def test_a_local_folder_is_read_by_the_restore_workers_themselves(tmp_path
 
 
 async def test_a_workers_read_buffer_is_reused_only_once_nothing_looks_into_it(counted):
+    from shared.format.progress import Meter
     from shared.format.restorer import _Run
 
     _, repo = counted
     restorer = Restorer(repo)
-    run = _Run(restorer, None, None)
+    run = _Run(restorer, None, None, Meter(None, 1.0))
     first = run._read_buffer(1000)
     assert len(first) == restorer.reader.max_range
     assert run._read_buffer(5000) is first  # nothing looks into it: the same memory again

@@ -136,8 +136,13 @@ async def test_full_change_incremental_restore_both(repo, store, tmp_path):
     assert incr.stats.new_chunks <= 8  # the rewritten MiB of big.bin, readme, the new file
     assert incr.stats.new_bytes < 12 * MiB
 
+    restored = []
+    await Restorer(repo, progress=restored.append, progress_interval=0.001).restore(full.snapshot_id, tmp_path / "out1")
+    # The whole snapshot's totals are known from the start; the holes count as done.
+    assert all(p.totals_final and (p.files_total, p.bytes_total) == (s.files, s.bytes) for p in restored)
+    assert [p.bytes_done for p in restored] == sorted(p.bytes_done for p in restored)
+    assert (restored[-1].files_done, restored[-1].bytes_done) == (s.files, s.bytes)
     restorer = Restorer(repo)
-    await restorer.restore(full.snapshot_id, tmp_path / "out1")
     await restorer.restore(incr.snapshot_id, tmp_path / "out2")
     assert describe(tmp_path / "out1" / "src") == state1
     assert describe(tmp_path / "out2" / "src") == state2
@@ -161,9 +166,13 @@ async def test_restore_of_a_sub_path(repo, tmp_path):
     (src / "other.txt").write_text("other")
     result = await Archiver(repo).backup([str(src)], kind=FULL)
 
-    restorer = Restorer(repo)
+    updates = []
+    restorer = Restorer(repo, progress=updates.append)
     await restorer.restore(result.snapshot_id, tmp_path / "one-dir", path="src/projects")
     assert (tmp_path / "one-dir" / "projects" / "alpha" / "plan.txt").read_text() == "plan"
+    # A part of the snapshot: its totals are what was walked, not the snapshot's.
+    last = updates[-1]
+    assert last.totals_final and (last.files_done, last.files_total, last.bytes_done, last.bytes_total) == (1, 1, 4, 4)
     assert not (tmp_path / "one-dir" / "other.txt").exists()
     await restorer.restore(result.snapshot_id, tmp_path / "one-file", path="/src/projects/alpha/plan.txt")
     assert os.listdir(tmp_path / "one-file") == ["plan.txt"]
@@ -274,3 +283,23 @@ async def test_many_small_files_read_in_batches_come_back_whole_and_in_order(rep
     assert second.stats.bytes_read == sum(len(b"changed %d" % i) for i in (3, 100, 150))
     await Restorer(repo).restore(second.snapshot_id, tmp_path / "out2")
     assert describe(tmp_path / "out2" / "src") == describe(src)
+
+
+async def test_a_failing_progress_callback_stops_the_reports_not_the_backup_or_the_restore(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}.bin").write_bytes(os.urandom(64 * 1024))
+    empty = src / "empty.txt"
+    empty.write_bytes(b"")
+    calls = []
+
+    def broken(progress):
+        calls.append(progress)
+        raise RuntimeError("the terminal went away")
+
+    result = await Archiver(repo, progress=broken, progress_interval=0.0001).backup([str(src)], kind=FULL)
+    assert len(calls) == 1  # not called again after it failed, not even for the last report
+    await Restorer(repo, progress=broken, progress_interval=0.0001).restore(result.snapshot_id, tmp_path / "out")
+    assert describe(tmp_path / "out" / "src") == describe(src)
+    assert len(calls) == 2
