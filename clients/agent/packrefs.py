@@ -23,7 +23,7 @@ from contextvars import ContextVar
 
 from shared.format import FormatError, Repository
 from shared.format.constants import INDEX_PREFIX
-from shared.format.dictionaries import DictionaryEncoder
+from shared.format.dictionary import DictionaryEncoder
 from shared.format.index import IndexedPack
 from shared.format.pack import BlobType
 from shared.format.repository import BlobSaver

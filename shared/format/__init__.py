@@ -14,39 +14,81 @@ Read in this order (docs/format.md describes the bytes):
     repository   object layout, init/open, the blob saver (write order: packs, index, snapshot)
     progress     how far a backup or a restore is, for a progress bar
     archiver     backing up folders and images (full or incremental)
+    inplace_helper  an incremental's files rewritten in place, cut in a helper process
     restorer     restoring safely, verifying every chunk
     checker      checking structure and, optionally, data
 
 Depends on nothing server-side: the agent installs it without a database or a broker.
 """
 
-from .archiver import Archiver, BackupResult, Source
-from .checker import Checker, CheckResult, Problem
-from .crypto import ScryptParams
-from .errors import (
-    CorruptBlob,
-    CorruptObject,
-    FormatError,
-    KeyUnavailable,
-    MissingBlob,
-    MissingPack,
-    ObjectExists,
-    ObjectNotFound,
-    PathNotFound,
-    RepositoryExists,
-    RepositoryNotFound,
-    RestoreIncomplete,
-    SnapshotNotFound,
-    SourceNotFound,
-    StoreError,
-    UnsafePath,
-    WrongPassphrase,
-)
-from .progress import Progress
-from .repository import Repository
-from .restorer import Restorer, RestoreResult
-from .snapshot import FULL, INCREMENTAL, Snapshot
-from .store import LocalFolderStore, ObjectStore
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# The names re-exported here, by the module that defines them, loaded on first use
+# (PEP 562): the in-place helper process imports the chunker and compression only, not
+# the whole package (20 MiB resident instead of 32).
+_EXPORTS = {
+    "archiver": ("Archiver", "BackupResult", "Source"),
+    "checker": ("Checker", "CheckResult", "Problem"),
+    "crypto": ("ScryptParams",),
+    "errors": (
+        "CorruptBlob", "CorruptObject", "FormatError", "KeyUnavailable", "MissingBlob", "MissingPack",
+        "ObjectExists", "ObjectNotFound", "PathNotFound", "RepositoryExists", "RepositoryNotFound",
+        "RestoreIncomplete", "SnapshotNotFound", "SourceNotFound", "StoreError", "UnsafePath",
+        "WrongPassphrase",
+    ),
+    "progress": ("Progress",),
+    "repository": ("Repository",),
+    "restorer": ("Restorer", "RestoreResult"),
+    "snapshot": ("FULL", "INCREMENTAL", "Snapshot"),
+    "store": ("LocalFolderStore", "ObjectStore"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
+
+if TYPE_CHECKING:
+    from .archiver import Archiver, BackupResult, Source
+    from .checker import Checker, CheckResult, Problem
+    from .crypto import ScryptParams
+    from .errors import (
+        CorruptBlob,
+        CorruptObject,
+        FormatError,
+        KeyUnavailable,
+        MissingBlob,
+        MissingPack,
+        ObjectExists,
+        ObjectNotFound,
+        PathNotFound,
+        RepositoryExists,
+        RepositoryNotFound,
+        RestoreIncomplete,
+        SnapshotNotFound,
+        SourceNotFound,
+        StoreError,
+        UnsafePath,
+        WrongPassphrase,
+    )
+    from .progress import Progress
+    from .repository import Repository
+    from .restorer import Restorer, RestoreResult
+    from .snapshot import FULL, INCREMENTAL, Snapshot
+    from .store import LocalFolderStore, ObjectStore
 
 __all__ = [
     "Archiver",

@@ -27,7 +27,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -43,6 +42,7 @@ from .constants import (
     TAG_SIZE,
 )
 from .errors import DecryptionFailed, FormatError, WrongPassphrase
+from .ids import chunk_id
 
 # Associated data, one per kind of sealed thing (docs/format.md lists them).
 AAD_CONFIG = b"reclo/v1/config"
@@ -98,7 +98,7 @@ class MasterKey:
         return cls(os.urandom(KEY_SIZE), os.urandom(KEY_SIZE))
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data, key=self.id_key).digest()
+        return chunk_id(self.id_key, data)
 
     def _aead(self) -> AESGCM:
         aead = getattr(self._local, "aead", None)

@@ -19,7 +19,8 @@ from shared.format import compression
 from shared.format.checker import Checker
 from shared.format.constants import DICTIONARIES_KEPT, DICTIONARIES_PREFIX, DICTIONARY_MIN_FILE, KiB, MiB
 from shared.format.crypto import blob_aad
-from shared.format.dictionaries import Dictionary, read_samples, train
+from shared.format.dictionaries import read_samples, train
+from shared.format.dictionary import Dictionary
 from shared.format.errors import CorruptBlob, FormatError, RestoreIncomplete, StoreError
 from shared.format.repository import RepositoryConfig
 from shared.format.store import ForwardingStore
