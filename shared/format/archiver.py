@@ -46,7 +46,9 @@ from .progress import Meter, ProgressCallback
 from .memory import return_big_buffers_to_the_system
 from .chunker import ImageChunker, Piece
 from .constants import DICTIONARY_MAX_CHUNK, DICTIONARY_MIN_FILE
-from .dictionaries import DictionaryEncoder, read_samples, train
+from .dictionaries import read_samples, train
+from .dictionary import DictionaryEncoder
+from .inplace_helper import HELPERS, InPlaceHelpers
 from .pack import BlobType
 from . import readahead
 from .repository import BlobSaver, Repository
@@ -106,8 +108,10 @@ _OPEN_AHEAD = 2 * _SMALL_BATCH_FILES
 # (before walking aside: 3 * depth). Fewer walks aside, or fewer looks ahead, left deep
 # trees waiting for one read at a time (docs/BENCHMARKS.md, "The walk against a slow store").
 _WALKS_ASIDE = 8
-# A big file's pieces go to the chunk pool in batches of this many bytes.
+# A big file's pieces go to the chunk pool in batches of this many bytes, or of this many
+# pieces when most are stored already or holes, which weigh nothing.
 _BATCH_BYTES = 1024 * 1024
+_BATCH_PIECES = 1024
 
 # Below this size a file is a chunk or two whatever the chunker: FastCDC keeps it whole.
 DEFAULT_IN_PLACE_MIN_SIZE = 1024 * 1024
@@ -187,6 +191,7 @@ class Archiver:
         in_place: Sequence[str] = DEFAULT_IN_PLACE_PATTERNS,
         in_place_min_size: int = DEFAULT_IN_PLACE_MIN_SIZE,
         tree_cache: TreeCache | None = None,
+        inplace_helpers: int = HELPERS,
     ):
         self.repo = repo
         self.host = host or socket.gethostname()
@@ -203,6 +208,8 @@ class Archiver:
         self.in_place_min_size = in_place_min_size
         # Written by every backup; the caller commits it once the snapshot counts.
         self.tree_cache = tree_cache
+        # Processes an incremental finds the changes of files rewritten in place in; 0: none.
+        self.inplace_helpers = inplace_helpers
 
     def tree_settings(self) -> str:
         """What, besides the files, decides a folder's tree: a tree cache made under other
@@ -266,6 +273,7 @@ class _Run:
         self._warned_dirs: set[str] = set()  # folders not to record in the cache
         self.parent_snapshot: Snapshot | None = None
         self.parent_indexed = False
+        self.helpers: InPlaceHelpers | None = None  # an incremental's (inplace_helper.py)
 
     # --- the whole run ---
 
@@ -295,6 +303,8 @@ class _Run:
         self.file_slots = asyncio.Semaphore(self.a.workers * 2)
         self.walks_aside = _WALKS_ASIDE
         self.saver: BlobSaver = self.repo.saver()
+        if self.kind == INCREMENTAL and self.parent_indexed and self.a.inplace_helpers > 0:
+            self.helpers = InPlaceHelpers(self.repo.key.id_key, self.a.inplace_helpers)
         loop = asyncio.get_running_loop()
         if self.cache_usable and self.parent_snapshot is not None:
             # No second walk: the parent's totals are a good guess, final at the end.
@@ -335,6 +345,8 @@ class _Run:
             await asyncio.gather(scanner, *([ticker] if ticker else []), return_exceptions=True)
             self.pool.shutdown(wait=True)
             self.chunk_pool.shutdown(wait=True)
+            if self.helpers is not None:
+                self.helpers.close()
 
         s = self.stats
         s.new_chunks = self.saver.stats.new_blobs[BlobType.DATA]
@@ -863,8 +875,15 @@ class _Run:
                 sink = _Deferred(self, content, dictionary, known, deferred)
             else:
                 sink = _Inline(self, content, dictionary, known)
+            pieces = chunker.pieces(f, size, on_read=self._count_read)
+            if known and self.helpers is not None and chunker is not self.repo.file_chunker \
+                    and size >= _FAN_OUT_MIN_SIZE:
+                # Rewritten in place: a helper process finds and compresses the chunks that
+                # changed, beside this process instead of in it (inplace_helper.py).
+                pieces = self.helpers.pieces(f, size, chunker, known, dictionary, self.saver.save_encoded_many,
+                                             on_read=self._count_read)
             try:
-                for piece in chunker.pieces(f, size, on_read=self._count_read):
+                for piece in pieces:
                     if self._stop.is_set():
                         raise _Stopping(path)
                     sink.add(piece)
@@ -951,6 +970,8 @@ class _Sink:
         self.known = known
 
     def _ref(self, piece: Piece) -> ChunkRef:
+        if piece.id is not None:  # stored already (inplace_helper.py)
+            return ChunkRef(piece.id, piece.length)
         if piece.data is None:
             return ChunkRef(None, piece.length)
         blob_id = self.key.chunk_id(piece.data)
@@ -989,6 +1010,9 @@ class _Deferred(_Sink):
         self.mine: list[tuple[bytes, bytes, DictionaryEncoder | None]] = []
 
     def add(self, piece: Piece) -> None:
+        if piece.id is not None:  # stored already (inplace_helper.py)
+            self.content.append(ChunkRef(piece.id, piece.length))
+            return
         if piece.data is None:
             append_ref(self.content, ChunkRef(None, piece.length))
             return
@@ -1023,7 +1047,7 @@ class _FannedOut(_Sink):
         self.batch.append(piece)
         if piece.data is not None:
             self.batch_bytes += piece.length
-        if self.batch_bytes >= _BATCH_BYTES:
+        if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_PIECES:
             self._submit()
             while len(self.window) > self.limit:
                 self._collect()
@@ -1054,9 +1078,9 @@ class _FannedOut(_Sink):
 
     def _save(self, batch: list[Piece]) -> list[ChunkRef]:
         """The batch's pieces hashed, then the index asked about all of them at once."""
-        ids = [None if piece.data is None else self.key.chunk_id(piece.data) for piece in batch]
+        ids = [piece.id if piece.data is None else self.key.chunk_id(piece.data) for piece in batch]
         self.saver.save_data_many([(piece.data, blob_id, self.dictionary) for piece, blob_id in zip(batch, ids)
-                                   if blob_id is not None and blob_id not in self.known])  # type: ignore[misc]
+                                   if piece.data is not None and blob_id not in self.known])  # type: ignore[misc]
         return [ChunkRef(blob_id, piece.length) for piece, blob_id in zip(batch, ids)]
 
 

@@ -39,15 +39,17 @@ from .errors import FormatError
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A stretch of a file: its bytes, or None when it is all zeros (a hole)."""
+    """A stretch of a file: its bytes, or None when it is all zeros (a hole) or when it is
+    a chunk already in the repository, given by its id (inplace_helper.py)."""
 
     offset: int
     length: int
     data: bytes | None
+    id: bytes | None = None  # a stored chunk's id, its bytes not kept
 
     @property
     def is_hole(self) -> bool:
-        return self.data is None
+        return self.data is None and self.id is None
 
 
 _ZEROS = bytes(max(CDC_MAX_SIZE, IMAGE_CHUNK_SIZE))

@@ -89,7 +89,8 @@ from .pack import (
     open_blob,
     open_header,
 )
-from .dictionaries import Dictionaries, DictionaryEncoder
+from .dictionaries import Dictionaries
+from .dictionary import DictionaryEncoder
 from .snapshot import Node, Snapshot, Tree
 from .store import ObjectStore
 
@@ -589,37 +590,62 @@ class BlobSaver:
                 self._raise_if_failed()
                 self._store(BlobType.DATA, data, blob_id, dictionary, generation)
 
+    def save_encoded_many(self, blobs: Sequence[tuple[bytes, bytes, int]]) -> None:
+        """Data blobs compressed elsewhere (an in-place helper), each (id, what
+        compression.encode made of it, its length): stored unless the repository has them,
+        the index asked about all at once."""
+        if not blobs:
+            return
+        self._raise_if_failed()
+        generation = self._indexed
+        present = self.repo.index.contains_many([blob_id for blob_id, _, _ in blobs])
+        for blob_id, plaintext, raw_length in blobs:
+            if blob_id not in present:
+                self._raise_if_failed()
+                if self._reserve(blob_id, generation):
+                    self._pack(BlobType.DATA, blob_id, plaintext, raw_length)
+
     def _store(self, blob_type: BlobType, data: bytes, blob_id: bytes, dictionary: DictionaryEncoder | None,
                generation: int) -> bool:
         """Seal and pack a blob the index lacked at generation, unless it is pending or a
         pack indexed since holds it."""
-        key = self.repo.key
-        with self._lock:
-            if blob_id in self._pending or (generation != self._indexed and blob_id in self.repo.index):
-                return False
-            self._pending.add(blob_id)
+        if not self._reserve(blob_id, generation):
+            return False
         try:
             plaintext = compression.encode(data, dictionary)  # the costly part, outside the lock
         except BaseException:
             with self._lock:
                 self._pending.discard(blob_id)
             raise
+        self._pack(blob_type, blob_id, plaintext, len(data))
+        return True
+
+    def _reserve(self, blob_id: bytes, generation: int) -> bool:
+        """Whether this thread stores the blob: not pending, nor in a pack indexed since."""
+        with self._lock:
+            if blob_id in self._pending or (generation != self._indexed and blob_id in self.repo.index):
+                return False
+            self._pending.add(blob_id)
+            return True
+
+    def _pack(self, blob_type: BlobType, blob_id: bytes, plaintext: bytes, raw_length: int) -> None:
+        """A reserved blob sealed into the open pack, which goes out once full."""
+        key = self.repo.key
         full = None
         with self._lock:
             writer = self._open[blob_type]
             try:  # encrypted straight into the pack (AES-GCM releases the GIL; ~8 GB/s here)
-                writer.seal(key, blob_type, blob_id, plaintext, len(data))
+                writer.seal(key, blob_type, blob_id, plaintext, raw_length)
             except BaseException:
                 self._pending.discard(blob_id)
                 raise
             self.stats.new_blobs[blob_type] += 1
-            self.stats.new_bytes[blob_type] += len(data)
+            self.stats.new_bytes[blob_type] += raw_length
             if writer.size >= self.repo.pack_size or len(writer) >= PACK_MAX_BLOBS:
                 full = writer
                 self._open[blob_type] = PackWriter()
         if full is not None:
             self._ship(full.finish(key))
-        return True
 
     def reuse_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
         """A tree the backup references again without saving it (an unchanged directory
