@@ -248,12 +248,14 @@ def measure_backup(e: Engine, data: Path, kind: str, into: dict, cold: bool) -> 
 
 
 def measure_restore(e: Engine, data: Path, target: Path, into: dict, cold: bool, keep: bool) -> None:
+    """One more restore of e's newest snapshot (its logs numbered), compared with data."""
     step(f"{e.name}: restore")
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     argv, cwd = e.restore(target)
     try:
-        run = run_measured(argv, env=e.env, cwd=cwd, logs=e.logs, name="restore", cold=cold)
+        name = f"restore-{len(into.get('restores', [])) + 1}"
+        run = run_measured(argv, env=e.env, cwd=cwd, logs=e.logs, name=name, cold=cold)
     except CommandFailed as failure:
         into["restore_error"] = str(failure)
         raise

@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ COMPARE_BLOCK = 4 * MiB
 # Differences listed by name (the count is always complete): enough to see a pattern.
 MAX_LISTED_DIFFERENCES = 20
 DROP_CACHES = "/proc/sys/vm/drop_caches"
+# How often the memory of a measured process and its children is summed (TreeMemory).
+TREE_SAMPLE_SECONDS = 0.02
 
 
 @dataclass
@@ -31,12 +34,14 @@ class Run:
 
     argv: list[str]
     seconds: float
-    peak_rss_bytes: int
+    peak_rss_bytes: int  # the higher of its own peak and its process tree's sampled peak
     returncode: int
     load_before: tuple[float, float, float]
     cold: bool  # the page cache was dropped just before it started
     stdout_path: str
     stderr_path: str
+    peak_rss_own_bytes: int = 0  # ru_maxrss: the largest single process (wait4)
+    peak_rss_tree_bytes: int = 0  # the largest sum over the process and its children, sampled
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,9 +55,12 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path,
                  cold: bool) -> Run:
     """Run argv in a fresh child and return its wall time and peak RSS.
 
-    The peak RSS is the child's own ru_maxrss from wait4 (it includes descendants it
-    waited for), so nothing else the machine runs is counted; with `cold` the page cache
-    is dropped first, so the data is read from disk as in a nightly backup.
+    The peak RSS is the child's ru_maxrss from wait4 (its own peak, or a waited-for
+    descendant's if larger: the largest single process) or, if larger, the sum over the
+    child and its descendants sampled every TREE_SAMPLE_SECONDS (an engine that works in
+    helper processes holds all of them at once). Nothing else the machine runs is
+    counted. With `cold` the page cache is dropped first, so the data is read from disk as
+    in a nightly backup.
     """
     logs.mkdir(parents=True, exist_ok=True)
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
@@ -61,14 +69,65 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path,
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        tree = TreeMemory(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
+        tree_peak = tree.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
-    run = Run(argv, seconds, usage.ru_maxrss * 1024, proc.returncode, load, dropped, str(out_path), str(err_path))
+    own_peak = usage.ru_maxrss * 1024
+    run = Run(argv, seconds, max(own_peak, tree_peak), proc.returncode, load, dropped, str(out_path),
+              str(err_path), own_peak, tree_peak)
     if run.returncode != 0:
         tail = err_path.read_text(errors="replace")[-2000:] or out_path.read_text(errors="replace")[-2000:]
         raise CommandFailed(f"{' '.join(argv)} exited with {run.returncode}:\n{tail}")
     return run
+
+
+class TreeMemory:
+    """The peak, over samples, of the resident memory of a process and its descendants
+    summed (Linux /proc; 0 elsewhere)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        while not self._done.wait(TREE_SAMPLE_SECONDS):
+            total = 0
+            for pid in _descendants_and_self(self.pid):
+                try:
+                    with open(f"/proc/{pid}/statm") as f:
+                        total += int(f.read().split()[1]) * page
+                except (OSError, ValueError, IndexError):
+                    continue  # gone meanwhile
+            self.peak = max(self.peak, total)
+
+
+def _descendants_and_self(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:  # a child belongs to the thread that started it
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pending.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def run_quiet(argv: list[str], *, env: dict[str, str], cwd: Path | None = None) -> str:
