@@ -895,6 +895,7 @@ class _Run:
                 self.meter.advance(files=1, nbytes=size - total)
                 return None
             finally:
+                pieces.close()  # a helper given back, or stopped half-way (not left to the GC)
                 sink.close()
             after = os.fstat(f.fileno())
         if node_type == FILE and (

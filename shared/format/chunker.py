@@ -66,6 +66,7 @@ def is_zero(data: bytes) -> bool:
 
 _SPARSE_AWARE = hasattr(os, "SEEK_DATA")  # not on Windows: there every byte is read
 _HAS_PREAD = hasattr(os, "pread")  # not on Windows either
+_HAS_PREADV = hasattr(os, "preadv")
 
 
 def _next_data(fd: int, pos: int, size: int) -> int:
@@ -264,9 +265,13 @@ class ImageChunker:
             chunking = _Constant(chunking)
         self.chunking = chunking
 
-    def pieces(self, f: BinaryIO, size: int, on_read=None) -> Iterator[Piece]:
+    def pieces(self, f: BinaryIO, size: int, on_read=None, start: int = 0) -> Iterator[Piece]:
+        """start: a multiple of the chunk size (where an in-place helper stopped); the
+        pieces from there are those of the whole file from there, a hole across start cut."""
         fd = f.fileno()
         chunk = self.chunking.chunk_size(size)
+        if start % chunk:
+            raise ValueError(f"start {start} is not a multiple of the chunk size {chunk}")
         # Whole chunks are read a block at a time and the holes looked up once per data
         # extent: a syscall or two per 32 KiB chunk was most of an incremental's reading.
         block = max(chunk, _READ_BLOCK - _READ_BLOCK % chunk)
@@ -275,7 +280,7 @@ class ImageChunker:
         # and cost 256 page faults and an munmap each (memory.py), 130,000 faults for the
         # benchmark's database and disk image. A block of one chunk is that chunk.
         reused = bytearray(block) if block > chunk else None
-        pos = 0
+        pos = start
         data_end = 0  # [pos, data_end) is known to be allocated
         while pos < size:
             if pos >= data_end:
@@ -336,11 +341,15 @@ def _read_full(f: BinaryIO, n: int, pos: int) -> bytes:
 
 
 def _read_into(f: BinaryIO, view: memoryview, pos: int) -> int:
-    """Fill view from pos as far as the file goes; the number of bytes read."""
-    f.seek(pos)
+    """Fill view from pos as far as the file goes; the number of bytes read. With preadv
+    the file position is neither used nor moved: an in-place helper process reads the
+    same open file (inplace_helper.py), and a seek of one would move the other's reads."""
+    fd = f.fileno() if _HAS_PREADV else -1
+    if fd < 0:
+        f.seek(pos)
     got = 0
     while got < len(view):  # short reads happen on block devices and network filesystems
-        n = f.readinto(view[got:])
+        n = os.preadv(fd, [view[got:]], pos + got) if fd >= 0 else f.readinto(view[got:])
         if not n:
             break
         got += n

@@ -58,6 +58,12 @@ _RECORD = struct.Struct("!QQB32sI")  # offset, length, what it is, id, length of
 _HOLE, _KNOWN, _NEW = 0, 1, 2
 _BATCH = 256  # records per frame at most
 _BATCH_ENCODED = 1 << 20  # ... and encoded bytes, roughly
+# What the backup accepts from a helper: a frame's encodings (a batch's, plus the chunk
+# that passed it: at most 1 MiB and an encoding byte and a dictionary id), an error's
+# message, and how long a frame may take (256 chunks of up to 1 MiB from a slow disk).
+_MAX_ENCODED = _BATCH_ENCODED + (1 << 20) + 64
+_MAX_MESSAGE = 1 << 16
+_FRAME_TIMEOUT = 600.0
 
 
 class HelperLost(Exception):
@@ -87,7 +93,12 @@ class _Helper:
             child.close()
         self.sock = parent
         self.reader = parent.makefile("rb")
-        parent.sendall(id_key)
+        try:
+            parent.settimeout(_FRAME_TIMEOUT)  # a helper that hangs is one that is lost
+            parent.sendall(id_key)
+        except BaseException:
+            self.close()
+            raise
 
     def request(self, fd: int, size: int, chunk: int, known: frozenset[bytes], dictionary: Dictionary | None) -> None:
         body = b"".join(known)
@@ -105,15 +116,17 @@ class _Helper:
         ReadError if it could not read the file, HelperLost if it went away."""
         while True:
             kind, count, read, encoded = _FRAME.unpack(self._read(_FRAME.size))
-            if kind == _FAILED:
+            if kind == _FAILED and read <= _MAX_MESSAGE:
                 raise ReadError(count, self._read(read).decode("utf-8", "replace"))
-            if kind not in (_RECORDS, _LAST) or count > _BATCH:
-                raise HelperLost(f"unexpected frame {kind} of {count}")
+            if kind not in (_RECORDS, _LAST) or count > _BATCH or encoded > _MAX_ENCODED:
+                raise HelperLost(f"unexpected frame {kind} of {count} records, {encoded} bytes")
             body = self._read(count * _RECORD.size + encoded)
             records = []
             at = count * _RECORD.size
             for i in range(count):
                 offset, length, what, blob_id, size = _RECORD.unpack_from(body, i * _RECORD.size)
+                if what not in (_HOLE, _KNOWN, _NEW) or (what == _NEW) != (size > 0):
+                    raise HelperLost(f"a record of kind {what} with {size} encoded bytes")
                 records.append((offset, length, what, blob_id, body[at:at + size]))
                 at += size
             if at != len(body):
@@ -132,7 +145,7 @@ class _Helper:
         return data
 
     def close(self) -> None:
-        """Stops the helper, whatever it was doing."""
+        """Stops the helper, whatever it was doing; again: nothing."""
         self.reader.close()
         self.sock.close()
         if self.process.poll() is None:
@@ -152,91 +165,104 @@ class InPlaceHelpers:
         self.usable = AVAILABLE and limit > 0  # False after a helper failed: the rest is read here
         self.started = 0  # helpers started (the tests look)
         self._idle: list[_Helper] = []
-        self._running = 0
+        self._all: set = set()  # helpers running, and places held for those starting
         self._closed = False
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def pieces(self, f: BinaryIO, size: int, chunker: ImageChunker, known: frozenset[bytes],
                dictionary: DictionaryEncoder | None, save: SaveEncoded,
                on_read: Callable[[int], None] | None = None) -> Iterator[Piece]:
         """chunker.pieces(f, size), with every chunk as Piece(offset, length, None, id):
         those not in known were stored with save([(id, encoding, length), ...]) first.
-        Holes stay Piece(offset, length, None)."""
+        Holes stay Piece(offset, length, None). Close the iterator when done with it
+        (a `with closing(...)`): that gives the helper back, or stops it half-way."""
         helper = self._take()
-        if helper is None:
+        if helper is None:  # none free, or none at all: read here
             yield from chunker.pieces(f, size, on_read)
             return
         done = 0  # where the pieces handed on end
         healthy = False
         try:
-            helper.request(f.fileno(), size, chunker.chunking.chunk_size(size), known,
-                           None if dictionary is None else dictionary.dictionary)
-            for read, records in helper.frames():
-                if on_read is not None and read:
-                    on_read(read)
-                new = [(blob_id, encoding, length) for _, length, what, blob_id, encoding in records if what == _NEW]
-                if new:
-                    save(new)
-                for offset, length, what, blob_id, _ in records:
-                    if offset != done:
-                        raise HelperLost(f"a piece at {offset}, expected {done}")
-                    yield Piece(offset, length, None, None if what == _HOLE else blob_id)
-                    done = offset + length
-            healthy = True
-        except ReadError:
-            healthy = True  # it said so, and waits for the next file
-            raise
+            try:
+                helper.request(f.fileno(), size, chunker.chunking.chunk_size(size), known,
+                               None if dictionary is None else dictionary.dictionary)
+                for read, records in helper.frames():
+                    if on_read is not None and read:
+                        on_read(read)
+                    pieces = []
+                    for offset, length, what, blob_id, _ in records:
+                        if offset != done or length <= 0 or (what == _KNOWN and blob_id not in known):
+                            raise HelperLost(f"a piece at {offset} of {length} bytes ({what}), expected {done}")
+                        pieces.append(Piece(offset, length, None, None if what == _HOLE else blob_id))
+                        done = offset + length
+                    save([(blob_id, encoding, length) for _, length, what, blob_id, encoding in records
+                          if what == _NEW])
+                    yield from pieces
+                healthy = True  # done < size: the file shrank while it was read, as here
+            except ReadError:
+                healthy = True  # it said so, and waits for the next file
+                raise
         except HelperLost as e:
             log.warning("in-place helper lost, reading the rest of the file here: %s", e)
             self.usable = False
-            for piece in chunker.pieces(f, size, on_read):
-                if piece.offset >= done:
-                    yield piece
+            self._give_back(helper, healthy=False)  # stopped before reading: it shares the file
+            helper = None
+            if done < size:
+                yield from chunker.pieces(f, size, on_read, start=done)
         finally:
-            self._give_back(helper, healthy)
+            if helper is not None:
+                self._give_back(helper, healthy)
 
     def _take(self) -> _Helper | None:
-        with self._changed:
-            while True:
-                if self._closed or not self.usable:
-                    return None
-                if self._idle:
-                    return self._idle.pop()
-                if self._running < self.limit:
-                    self._running += 1
-                    break
-                self._changed.wait()
+        """A free helper, or a new one if fewer than limit run; None if neither (the
+        file is read in the backup's process then: waiting for the helper would hold a
+        worker the walk needs)."""
+        with self._lock:
+            if self._closed or not self.usable:
+                return None
+            if self._idle:
+                return self._idle.pop()
+            if len(self._all) >= self.limit:
+                return None
+            placeholder = object()
+            self._all.add(placeholder)
         try:
             helper = _Helper(self.id_key)
-        except OSError as e:
+        except Exception as e:
             log.warning("cannot start an in-place helper, reading here: %s", e)
-            with self._changed:
-                self._running -= 1
+            with self._lock:
+                self._all.discard(placeholder)
                 self.usable = False
-                self._changed.notify_all()
+            return None
+        with self._lock:
+            self._all.discard(placeholder)
+            self._all.add(helper)
+            closed = self._closed
+        if closed:  # closed while it started
+            self._give_back(helper, healthy=False)
             return None
         self.started += 1
         return helper
 
     def _give_back(self, helper: _Helper, healthy: bool) -> None:
         """A helper stopped half-way through a file (an error, a cancel) is not reused."""
-        with self._changed:
-            keep = healthy and not self._closed
+        with self._lock:
+            keep = healthy and not self._closed and helper in self._all
             if keep:
                 self._idle.append(helper)
             else:
-                self._running -= 1
-            self._changed.notify_all()
+                self._all.discard(helper)
         if not keep:
             helper.close()
 
     def close(self) -> None:
-        with self._changed:
+        """Stops every helper, busy ones too (their files fall back to this process)."""
+        with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-            self._running -= len(idle)
-            self._changed.notify_all()
-        for helper in idle:
+            helpers = [h for h in self._all if isinstance(h, _Helper)]
+            self._all.clear()
+            self._idle.clear()
+        for helper in helpers:
             helper.close()
 
 

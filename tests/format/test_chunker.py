@@ -178,3 +178,25 @@ def test_is_zero():
     assert is_zero(bytes(100))
     assert not is_zero(bytes(50) + b"\1" + bytes(49))
     assert not is_zero(b"")
+
+
+def test_image_chunks_from_an_offset_are_the_rest_of_the_files_with_a_hole_across_it_cut(tmp_path):
+    # Where an in-place helper stopped, the backup goes on (inplace_helper.py).
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.write(os.urandom(3 * MiB))
+        f.seek(8 * MiB)  # a 5 MiB hole, then data
+        f.write(os.urandom(2 * MiB + 5 * KiB))  # the last chunk short
+    size = os.path.getsize(path)
+    chunker = ImageChunker(FixedChunking(min_size=64 * KiB))
+    with open(path, "rb", buffering=0) as f:
+        whole = list(chunker.pieces(f, size))
+        for start in (0, 64 * KiB, 3 * MiB, 5 * MiB, 8 * MiB, size - size % (64 * KiB)):
+            rest = list(chunker.pieces(f, size, start=start))
+            assert rest[0].offset == start
+            assert all(a.offset + a.length == b.offset for a, b in zip(rest, rest[1:]))
+            assert rest[-1].offset + rest[-1].length == size
+            assert [(p.offset, p.data) for p in rest if p.data is not None] == \
+                [(p.offset, p.data) for p in whole if p.data is not None and p.offset >= start]
+        with pytest.raises(ValueError):
+            next(chunker.pieces(f, size, start=1000))

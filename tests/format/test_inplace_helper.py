@@ -4,8 +4,11 @@ what happens when the helper fails."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,10 +101,13 @@ async def test_a_helper_finds_the_changes_and_the_snapshot_is_the_one_made_in_pr
 
     assert helped.snapshot.kind == INCREMENTAL
     for path in (("server", "db", "erp.db"), ("server", "vm", "disk.img")):
-        assert (await _node(repo, helped, *path)).content == (await _node(here_repo, here, *path)).content
-    # The same new blobs, compressed alike (the database's with its dictionary).
-    assert (helped.stats.new_chunks, helped.stats.new_bytes, helped.stats.stored_bytes) == \
-        (here.stats.new_chunks, here.stats.new_bytes, here.stats.stored_bytes)
+        content = (await _node(repo, helped, *path)).content
+        assert content == (await _node(here_repo, here, *path)).content
+        # The same blobs, compressed alike (the database's with its dictionary): the same
+        # sealed lengths. (The snapshots' own trees may differ by a folder's atime.)
+        ids = [ref.id for ref in content if ref.id is not None]
+        assert [repo.index.lookup(i).length for i in ids] == [here_repo.index.lookup(i).length for i in ids]
+    assert (helped.stats.new_chunks, helped.stats.new_bytes) == (here.stats.new_chunks, here.stats.new_bytes)
     assert helped.stats.new_chunks <= 4 + 3 + 1 + 2  # the rewritten blocks' chunks, the doc, the trees
     assert helped.stats.bytes_read == here.stats.bytes_read  # the helper's reads are counted
 
@@ -166,3 +172,62 @@ async def test_a_full_backup_starts_no_helper(repo, tmp_path, monkeypatch):
     started = Started(monkeypatch)
     await Archiver(repo, tree_cache=TreeCache(tmp_path / "trees.sqlite")).backup([str(src)], kind=FULL)
     assert started.helpers == []
+
+
+async def test_a_helper_that_errs_is_stopped_before_the_backup_reads_the_file_itself(tmp_path, monkeypatch):
+    # The helper reads the same open file: it must be gone before the backup reads on
+    # (and both read without moving the file's position, chunker._read_into).
+    src = _server(tmp_path / "data")
+    states = await _full_then_copies(tmp_path, src, 2)
+    _change(src)
+    here_repo, here = await _incremental(*states[0], src, inplace_helpers=0)
+    started = Started(monkeypatch)
+    frames = inplace_helper._Helper.frames
+    alive_at_fallback = []
+
+    def garbled_after_the_first_frame(helper):
+        for n, frame in enumerate(frames(helper)):
+            if n == 1:
+                raise inplace_helper.HelperLost("a garbled frame")  # the helper itself runs on
+            yield frame
+
+    chunker_pieces = ImageChunker.pieces
+
+    def pieces(chunker, f, size, on_read=None, start=0):
+        if start:
+            alive_at_fallback.extend(h.process.poll() is None for h in started.helpers)
+        return chunker_pieces(chunker, f, size, on_read, start)
+
+    monkeypatch.setattr(inplace_helper._Helper, "frames", garbled_after_the_first_frame)
+    monkeypatch.setattr(ImageChunker, "pieces", pieces)
+    repo, helped = await _incremental(*states[1], src, inplace_helpers=1)
+    assert alive_at_fallback == [False]
+    for path in (("server", "db", "erp.db"), ("server", "vm", "disk.img")):
+        assert (await _node(repo, helped, *path)).content == (await _node(here_repo, here, *path)).content
+
+
+async def test_a_backup_cancelled_while_a_helper_works_ends_and_leaves_no_helper(tmp_path, monkeypatch):
+    src = _server(tmp_path / "data")
+    _database(src / "db" / "second.db", 24 * MiB, seed=5)  # two files want the one helper
+    states = await _full_then_copies(tmp_path, src, 1)
+    _change(src)
+    _rewrite_blocks(src / "db" / "second.db", [MiB])
+    started = Started(monkeypatch)
+    frames = inplace_helper._Helper.frames
+    first_frame = threading.Event()
+
+    def slow(helper):
+        for frame in frames(helper):
+            first_frame.set()
+            yield frame
+            time.sleep(0.1)
+
+    monkeypatch.setattr(inplace_helper._Helper, "frames", slow)
+    backup = asyncio.ensure_future(_incremental(*states[0], src, inplace_helpers=1, workers=2))
+    while not first_frame.is_set():
+        await asyncio.sleep(0.01)
+    backup.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(backup, 30)
+    assert len(started.helpers) == 1
+    assert all(h.process.returncode is not None for h in started.helpers)
