@@ -70,9 +70,11 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path,
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         tree = TreeMemory(proc.pid)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        tree_peak = tree.stop()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - started
+        finally:
+            tree_peak = tree.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
     own_peak = usage.ru_maxrss * 1024
     run = Run(argv, seconds, max(own_peak, tree_peak), proc.returncode, load, dropped, str(out_path),
@@ -85,7 +87,8 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path,
 
 class TreeMemory:
     """The peak, over samples, of the resident memory of a process and its descendants
-    summed (Linux /proc; 0 elsewhere)."""
+    summed (Linux /proc; 0 elsewhere). RSS, not PSS: pages two processes share (the
+    interpreter, libraries) count for each, which overstates a tree a little."""
 
     def __init__(self, pid: int):
         self.pid = pid
