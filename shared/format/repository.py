@@ -32,7 +32,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Awaitable, Iterable, Sequence, TypeVar
+from typing import Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from . import compression
 from .chunker import ChunkerParams, FileChunker, FixedChunking, ImageChunker
@@ -580,30 +580,29 @@ class BlobSaver:
         """save() of many data blobs, each (data, id, dictionary), the index asked about all
         of them in one query (on disk each lookup alone is a query, and a hand-off of the
         GIL and the index's lock)."""
-        if not chunks:
-            return
-        self._raise_if_failed()
-        generation = self._indexed
-        present = self.repo.index.contains_many([blob_id for _, blob_id, _ in chunks])
-        for data, blob_id, dictionary in chunks:
-            if blob_id not in present:
-                self._raise_if_failed()
-                self._store(BlobType.DATA, data, blob_id, dictionary, generation)
+        for (data, blob_id, dictionary), generation in self._not_indexed(chunks, lambda chunk: chunk[1]):
+            self._store(BlobType.DATA, data, blob_id, dictionary, generation)
 
     def save_encoded_many(self, blobs: Sequence[tuple[bytes, bytes, int]]) -> None:
         """Data blobs compressed elsewhere (an in-place helper), each (id, what
         compression.encode made of it, its length): stored unless the repository has them,
         the index asked about all at once."""
-        if not blobs:
+        for (blob_id, plaintext, raw_length), generation in self._not_indexed(blobs, lambda blob: blob[0]):
+            if self._reserve(blob_id, generation):
+                self._pack(BlobType.DATA, blob_id, plaintext, raw_length)
+
+    def _not_indexed(self, items: Sequence[T], blob_id_of: Callable[[T], bytes]) -> Iterator[tuple[T, int]]:
+        """The items whose blob the index lacks, asked in one query, each with the index's
+        generation then (see save); raises once the saver has failed."""
+        if not items:
             return
         self._raise_if_failed()
         generation = self._indexed
-        present = self.repo.index.contains_many([blob_id for blob_id, _, _ in blobs])
-        for blob_id, plaintext, raw_length in blobs:
-            if blob_id not in present:
+        present = self.repo.index.contains_many([blob_id_of(item) for item in items])
+        for item in items:
+            if blob_id_of(item) not in present:
                 self._raise_if_failed()
-                if self._reserve(blob_id, generation):
-                    self._pack(BlobType.DATA, blob_id, plaintext, raw_length)
+                yield item, generation
 
     def _store(self, blob_type: BlobType, data: bytes, blob_id: bytes, dictionary: DictionaryEncoder | None,
                generation: int) -> bool:

@@ -118,12 +118,18 @@ async def test_a_helper_finds_the_changes_and_the_snapshot_is_the_one_made_in_pr
     assert check.ok, [str(p) for p in check.problems]
 
 
-async def test_a_helper_killed_half_way_leaves_the_rest_of_the_file_to_the_backup(tmp_path, monkeypatch, caplog):
+async def _made_in_process(tmp_path: Path):
+    """The data after a day's changes, a state to back it up from again, and the
+    incremental made without a helper (what a helper's must equal)."""
     src = _server(tmp_path / "data")
     states = await _full_then_copies(tmp_path, src, 2)
     _change(src)
     here_repo, here = await _incremental(*states[0], src, inplace_helpers=0)
+    return src, states[1], here_repo, here
 
+
+async def test_a_helper_killed_half_way_leaves_the_rest_of_the_file_to_the_backup(tmp_path, monkeypatch, caplog):
+    src, state, here_repo, here = await _made_in_process(tmp_path)
     started = Started(monkeypatch)
     frames = inplace_helper._Helper.frames
 
@@ -135,7 +141,7 @@ async def test_a_helper_killed_half_way_leaves_the_rest_of_the_file_to_the_backu
                 helper.process.wait()
 
     monkeypatch.setattr(inplace_helper._Helper, "frames", killed_after_the_first_frame)
-    repo, helped = await _incremental(*states[1], src, inplace_helpers=1)
+    repo, helped = await _incremental(*state, src, inplace_helpers=1)
     assert len(started.helpers) == 1  # killed during the first file, and not started again
     assert "in-place helper lost" in caplog.text
     for path in (("server", "db", "erp.db"), ("server", "vm", "disk.img")):
@@ -177,10 +183,7 @@ async def test_a_full_backup_starts_no_helper(repo, tmp_path, monkeypatch):
 async def test_a_helper_that_errs_is_stopped_before_the_backup_reads_the_file_itself(tmp_path, monkeypatch):
     # The helper reads the same open file: it must be gone before the backup reads on
     # (and both read without moving the file's position, chunker._read_into).
-    src = _server(tmp_path / "data")
-    states = await _full_then_copies(tmp_path, src, 2)
-    _change(src)
-    here_repo, here = await _incremental(*states[0], src, inplace_helpers=0)
+    src, state, here_repo, here = await _made_in_process(tmp_path)
     started = Started(monkeypatch)
     frames = inplace_helper._Helper.frames
     alive_at_fallback = []
@@ -200,7 +203,7 @@ async def test_a_helper_that_errs_is_stopped_before_the_backup_reads_the_file_it
 
     monkeypatch.setattr(inplace_helper._Helper, "frames", garbled_after_the_first_frame)
     monkeypatch.setattr(ImageChunker, "pieces", pieces)
-    repo, helped = await _incremental(*states[1], src, inplace_helpers=1)
+    repo, helped = await _incremental(*state, src, inplace_helpers=1)
     assert alive_at_fallback == [False]
     for path in (("server", "db", "erp.db"), ("server", "vm", "disk.img")):
         assert (await _node(repo, helped, *path)).content == (await _node(here_repo, here, *path)).content
