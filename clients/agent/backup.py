@@ -23,11 +23,13 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
 
 from shared.format import FULL, INCREMENTAL, Archiver, Snapshot, Source
+from shared.format.archiver import warm_up
 from shared.format.indexcache import IndexCache
 from shared.format.treecache import TreeCache
 
@@ -104,6 +106,7 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         raise UsageError(f"nothing to back up: give --source/--image or add [[sources]] to {cfg.path}")
     paths = [(recorded_path(cfg, s), s.kind) for s in request.sources]
     repo: RecordingRepository | None
+    warmed = _warm_up_while_the_key_is_derived(cfg, request.sources)
     try:
         repo = await target.open_repository(passphrase, upload_concurrency=cfg.upload.concurrency,
                                             index_cache_in=cfg.state_dir / "index-cache")
@@ -111,6 +114,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if not target.is_server:
             raise
         repo = None  # the first backup of this host creates the repository (step 4)
+    finally:
+        warmed.set()
     state = StateFile(cfg.state_dir)
     backup_id = None
     try:
@@ -187,6 +192,18 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
     if backup_id is not None:
         await _close_stale_sessions(target, state, backup_id)
     return BackupOutcome(result.snapshot_id, result.snapshot, warnings, backup_id, len(packs), len(target.gone_packs))
+
+
+def _warm_up_while_the_key_is_derived(cfg: AgentConfig, sources: Sequence[SourceConfig]) -> threading.Event:
+    """Starts archiver.warm_up on the folder sources in a thread; set the event returned
+    once the repository is open. Not on Windows, where the backup reads a VSS shadow
+    copy made later, not the live folders."""
+    stop = threading.Event()
+    roots = [os.path.abspath(s.path) for s in sources if s.kind != IMAGE]
+    if roots and sys.platform != "win32":
+        threading.Thread(target=warm_up, args=(roots, cfg.excludes, stop), name="reclo-warm-up",
+                         daemon=True).start()
+    return stop
 
 
 def tree_cache_path(cfg: AgentConfig, repository_id: str, paths: list[tuple[str, str]]):

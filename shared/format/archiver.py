@@ -39,7 +39,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .errors import FormatError, SourceNotFound
 from .progress import Meter, ProgressCallback
@@ -148,6 +148,42 @@ def excluded(patterns: Sequence[str], rel_path: str, name: str) -> bool:
         elif fnmatch.fnmatchcase(name, pattern):
             return True
     return False
+
+
+def folder_sizes(root: str, excludes: Sequence[str], stop: threading.Event) -> Iterator[tuple[int, int]]:
+    """The regular files (not excluded) under root, counted folder by folder: (files,
+    bytes) of each, until stop is set. scandir's entries know their type without a system
+    call, so only regular files are stat'ed."""
+    pending = [(root, "")]
+    while pending and not stop.is_set():
+        dirpath, rel_dir = pending.pop()
+        files, nbytes = 0, 0
+        try:
+            with os.scandir(dirpath) as it:
+                for entry in it:
+                    name = entry.name
+                    if excludes and excluded(excludes, rel_dir + name, name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, rel_dir + name + "/"))
+                        elif entry.is_file(follow_symlinks=False):
+                            files += 1
+                            nbytes += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+        yield files, nbytes
+
+
+def warm_up(roots: Sequence[str], excludes: Sequence[str], stop: threading.Event) -> int:
+    """Look at every file under roots once, so that the kernel has their folders and
+    inodes in memory when the walk comes: run it in a thread while the repository's key
+    is derived (scrypt lets go of the interpreter for ~0.2 s), and stop it then. An
+    incremental that keeps its parent's totals has no progress scanner to do this, and
+    its walk met every inode cold. Returns the files looked at."""
+    return sum(files for root in roots for files, _ in folder_sizes(root, excludes, stop))
 
 
 def _node_from_stat(name: str, node_type: str, st: os.stat_result) -> Node:
@@ -461,32 +497,10 @@ class _Run:
                     size = 0
                 self.meter.add_total(1, size)
                 continue
-            # scandir's entries know their type without a system call, so only regular
-            # files are stat'ed (the walk itself stats everything again: this thread only
-            # feeds the progress bar and competes with it for the interpreter).
-            pending = [(source.path, "")]
-            while pending:
-                if self._stop.is_set():
-                    return
-                dirpath, rel_dir = pending.pop()
-                files, nbytes = 0, 0
-                try:
-                    with os.scandir(dirpath) as it:
-                        for entry in it:
-                            name = entry.name
-                            if self.a.excludes and excluded(self.a.excludes, rel_dir + name, name):
-                                continue
-                            try:
-                                if entry.is_dir(follow_symlinks=False):
-                                    pending.append((entry.path, rel_dir + name + "/"))
-                                elif entry.is_file(follow_symlinks=False):
-                                    files += 1
-                                    nbytes += entry.stat(follow_symlinks=False).st_size
-                            except OSError:
-                                continue
-                except OSError:
-                    continue
+            for files, nbytes in folder_sizes(source.path, self.a.excludes, self._stop):
                 self.meter.add_total(files, nbytes)
+            if self._stop.is_set():
+                return
         self.meter.totals_known()
 
     # --- folders ---

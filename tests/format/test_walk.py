@@ -13,7 +13,7 @@ import pytest
 
 from shared.format import FULL, INCREMENTAL, Archiver, Repository, Restorer
 from shared.format import archiver as archiver_module
-from shared.format.archiver import Source
+from shared.format.archiver import Source, warm_up
 from shared.format.constants import MiB
 from shared.format.snapshot import IMAGE
 from shared.format.store import ForwardingStore
@@ -324,3 +324,18 @@ async def test_a_cancel_while_the_saver_waits_for_its_uploads_is_raised(store):
     with pytest.raises(asyncio.CancelledError):
         await waiting
     release.set()
+
+
+def test_the_warm_up_looks_at_every_file_not_excluded_and_stops_when_told(tmp_path):
+    root = tmp_path / "src"
+    for folder in ("a", "a/b", "c", "skip"):
+        (root / folder).mkdir(parents=True)
+    for name in ("a/1.txt", "a/b/2.txt", "a/b/3.tmp", "c/4.txt", "skip/5.txt", "6.txt"):
+        (root / name).write_text(name)
+    os.symlink("6.txt", root / "link")  # not a file: not counted
+    assert warm_up([str(root)], [], threading.Event()) == 6
+    assert warm_up([str(root)], ["*.tmp", "skip/"], threading.Event()) == 4
+    assert warm_up([str(root), str(tmp_path / "gone")], [], threading.Event()) == 6  # a missing root is no error
+    stopped = threading.Event()
+    stopped.set()
+    assert warm_up([str(root)], [], stopped) == 0
