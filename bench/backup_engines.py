@@ -33,6 +33,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Engine:
     name = ""
     repo: Path
+    repeatable = True  # all its state is under work: a copy of it runs a step again
 
     def __init__(self, work: Path) -> None:
         self.work = work / self.name

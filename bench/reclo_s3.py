@@ -31,6 +31,7 @@ STOP_TIMEOUT = 15.0
 
 class ReCloS3(ReClo):
     name = "ReClo-S3"
+    repeatable = False  # the repository lives in the services and moto
 
     def __init__(self, work: Path) -> None:
         super().__init__(work)
