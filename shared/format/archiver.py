@@ -161,6 +161,8 @@ def folder_sizes(root: str, excludes: Sequence[str], stop: threading.Event) -> I
         try:
             with os.scandir(dirpath) as it:
                 for entry in it:
+                    if stop.is_set():  # a folder can be huge
+                        return
                     name = entry.name
                     if excludes and excluded(excludes, rel_dir + name, name):
                         continue

@@ -59,9 +59,9 @@ _HOLE, _KNOWN, _NEW = 0, 1, 2
 _BATCH = 256  # records per frame at most
 _BATCH_ENCODED = 1 << 20  # ... and encoded bytes, roughly
 # What the backup accepts from a helper: a frame's encodings (a batch's, plus the chunk
-# that passed it: at most 1 MiB and an encoding byte and a dictionary id), an error's
-# message, and how long a frame may take (256 chunks of up to 1 MiB from a slow disk).
-_MAX_ENCODED = _BATCH_ENCODED + (1 << 20) + 64
+# that passed it, with its encoding byte and dictionary id: _ENCODING_OVERHEAD), an
+# error's message, and how long a frame may take (256 big chunks from a slow disk).
+_ENCODING_OVERHEAD = 64
 _MAX_MESSAGE = 1 << 16
 _FRAME_TIMEOUT = 600.0
 
@@ -111,14 +111,15 @@ class _Helper:
         except OSError as e:
             raise HelperLost(f"cannot reach the helper: {e}") from None
 
-    def frames(self) -> Iterator[tuple[int, list[tuple[int, int, int, bytes, bytes]]]]:
+    def frames(self, chunk: int) -> Iterator[tuple[int, list[tuple[int, int, int, bytes, bytes]]]]:
         """(bytes read, records with their encodings) until the file's last frame;
         ReadError if it could not read the file, HelperLost if it went away."""
         while True:
             kind, count, read, encoded = _FRAME.unpack(self._read(_FRAME.size))
             if kind == _FAILED and read <= _MAX_MESSAGE:
                 raise ReadError(count, self._read(read).decode("utf-8", "replace"))
-            if kind not in (_RECORDS, _LAST) or count > _BATCH or encoded > _MAX_ENCODED:
+            if kind not in (_RECORDS, _LAST) or count > _BATCH \
+                    or encoded > _BATCH_ENCODED + chunk + _ENCODING_OVERHEAD:
                 raise HelperLost(f"unexpected frame {kind} of {count} records, {encoded} bytes")
             body = self._read(count * _RECORD.size + encoded)
             records = []
@@ -145,11 +146,16 @@ class _Helper:
         return data
 
     def close(self) -> None:
-        """Stops the helper, whatever it was doing; again: nothing."""
-        self.reader.close()
-        self.sock.close()
+        """Stops the helper, whatever it was doing (a thread waiting for its next frame
+        hears the end of it); again: nothing."""
         if self.process.poll() is None:
             self.process.kill()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
+        self.reader.close()
+        self.sock.close()
         self.process.wait()
 
 
@@ -181,22 +187,26 @@ class InPlaceHelpers:
             yield from chunker.pieces(f, size, on_read)
             return
         done = 0  # where the pieces handed on end
+        chunk = chunker.chunking.chunk_size(size)
         healthy = False
         try:
             try:
-                helper.request(f.fileno(), size, chunker.chunking.chunk_size(size), known,
-                               None if dictionary is None else dictionary.dictionary)
-                for read, records in helper.frames():
+                helper.request(f.fileno(), size, chunk, known, None if dictionary is None else dictionary.dictionary)
+                for read, records in helper.frames(chunk):
                     if on_read is not None and read:
                         on_read(read)
-                    pieces = []
+                    pieces, end = [], done
                     for offset, length, what, blob_id, _ in records:
-                        if offset != done or length <= 0 or (what == _KNOWN and blob_id not in known):
-                            raise HelperLost(f"a piece at {offset} of {length} bytes ({what}), expected {done}")
+                        # Where the chunker cuts, as here: aligned whole chunks, one short
+                        # one where the file ends, holes of whole chunks.
+                        if offset != end or offset % chunk or length <= 0 or offset + length > size \
+                                or (what != _HOLE and length > chunk) or (what == _KNOWN and blob_id not in known):
+                            raise HelperLost(f"a piece at {offset} of {length} bytes ({what}), expected {end}")
                         pieces.append(Piece(offset, length, None, None if what == _HOLE else blob_id))
-                        done = offset + length
+                        end = offset + length
                     save([(blob_id, encoding, length) for _, length, what, blob_id, encoding in records
                           if what == _NEW])
+                    done = end  # a whole frame checked: its pieces are handed on
                     yield from pieces
                 healthy = True  # done < size: the file shrank while it was read, as here
             except ReadError:
@@ -207,7 +217,7 @@ class InPlaceHelpers:
             self.usable = False
             self._give_back(helper, healthy=False)  # stopped before reading: it shares the file
             helper = None
-            if done < size:
+            if done < size and done % chunk == 0:  # else the file ended at a short chunk
                 yield from chunker.pieces(f, size, on_read, start=done)
         finally:
             if helper is not None:

@@ -133,8 +133,8 @@ async def test_a_helper_killed_half_way_leaves_the_rest_of_the_file_to_the_backu
     started = Started(monkeypatch)
     frames = inplace_helper._Helper.frames
 
-    def killed_after_the_first_frame(helper):
-        for n, frame in enumerate(frames(helper)):
+    def killed_after_the_first_frame(helper, chunk):
+        for n, frame in enumerate(frames(helper, chunk)):
             yield frame
             if n == 0:
                 helper.process.kill()
@@ -188,8 +188,8 @@ async def test_a_helper_that_errs_is_stopped_before_the_backup_reads_the_file_it
     frames = inplace_helper._Helper.frames
     alive_at_fallback = []
 
-    def garbled_after_the_first_frame(helper):
-        for n, frame in enumerate(frames(helper)):
+    def garbled_after_the_first_frame(helper, chunk):
+        for n, frame in enumerate(frames(helper, chunk)):
             if n == 1:
                 raise inplace_helper.HelperLost("a garbled frame")  # the helper itself runs on
             yield frame
@@ -219,8 +219,8 @@ async def test_a_backup_cancelled_while_a_helper_works_ends_and_leaves_no_helper
     frames = inplace_helper._Helper.frames
     first_frame = threading.Event()
 
-    def slow(helper):
-        for frame in frames(helper):
+    def slow(helper, chunk):
+        for frame in frames(helper, chunk):
             first_frame.set()
             yield frame
             time.sleep(0.1)
@@ -234,3 +234,24 @@ async def test_a_backup_cancelled_while_a_helper_works_ends_and_leaves_no_helper
         await asyncio.wait_for(backup, 30)
     assert len(started.helpers) == 1
     assert all(h.process.returncode is not None for h in started.helpers)
+
+
+async def test_a_frame_with_a_bad_record_is_read_again_whole_from_its_start(tmp_path, monkeypatch, caplog):
+    # Its good records before the bad one were not handed on: the backup starts where
+    # the last whole frame ended, not after them.
+    src, state, here_repo, here = await _made_in_process(tmp_path)
+    frames = inplace_helper._Helper.frames
+
+    def a_bad_last_record_in_the_second_frame(helper, chunk):
+        for n, (read, records) in enumerate(frames(helper, chunk)):
+            if n == 1:
+                offset, length, _, _, _ = records[-1]
+                records = [*records[:-1], (offset, length, inplace_helper._KNOWN, b"\xff" * 32, b"")]
+            yield read, records
+
+    monkeypatch.setattr(inplace_helper._Helper, "frames", a_bad_last_record_in_the_second_frame)
+    repo, helped = await _incremental(*state, src, inplace_helpers=1)
+    assert "in-place helper lost" in caplog.text
+    for path in (("server", "db", "erp.db"), ("server", "vm", "disk.img")):
+        assert (await _node(repo, helped, *path)).content == (await _node(here_repo, here, *path)).content
+    assert helped.warnings == []
