@@ -152,7 +152,8 @@ def run(args, work: Path) -> dict:
     if not args.warm and not cold:
         print("cannot drop the page cache (not root?): measuring with a warm cache")
     data = work / "data"
-    for old in [data, *(work / name for name in ENGINES), work / "ReClo-S3", work / "restore"]:
+    saved = work / "after-the-full"
+    for old in [data, *(work / name for name in ENGINES), work / "ReClo-S3", work / "restore", saved]:
         shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -201,21 +202,25 @@ def run(args, work: Path) -> dict:
         results["dataset"]["mutation"] = mutation
         results["dataset"]["bytes_after_mutation"] = folder_size(data).bytes
         print(mutation)
-        # Each engine's state after the full, to run the incremental again from it.
-        saved = work / "after-the-full"
-        for e in engines:
-            if e.repeatable and args.incremental_runs > 1:
-                shutil.copytree(e.work, saved / e.name, symlinks=True)
-        for round_ in range(args.incremental_runs):
-            first = round_ % len(engines)
-            for e in engines[first:] + engines[:first]:
-                if round_ and not e.repeatable:
-                    continue
-                if round_:
-                    shutil.rmtree(e.work)
-                    shutil.copytree(saved / e.name, e.work, symlinks=True)
-                measure_backup(e, data, "incremental", results["engines"][e.name], cold)
-        shutil.rmtree(saved, ignore_errors=True)
+        # Each engine's state after the full (its logs apart), to run the incremental again from it.
+        try:
+            for e in engines:
+                if e.repeatable and args.incremental_runs > 1:
+                    shutil.copytree(e.work, saved / e.name, symlinks=True,
+                                    ignore=lambda folder, names, e=e: ["logs"] if Path(folder) == e.work else [])
+            for round_ in range(args.incremental_runs):
+                first = round_ % len(engines)
+                for e in engines[first:] + engines[:first]:
+                    if round_ and not e.repeatable:
+                        continue
+                    if round_:
+                        for child in e.work.iterdir():
+                            if child != e.logs:
+                                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                        shutil.copytree(saved / e.name, e.work, symlinks=True, dirs_exist_ok=True)
+                    measure_backup(e, data, "incremental", results["engines"][e.name], cold)
+        finally:
+            shutil.rmtree(saved, ignore_errors=True)
         for round_ in range(args.restore_runs):
             # Each round in another order: no engine is always the one after a deletion.
             first = round_ % len(engines)
