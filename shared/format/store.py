@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from .errors import InvalidKey, ObjectExists, ObjectNotFound
+from .uncached import write_new_file
 
 # (key, offset, length, into=None): ObjectStore.blocking_get
 BlockingGet = Callable[..., "bytes | memoryview"]
@@ -150,10 +151,7 @@ class LocalFolderStore(ObjectStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            with open(temp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            write_new_file(temp, data)
             try:
                 os.link(temp, path)
             except FileExistsError:

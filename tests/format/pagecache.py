@@ -16,7 +16,12 @@ needs_fadvise = pytest.mark.skipif(not readahead.AVAILABLE or not sys.platform.s
 
 
 def cached(path) -> bool:
-    """Whether every page of the file is in the page cache, asked with mincore(2) over a
+    """Whether every page of the file is in the page cache."""
+    return cached_pages(path) == -(-os.path.getsize(path) // mmap.PAGESIZE)
+
+
+def cached_pages(path) -> int:
+    """How many of the file's pages are in the page cache, asked with mincore(2) over a
     mapping that is never touched (a read would itself start the kernel's readahead)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
@@ -32,7 +37,7 @@ def cached(path) -> bool:
         try:
             vector = ctypes.create_string_buffer(pages)
             assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
-            return all(b & 1 for b in vector.raw)
+            return sum(b & 1 for b in vector.raw)
         finally:
             libc.munmap(address, size)
     finally:
