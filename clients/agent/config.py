@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import time, timedelta
 from pathlib import Path
 
-from shared.format.archiver import DEFAULT_IN_PLACE_MIN_SIZE, DEFAULT_IN_PLACE_PATTERNS
+from shared.format.in_place import DEFAULT_IN_PLACE_MIN_SIZE, DEFAULT_IN_PLACE_PATTERNS
 
 from .exits import ConfigError
 

@@ -48,6 +48,7 @@ from .chunker import ImageChunker, Piece
 from .constants import DICTIONARY_MAX_CHUNK, DICTIONARY_MIN_FILE
 from .dictionaries import read_samples, train
 from .dictionary import DictionaryEncoder
+from .in_place import DEFAULT_IN_PLACE_MIN_SIZE, DEFAULT_IN_PLACE_PATTERNS
 from .inplace_helper import HELPERS, InPlaceHelpers
 from .pack import BlobType
 from . import readahead
@@ -74,20 +75,6 @@ FOLDER = "folder"
 # of other versions are not used.
 TREE_CACHE_VERSION = "tree-cache-2"
 
-# Files that their programs rewrite in place, block by block: databases, mail stores and
-# virtual disks. Inside a folder source they are cut into fixed, aligned chunks like an
-# image source (in repositories that record fixed chunking), so a day of scattered page
-# writes costs a few small chunks instead of re-chunking the whole file. Matched
-# case-insensitively against the file's name.
-DEFAULT_IN_PLACE_PATTERNS = (
-    "*.db", "*.sqlite", "*.sqlite3", "*.db3",  # SQLite and friends
-    "*.mdf", "*.ndf", "*.ldf",  # SQL Server
-    "*.ibd", "ibdata*",  # MySQL / MariaDB InnoDB
-    "*.edb", "*.stm",  # Exchange, Windows Search
-    "*.pst", "*.ost", "*.nsf",  # Outlook, Notes
-    "*.mdb", "*.accdb", "*.fdb", "*.gdb",  # Access, Firebird
-    "*.vhd", "*.vhdx", "*.avhd", "*.avhdx", "*.vmdk", "*.vdi", "*.qcow2", "*.img", "*.raw",  # VM disks
-)
 # Files at least this large are hashed, compressed and sealed on every core (a few chunks
 # at a time), not only on the thread that reads them: otherwise the last big file of a
 # backup runs alone on one core.
@@ -113,8 +100,6 @@ _WALKS_ASIDE = 8
 _BATCH_BYTES = 1024 * 1024
 _BATCH_PIECES = 1024
 
-# Below this size a file is a chunk or two whatever the chunker: FastCDC keeps it whole.
-DEFAULT_IN_PLACE_MIN_SIZE = 1024 * 1024
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)  # don't touch atime (allowed for the file's owner or root)
