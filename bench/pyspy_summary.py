@@ -29,7 +29,7 @@ STAGES = [
     ("reading files", lambda f: "_read_full" in f or "readinto" in f or "_open_for_reading" in f),
     ("BLAKE3 chunk ids", lambda f: "chunk_id" in f),
     ("AES-GCM sealing", lambda f: "seal" in f and "format/crypto.py" in f),
-    ("scrypt (opening the repository)", lambda f: "_passphrase_key" in f),
+    ("scrypt (opening the repository)", lambda f: "format/kdf.py" in f),
     ("FastCDC cutting", lambda f: "format/chunker.py" in f),
     ("packs: assembling, writing, fsync", lambda f: "format/pack.py" in f or "format/store.py" in f),
     ("walking folders", lambda f: "_walk" in f or "_scan" in f or "_count_totals" in f),

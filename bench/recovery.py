@@ -557,7 +557,7 @@ def _wait_points() -> set[tuple[str, str]]:
 # step first): the recovery's own steps, then the machinery around them.
 ACTIVITIES = (
     ("SHA-256 digest of the image", ("image_facts (",)),
-    ("scrypt (opening the repository)", ("_passphrase_key (",)),
+    ("scrypt (opening the repository)", ("_derive (shared/format/kdf.py",)),
     ("BLAKE3 keyed id check", ("chunk_id (",)),
     ("zstd decompression", ("decode (shared/format/compression",)),
     ("AES-GCM decryption", ("MasterKey.open (",)),

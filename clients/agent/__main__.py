@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
+from .entry import main
 
 if __name__ == "__main__":  # not when merely imported (the layering test imports every module)
     sys.exit(main())

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "archiver": ("Archiver", "BackupResult", "Source"),
     "checker": ("Checker", "CheckResult", "Problem"),
-    "crypto": ("ScryptParams",),
+    "kdf": ("ScryptParams",),
     "errors": (
         "CorruptBlob", "CorruptObject", "FormatError", "KeyUnavailable", "MissingBlob", "MissingPack",
         "ObjectExists", "ObjectNotFound", "PathNotFound", "RepositoryExists", "RepositoryNotFound",
@@ -64,7 +64,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .archiver import Archiver, BackupResult, Source
     from .checker import Checker, CheckResult, Problem
-    from .crypto import ScryptParams
+    from .kdf import ScryptParams
     from .errors import (
         CorruptBlob,
         CorruptObject,

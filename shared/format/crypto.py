@@ -23,26 +23,21 @@ import base64
 import json
 import os
 import threading
-import unicodedata
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .constants import (
     FORMAT_VERSION,
     KEY_SIZE,
     NONCE_SIZE,
-    SCRYPT_N,
-    SCRYPT_P,
-    SCRYPT_R,
     SCRYPT_SALT_SIZE,
     TAG_SIZE,
 )
 from .errors import DecryptionFailed, FormatError, WrongPassphrase
 from .ids import chunk_id
+from .kdf import ScryptParams, passphrase_key
 
 # Associated data, one per kind of sealed thing (docs/format.md lists them).
 AAD_CONFIG = b"reclo/v1/config"
@@ -164,30 +159,9 @@ def _check_version(doc: Any) -> None:
 # --- key slots ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScryptParams:
-    n: int = SCRYPT_N
-    r: int = SCRYPT_R
-    p: int = SCRYPT_P
-
-    def check(self) -> None:
-        # Bounds keep a hostile key file from making us allocate gigabytes.
-        if not (2 <= self.n <= 2**22 and self.n & (self.n - 1) == 0):
-            raise FormatError(f"scrypt n={self.n} must be a power of two in [2, 2**22]")
-        if not (1 <= self.r <= 32 and 1 <= self.p <= 16):
-            raise FormatError(f"scrypt r={self.r}, p={self.p} out of range")
-
-
-def _passphrase_key(passphrase: str, salt: bytes, params: ScryptParams) -> bytes:
-    params.check()
-    # NFC so that the same passphrase typed on Windows and on a Mac gives the same bytes.
-    secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
-    return Scrypt(salt=salt, length=KEY_SIZE, n=params.n, r=params.r, p=params.p).derive(secret)
-
-
 def new_passphrase_slot(master: MasterKey, passphrase: str, params: ScryptParams = ScryptParams()) -> dict:
     salt = os.urandom(SCRYPT_SALT_SIZE)
-    wrapping = _passphrase_key(passphrase, salt, params)
+    wrapping = passphrase_key(passphrase, salt, params)
     nonce = os.urandom(NONCE_SIZE)
     wrapped = nonce + AESGCM(wrapping).encrypt(nonce, master.to_bytes(), AAD_KEY_SLOT)
     return {
@@ -209,7 +183,7 @@ def open_passphrase_slot(slot: dict, passphrase: str) -> MasterKey:
         wrapped = unb64(slot["wrapped"])
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"invalid passphrase key slot: {e}") from None
-    wrapping = _passphrase_key(passphrase, salt, params)
+    wrapping = passphrase_key(passphrase, salt, params)
     if len(wrapped) < NONCE_SIZE + TAG_SIZE:
         raise FormatError("wrapped key too short")
     try:
