@@ -8,7 +8,8 @@ plot needs matplotlib (`.venv/bin/pip install matplotlib`; without it the PNG is
 
 Steps (issue 8's table; docs/BENCHMARKS.md has the results and how to read them):
 1. generate the data set with ../shared/bench/make_dataset.py (`--dataset-tool`);
-2. each engine: init (not measured), full backup, repository size;
+2. each engine: init (not measured), full backup, repository size; `--full-runs` rounds
+   (3), each from a copy of the engine's state after init, the median time;
 3. one simulated day of changes (`make_dataset.py --mutate 1`);
 4. each engine: incremental backup, repository growth; `--incremental-runs` rounds (3),
    each from a copy of the engine's state after the full, the median time;
@@ -54,6 +55,7 @@ DEFAULT_MAX_LOAD = 1.5
 DEFAULT_WAIT_MINUTES = 20
 DEFAULT_RESTORE_RUNS = 3
 DEFAULT_INCREMENTAL_RUNS = 3
+DEFAULT_FULL_RUNS = 3
 LOAD_POLL_SECONDS = 30
 MUTATION_SEED = 1  # "one day's changes" of issue 8
 
@@ -130,6 +132,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-minutes", type=float, default=DEFAULT_WAIT_MINUTES,
                    help="...but no longer than this, then run anyway (20)")
     p.add_argument("--keep", action="store_true", help="keep the data, repositories and restores")
+    p.add_argument("--full-runs", type=_positive, default=DEFAULT_FULL_RUNS,
+                   help="full backups of each engine, each from a copy of its state after init (an empty "
+                        "repository), in rounds of rotated order; the table gives the median time (not "
+                        f"ReClo-S3) ({DEFAULT_FULL_RUNS})")
     p.add_argument("--incremental-runs", type=_positive, default=DEFAULT_INCREMENTAL_RUNS,
                    help="day incrementals of each engine, each from a copy of its state after the full, in "
                         "rounds of rotated order; the table gives the median time and the highest peak (not "
@@ -152,8 +158,9 @@ def run(args, work: Path) -> dict:
     if not args.warm and not cold:
         print("cannot drop the page cache (not root?): measuring with a warm cache")
     data = work / "data"
-    saved = work / "after-the-full"
-    for old in [data, *(work / name for name in ENGINES), work / "ReClo-S3", work / "restore", saved]:
+    saved = work / "saved-states"  # each engine's state to run a step again from
+    for old in [data, *(work / name for name in ENGINES), work / "ReClo-S3", work / "restore", saved,
+                work / "after-the-full"]:
         shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -194,33 +201,14 @@ def run(args, work: Path) -> dict:
                               "generate_seconds": round(time.perf_counter() - started, 1)}
         results["load"] = wait_for_quiet(args.max_load, args.wait_minutes)
 
-        for e in engines:
-            measure_backup(e, data, "full", results["engines"][e.name], cold)
+        measure_rounds(engines, "full", args.full_runs, data, saved, results, cold)
         step(f"one day of changes (--mutate {MUTATION_SEED})")
         mutation = subprocess.run([sys.executable, str(args.dataset_tool), str(data), "--mutate", str(MUTATION_SEED)],
                                   check=True, capture_output=True, text=True).stdout.strip()
         results["dataset"]["mutation"] = mutation
         results["dataset"]["bytes_after_mutation"] = folder_size(data).bytes
         print(mutation)
-        # Each engine's state after the full (its logs apart), to run the incremental again from it.
-        try:
-            for e in engines:
-                if e.repeatable and args.incremental_runs > 1:
-                    shutil.copytree(e.work, saved / e.name, symlinks=True,
-                                    ignore=lambda folder, names, e=e: ["logs"] if Path(folder) == e.work else [])
-            for round_ in range(args.incremental_runs):
-                first = round_ % len(engines)
-                for e in engines[first:] + engines[:first]:
-                    if round_ and not e.repeatable:
-                        continue
-                    if round_:
-                        for child in e.work.iterdir():
-                            if child != e.logs:
-                                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-                        shutil.copytree(saved / e.name, e.work, symlinks=True, dirs_exist_ok=True)
-                    measure_backup(e, data, "incremental", results["engines"][e.name], cold)
-        finally:
-            shutil.rmtree(saved, ignore_errors=True)
+        measure_rounds(engines, "incremental", args.incremental_runs, data, saved, results, cold)
         for round_ in range(args.restore_runs):
             # Each round in another order: no engine is always the one after a deletion.
             first = round_ % len(engines)
@@ -257,6 +245,31 @@ def wait_for_quiet(max_load: float, minutes: float) -> dict:
         time.sleep(LOAD_POLL_SECONDS)
     return {"before_waiting": first, "waited_seconds": round(time.monotonic() - started),
             "at_start": os.getloadavg()}
+
+
+def measure_rounds(engines: list[Engine], kind: str, runs: int, data: Path, saved: Path, results: dict,
+                   cold: bool) -> None:
+    """`runs` backups of each engine, in rounds of rotated order (no engine always first
+    after the cache is dropped); each repeatable engine's from a copy of its state before
+    the first, its logs apart (ReClo-S3 once: its repository lives in the services)."""
+    try:
+        for e in engines:
+            if e.repeatable and runs > 1:
+                shutil.copytree(e.work, saved / e.name, symlinks=True,
+                                ignore=lambda folder, names, e=e: ["logs"] if Path(folder) == e.work else [])
+        for round_ in range(runs):
+            first = round_ % len(engines)
+            for e in engines[first:] + engines[:first]:
+                if round_ and not e.repeatable:
+                    continue
+                if round_:
+                    for child in e.work.iterdir():
+                        if child != e.logs:
+                            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                    shutil.copytree(saved / e.name, e.work, symlinks=True, dirs_exist_ok=True)
+                measure_backup(e, data, kind, results["engines"][e.name], cold)
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def measure_backup(e: Engine, data: Path, kind: str, into: dict, cold: bool) -> None:
@@ -302,9 +315,11 @@ def figures(r: dict, dataset: dict) -> dict:
     full, incremental, restores = r["full"], r["incremental"], r["restores"]
     restore_seconds = statistics.median(run["seconds"] for run in restores)
     incremental_seconds = statistics.median(run["seconds"] for run in r["incrementals"])
+    full_seconds = statistics.median(run["seconds"] for run in r["fulls"])
     return {
-        "full_seconds": full["seconds"],
-        "full_mib_s": dataset["bytes"] / MiB / full["seconds"],
+        "full_seconds": full_seconds,
+        "full_runs": [run["seconds"] for run in r["fulls"]],
+        "full_mib_s": dataset["bytes"] / MiB / full_seconds,
         "incremental_seconds": incremental_seconds,
         "incremental_runs": [run["seconds"] for run in r["incrementals"]],
         "growth_mib": (incremental["repository_after"]["bytes"] - incremental["repository_before"]["bytes"]) / MiB,
@@ -312,7 +327,7 @@ def figures(r: dict, dataset: dict) -> dict:
         "restore_seconds": restore_seconds,
         "restore_runs": [run["seconds"] for run in restores],
         "restore_mib_s": dataset["bytes_after_mutation"] / MiB / restore_seconds,
-        "backup_rss_mib": max(run["peak_rss_bytes"] for run in [full, *r["incrementals"]]) / MiB,
+        "backup_rss_mib": max(run["peak_rss_bytes"] for run in [*r["fulls"], *r["incrementals"]]) / MiB,
         "restore_rss_mib": max(run["peak_rss_bytes"] for run in restores) / MiB,
         "restore_identical": r["restore_check"]["identical"],
     }
