@@ -14,17 +14,16 @@ to load are imported here.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 from shared.format.errors import FormatError
-from shared.format.kdf import ScryptParams, derive_ahead
+from shared.format.constants import FORMAT_VERSION
+from shared.format.kdf import ScryptParams, derive_ahead, slot_kdf
 
 from . import config as configuration, secretfile
-from .exits import AgentError
 
 # The commands that open the repository with the passphrase (cli.py).
 KEYED_COMMANDS = frozenset({"backup", "restore", "snapshots", "check"})
@@ -36,8 +35,8 @@ def start(argv: Sequence[str]) -> None:
     """Start deriving the key that the command in argv will need, if that can be told now."""
     try:
         _start(argv)
-    except (AgentError, FormatError, OSError, ValueError, KeyError, TypeError):
-        pass  # see above: the command finds out again, and says so properly
+    except Exception:  # noqa: BLE001 - see above: the command finds out again, and says so properly
+        pass
 
 
 def _start(argv: Sequence[str]) -> None:
@@ -72,8 +71,9 @@ def _command_and_values(argv: Sequence[str]) -> tuple[str | None, dict[str, str]
 
 
 def _first_passphrase_slot(keys: Path) -> tuple[bytes, ScryptParams] | None:
-    """The salt and parameters of the passphrase slot the repository tries first (in the
-    order of the store's listing, i.e. of the names)."""
+    """The salt and parameters of the passphrase slot the repository tries first: the
+    first by name (the store lists in that order) that it would accept (crypto.py's
+    decode_key_slot and open_passphrase_slot); None if there is none."""
     try:
         names = sorted(os.listdir(keys))
     except OSError:
@@ -83,10 +83,10 @@ def _first_passphrase_slot(keys: Path) -> tuple[bytes, ScryptParams] | None:
             continue  # a store's temporary file
         try:
             slot = json.loads((keys / name).read_bytes())
-            if slot.get("kind") != "passphrase" or slot["kdf"]["name"] != "scrypt":
+            if not (isinstance(slot, dict) and slot.get("version") == FORMAT_VERSION
+                    and slot.get("kind") == "passphrase" and isinstance(slot.get("wrapped"), str)):
                 continue
-            kdf = slot["kdf"]
-            return base64.b64decode(kdf["salt"], validate=True), ScryptParams(int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return slot_kdf(slot)
+        except (OSError, ValueError, RecursionError, FormatError):
             continue  # damaged or of another version: the repository skips it as well
     return None

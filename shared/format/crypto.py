@@ -37,7 +37,7 @@ from .constants import (
 )
 from .errors import DecryptionFailed, FormatError, WrongPassphrase
 from .ids import chunk_id
-from .kdf import ScryptParams, passphrase_key
+from .kdf import ScryptParams, passphrase_key, slot_kdf
 
 # Associated data, one per kind of sealed thing (docs/format.md lists them).
 AAD_CONFIG = b"reclo/v1/config"
@@ -174,15 +174,11 @@ def new_passphrase_slot(master: MasterKey, passphrase: str, params: ScryptParams
 
 def open_passphrase_slot(slot: dict, passphrase: str) -> MasterKey:
     """Raises WrongPassphrase when the passphrase does not open this slot."""
+    salt, params = slot_kdf(slot)
     try:
-        kdf = slot["kdf"]
-        if kdf["name"] != "scrypt":
-            raise FormatError(f"unknown key derivation {kdf['name']!r}")
-        params = ScryptParams(n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"]))
-        salt = unb64(kdf["salt"])
         wrapped = unb64(slot["wrapped"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"invalid passphrase key slot: {e}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise FormatError(f"invalid passphrase key slot: {e!r}") from None
     wrapping = passphrase_key(passphrase, salt, params)
     if len(wrapped) < NONCE_SIZE + TAG_SIZE:
         raise FormatError("wrapped key too short")
@@ -225,7 +221,7 @@ def encode_key_slot(slot: dict) -> bytes:
 def decode_key_slot(data: bytes) -> dict:
     try:
         slot = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
         raise FormatError(f"key slot is not JSON: {e}") from None
     _check_version(slot)
     if slot.get("kind") not in ("passphrase", "kms"):

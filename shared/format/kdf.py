@@ -11,12 +11,18 @@ is imported before the rest of the program.
 
 from __future__ import annotations
 
+import base64
 import threading
 import unicodedata
 from dataclasses import dataclass
 
 from .constants import KEY_SIZE, SCRYPT_N, SCRYPT_P, SCRYPT_R
 from .errors import FormatError
+
+# The most memory a slot's scrypt may take (128 * n * r bytes): twice the largest slots
+# ReClo ever made (n = 2^17, r = 8: 128 MiB). Within the other bounds a hostile slot could
+# otherwise ask for 16 GiB.
+MAX_MEMORY = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,10 +33,30 @@ class ScryptParams:
 
     def check(self) -> None:
         # Bounds keep a hostile key file from making us allocate gigabytes.
+        if not all(type(v) is int for v in (self.n, self.r, self.p)):
+            raise FormatError(f"scrypt parameters must be integers: n={self.n!r}, r={self.r!r}, p={self.p!r}")
         if not (2 <= self.n <= 2**22 and self.n & (self.n - 1) == 0):
             raise FormatError(f"scrypt n={self.n} must be a power of two in [2, 2**22]")
         if not (1 <= self.r <= 32 and 1 <= self.p <= 16):
             raise FormatError(f"scrypt r={self.r}, p={self.p} out of range")
+        if 128 * self.n * self.r > MAX_MEMORY:
+            raise FormatError(f"scrypt n={self.n}, r={self.r} would need more than {MAX_MEMORY >> 20} MiB")
+
+
+def slot_kdf(slot: dict) -> tuple[bytes, ScryptParams]:
+    """The salt and the parameters of a passphrase key slot (docs/format.md §2), checked
+    as the repository checks them before it derives anything; FormatError if they are
+    not what a slot holds."""
+    try:
+        kdf = slot["kdf"]
+        if kdf["name"] != "scrypt":
+            raise FormatError(f"unknown key derivation {kdf['name']!r}")
+        params = ScryptParams(n=kdf["n"], r=kdf["r"], p=kdf["p"])
+        salt = base64.b64decode(kdf["salt"].encode("ascii"), validate=True)
+    except (KeyError, TypeError, ValueError, AttributeError, UnicodeEncodeError) as e:
+        raise FormatError(f"invalid passphrase key slot: {e!r}") from None
+    params.check()
+    return salt, params
 
 
 def passphrase_key(passphrase: str, salt: bytes, params: ScryptParams) -> bytes:
@@ -54,7 +80,13 @@ def derive_ahead(passphrase: str, salt: bytes, params: ScryptParams) -> None:
         if inputs in _ahead:
             return
         ahead = _ahead[inputs] = _Ahead()
-    threading.Thread(target=ahead.run, args=inputs, name="reclo-key-ahead", daemon=True).start()
+    try:
+        threading.Thread(target=ahead.run, args=inputs, name="reclo-key-ahead", daemon=True).start()
+    except BaseException:  # no thread (RuntimeError at the limit of threads): nothing ahead
+        with _lock:
+            del _ahead[inputs]
+        ahead.done.set()
+        raise
 
 
 def _derive(passphrase: str, salt: bytes, params: ScryptParams) -> bytes:

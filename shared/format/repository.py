@@ -497,11 +497,17 @@ async def _open_any_slot(slots: list[dict], passphrase: str | None, kms_unwrap: 
         candidates = [s for s in slots if s["kind"] == "passphrase"]
         if not candidates:
             raise KeyUnavailable("the repository has no passphrase key slot")
+        damaged: FormatError | None = None
+        wrong = False
         for slot in candidates:
             try:
                 return await asyncio.to_thread(open_passphrase_slot, slot, passphrase)
             except WrongPassphrase:
-                continue
+                wrong = True
+            except FormatError as e:  # a damaged slot must not lock out the others
+                damaged = damaged or e
+        if damaged is not None and not wrong:
+            raise damaged  # every passphrase slot is damaged: that, not the passphrase, is wrong
         raise WrongPassphrase()
     if kms_unwrap is not None:
         errors = []

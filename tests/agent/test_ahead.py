@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 
 import pytest
@@ -97,12 +99,48 @@ def test_a_damaged_configuration_raises_nothing(agent, tmp_path):
     assert kdf._ahead == {}
 
 
+@pytest.mark.parametrize("bad", [
+    '{"version": 1, "kind": "passphrase", "wrapped": "AAAA", "kdf": {"name": "scrypt", "n": Infinity, "r": 8, '
+    '"p": 1, "salt": "AAAAAAAAAAAAAAAAAAAAAA=="}}',
+    '{"version": 1, "kind": "passphrase", "wrapped": "AAAA", "kdf": {"name": "scrypt", "n": 4194304, "r": 32, '
+    '"p": 16, "salt": "AAAAAAAAAAAAAAAAAAAAAA=="}}',  # 16 GiB
+    '{"kind": "passphrase", "wrapped": "AAAA", "kdf": {"name": "scrypt", "n": 1024, "r": 8, "p": 1, '
+    '"salt": "AAAAAAAAAAAAAAAAAAAAAA=="}}',  # no version: the repository skips it
+    '{"version": 1, "kind": "passphrase", "kdf": {"name": "scrypt", "n": 1024, "r": 8, "p": 1, '
+    '"salt": "AAAAAAAAAAAAAAAAAAAAAA=="}}',  # nothing wrapped
+    "[" * 100_000,  # past the JSON parser's depth
+])
+async def test_a_slot_the_repository_would_not_use_is_passed_over(agent, tmp_path, bad):
+    repo = tmp_path / "repo"
+    await initialised(agent, repo)
+    (repo / "keys" / "0000-first-by-name").write_text(bad)
+    ahead.start(["--config", str(agent.config), "snapshots"])
+    ((_, salt, _),) = kdf._ahead  # the good slot's, after the bad one
+    assert json.loads(next(p for p in (repo / "keys").iterdir() if p.name != "0000-first-by-name").read_bytes(
+    ))["kdf"]["salt"] == base64.b64encode(salt).decode()
+
+
+def test_a_damaged_slot_changes_nothing_in_what_the_command_does(agent, tmp_path, capsys):
+    from clients.agent import cli, entry
+
+    repo = tmp_path / "repo"
+    asyncio.run(initialised(agent, repo))
+    (repo / "keys" / "0000-first-by-name").write_text(  # JSON's Infinity: an OverflowError for int()
+        '{"version": 1, "kind": "passphrase", "wrapped": "AAAA", "kdf": {"name": "scrypt", "n": Infinity}}')
+    argv = ["--config", str(agent.config), "--json", "snapshots"]
+    assert cli.main(argv) == 0  # the repository passes over the damaged slot and opens with the good one
+    without = capsys.readouterr()
+    assert entry.main(argv) == 0
+    assert capsys.readouterr() == without
+    assert len(kdf._ahead) == 1
+
+
 def test_a_kms_slot_is_passed_over(agent, tmp_path):
     folder_config(agent, tmp_path / "repo", [])
     keys = tmp_path / "repo" / "keys"
     keys.mkdir(parents=True)
-    (keys / "a-kms").write_text(json.dumps({"kind": "kms", "kms_key_id": "k", "wrapped": "AAAA"}))
-    (keys / "b-pass").write_text(json.dumps({"kind": "passphrase", "kdf": {
+    (keys / "a-kms").write_text(json.dumps({"version": 1, "kind": "kms", "kms_key_id": "k", "wrapped": "AAAA"}))
+    (keys / "b-pass").write_text(json.dumps({"version": 1, "kind": "passphrase", "wrapped": "AAAA", "kdf": {
         "name": "scrypt", "n": 2**10, "r": 8, "p": 1, "salt": "AAAAAAAAAAAAAAAAAAAAAA=="}}))
     secretfile.write(agent.config.parent / "agent-secrets.json", secretfile.Secrets(passphrase=PASSPHRASE))
     ahead.start(["--config", str(agent.config), "restore", "latest", "out"])

@@ -141,3 +141,22 @@ async def test_key_slots_store_no_secret_in_clear(store):
     assert json.loads(raw)["kind"] == "passphrase"
     config = await store.get("config")
     assert b"fastcdc" not in config  # the config (with the chunker seed) is sealed
+
+
+async def test_a_damaged_passphrase_slot_does_not_lock_out_the_others(store):
+    repo = await Repository.init(store, PASSPHRASE, kdf=FAST_KDF)
+    damaged = {"version": 1, "kind": "passphrase", "wrapped": "AAAA",
+               "kdf": {"name": "scrypt", "n": float("inf"), "r": 8, "p": 1, "salt": "AAAA"}}
+    await store.put("keys/0000-damaged", json.dumps(damaged).encode())  # listed, and tried, first
+    assert (await reopen(store)).key.id_key == repo.key.id_key
+    with pytest.raises(WrongPassphrase):  # a slot that is whole says the passphrase is wrong
+        await Repository.open(store, "not the passphrase")
+
+
+async def test_only_damaged_passphrase_slots_say_so(store):
+    await store.put("config", b"whatever: the key slots are looked at first")
+    too_big = {"version": 1, "kind": "passphrase", "wrapped": "AAAA",
+               "kdf": {"name": "scrypt", "n": 2**22, "r": 32, "p": 16, "salt": "AAAAAAAAAAAAAAAAAAAAAA=="}}
+    await store.put("keys/k1", json.dumps(too_big).encode())  # 16 GiB of scrypt: refused, not run
+    with pytest.raises(FormatError, match="MiB"):
+        await Repository.open(store, PASSPHRASE)

@@ -66,7 +66,49 @@ def test_a_derivation_that_failed_ahead_is_made_again_and_fails_there():
 
 
 def test_the_passphrase_is_normalised_the_same_way_ahead():
-    # "é" typed as one code point (NFC) or as e + combining accent (NFD, macOS): one key
+    # "é" as e + combining accent (NFD, as a Mac may type it) or as one code point (NFC)
     salt = os.urandom(16)
-    derive_ahead("caf\u00e9 au lait", salt, FAST_KDF)
-    assert passphrase_key("caf\u00e9 au lait", salt, FAST_KDF) == passphrase_key("cafe\u0301 au lait", salt, FAST_KDF)
+    derive_ahead("cafe\u0301 au lait", salt, FAST_KDF)
+    ahead = kdf._ahead[("cafe\u0301 au lait", salt, FAST_KDF)]
+    assert passphrase_key("cafe\u0301 au lait", salt, FAST_KDF) is ahead.key
+    assert ahead.key == passphrase_key("caf\u00e9 au lait", salt, FAST_KDF)  # derived now, from NFC
+
+
+@pytest.mark.parametrize("params", [ScryptParams(n=2**22, r=8, p=1), ScryptParams(n=2**18, r=16, p=1)])
+def test_memory_is_capped(params):
+    with pytest.raises(FormatError, match="MiB"):
+        params.check()
+    ScryptParams(n=2**17, r=8, p=1).check()  # the largest slots ReClo made (128 MiB) still open
+
+
+@pytest.mark.parametrize("params", [ScryptParams(n=2.0**14, r=8, p=1), ScryptParams(n=2**14, r=True, p=1),
+                                    ScryptParams(n="16384", r=8, p=1)])
+def test_parameters_must_be_integers(params):
+    with pytest.raises(FormatError, match="integers"):
+        params.check()
+
+
+@pytest.mark.parametrize("kdf_field, problem", [
+    ({"name": "scrypt", "n": 1e999, "r": 8, "p": 1, "salt": "AAAA"}, "integers"),  # JSON's Infinity
+    ({"name": "scrypt", "n": 2**14, "r": 8, "p": 1, "salt": "!!"}, "invalid"),
+    ({"name": "scrypt", "n": 2**14, "r": 8, "p": 1}, "invalid"),
+    ({"name": "argon2", "n": 2**14, "r": 8, "p": 1, "salt": "AAAA"}, "unknown"),
+    ("not an object", "invalid"),
+])
+def test_a_slot_s_parameters_are_checked_before_deriving(kdf_field, problem):
+    with pytest.raises(FormatError, match=problem):
+        kdf.slot_kdf({"kind": "passphrase", "kdf": kdf_field})
+
+
+def test_a_thread_that_cannot_start_leaves_nothing_to_wait_for(monkeypatch):
+    # at the process's limit of threads; not something to reach for real in a test
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    salt = os.urandom(16)
+    with monkeypatch.context() as m:
+        m.setattr(kdf.threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError):
+            derive_ahead("a passphrase", salt, FAST_KDF)
+    assert kdf._ahead == {}
+    assert passphrase_key("a passphrase", salt, FAST_KDF) == kdf._derive("a passphrase", salt, FAST_KDF)
