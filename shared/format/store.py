@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from .errors import InvalidKey, ObjectExists, ObjectNotFound
-from .uncached import write_new_file
+from . import uncached
 
 # (key, offset, length, into=None): ObjectStore.blocking_get
 BlockingGet = Callable[..., "bytes | memoryview"]
@@ -138,6 +138,12 @@ class LocalFolderStore(ObjectStore):
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._direct: bool | None = None  # packs past the page cache (uncached.py), once known
+
+    def _writes_direct(self) -> bool:
+        if self._direct is None:
+            self._direct = uncached.suits(self.root)
+        return self._direct
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
@@ -151,7 +157,7 @@ class LocalFolderStore(ObjectStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            write_new_file(temp, data)
+            uncached.write_new_file(temp, data, direct=self._writes_direct())
             try:
                 os.link(temp, path)
             except FileExistsError:

@@ -7,10 +7,14 @@ VM the buffered writes of a full backup's 507 MiB of packs cost 0.9-1.7 s of ker
 the direct ones under 0.1 s (docs/BENCHMARKS.md, "Packs written past the page cache").
 
 O_DIRECT wants the buffer, the file offset and the length aligned to the device's logical
-block: each slice is copied into a page-aligned buffer kept per thread, the last one padded
-with zeros and the file truncated to its true length afterwards. Where the platform or the
-filesystem refuses (Windows, macOS, tmpfs, a block size above ALIGN), the file is written
-the usual way.
+block: each slice is copied into a page-aligned buffer (kept, and shared by the writes
+that run at once), the last one padded with zeros and the file truncated to its true
+length afterwards. Where the platform or the filesystem refuses (Windows, macOS, ramfs,
+tmpfs before Linux 6.6, a block size above ALIGN), the file is written the usual way.
+
+Only on the local disk filesystems of LOCAL_DISK_FILESYSTEMS (suits()): on a network
+share each direct write would wait for the server, where the page cache lets the writes
+stream; on a filesystem in memory there is no disk to go past.
 """
 
 from __future__ import annotations
@@ -29,16 +33,57 @@ SLICE = 1024 * 1024
 # Below this a buffered write is as cheap and small objects are many (trees, indexes).
 MIN_SIZE = 1024 * 1024
 
+# Filesystems on a local block device (Linux's names, as /proc/self/mounts gives them).
+LOCAL_DISK_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "bcachefs", "nilfs2"})
+
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _spare: list[mmap.mmap] = []
 _spare_lock = threading.Lock()
 
 
-def write_new_file(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:
-    """Create path (it must not exist) holding data, flushed to the disk (fsync)."""
+def suits(folder: str | os.PathLike) -> bool:
+    """Whether files in folder (or in what of it exists) are worth writing past the page
+    cache: O_DIRECT exists here and the folder is on a local disk filesystem."""
+    if not _O_DIRECT:
+        return False
+    path = os.path.realpath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return filesystem_type(path) in LOCAL_DISK_FILESYSTEMS
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem path is on (the longest mount point above it), from
+    /proc/self/mounts; None where that cannot be read."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return None
+    best, found = -1, None
+    for fields in mounts:
+        if len(fields) < 3:
+            continue
+        point = _unescape(fields[1])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:  # a later mount over the same point hides earlier ones
+            best, found = len(point), fields[2]
+    return found
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mounts writes a space, tab, newline and backslash as octal escapes
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def write_new_file(path: str | os.PathLike, data: bytes | bytearray | memoryview, direct: bool = True) -> None:
+    """Create path (it must not exist) holding data, flushed to the disk (fsync); past the
+    page cache if direct and the data is large enough, where the filesystem takes it."""
     view = memoryview(data).cast("B")
-    if _O_DIRECT and len(view) >= MIN_SIZE and _write_direct(path, view):
+    if direct and _O_DIRECT and len(view) >= MIN_SIZE and _write_direct(path, view):
         return
     fd = os.open(path, _CREATE, 0o666)
     try:
@@ -77,7 +122,8 @@ def _write_direct(path: str | os.PathLike, view: memoryview) -> bool:
 
 
 def _write_slices(fd: int, view: memoryview, buffer: mmap.mmap) -> bool:
-    """False if the first write is refused (the filesystem's block is above ALIGN)."""
+    """False if a write is refused as unaligned (the device's block is above ALIGN; the
+    padded last slice may be the first to show it): the caller writes the file again."""
     for at in range(0, len(view), SLICE):
         part = view[at:at + SLICE]
         buffer[:len(part)] = part
@@ -87,7 +133,7 @@ def _write_slices(fd: int, view: memoryview, buffer: mmap.mmap) -> bool:
         try:
             _write_all(fd, memoryview(buffer)[:padded])
         except OSError as e:
-            if e.errno != errno.EINVAL or at:
+            if e.errno != errno.EINVAL:
                 raise
             return False
     return True
