@@ -4,7 +4,8 @@ A backup writes hundreds of MiB of packs that nothing reads soon after: through 
 cache each byte is copied into a fresh cache page (and evicts something the machine was
 using). With O_DIRECT the disk takes the bytes from our buffer instead. On the benchmark's
 VM the buffered writes of a full backup's 507 MiB of packs cost 0.9-1.7 s of kernel time,
-the direct ones under 0.1 s (docs/BENCHMARKS.md, "Packs past the page cache, the key derived while the agent loads").
+the direct ones under 0.1 s (docs/BENCHMARKS.md, "Packs past the page cache, the key
+derived while the agent loads").
 
 O_DIRECT wants the buffer, the file offset and the length aligned to the device's logical
 block: each slice is copied into a page-aligned buffer (kept, and shared by the writes
