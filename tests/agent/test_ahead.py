@@ -79,9 +79,12 @@ async def test_not_without_a_passphrase_at_hand(agent, tmp_path):
     assert kdf._ahead == {}
 
 
+_SCRYPT = '{"version": 1, "kind": "passphrase", "wrapped": "AAAA", "kdf": {"name": "scrypt", '
+
+
 @pytest.mark.parametrize("damage", ["not json", '{"kind": "passphrase"}', '["a list"]',
-                                    '{"kind": "passphrase", "kdf": {"name": "scrypt", "n": 2, "r": 8, "p": 1, "salt": "!"}}',
-                                    '{"kind": "passphrase", "kdf": {"name": "scrypt", "n": 3, "r": 8, "p": 1, "salt": "AAAA"}}'])
+                                    _SCRYPT + '"n": 2, "r": 8, "p": 1, "salt": "!"}}',
+                                    _SCRYPT + '"n": 3, "r": 8, "p": 1, "salt": "AAAA"}}'])
 async def test_damaged_key_slots_start_nothing_and_raise_nothing(agent, tmp_path, damage):
     repo = tmp_path / "repo"
     await initialised(agent, repo)
