@@ -14,14 +14,12 @@ to load are imported here.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 from shared.format.errors import FormatError
-from shared.format.constants import FORMAT_VERSION
-from shared.format.kdf import ScryptParams, derive_ahead, slot_kdf
+from shared.format.kdf import ScryptParams, decode_key_slot, derive_ahead, passphrase_slot
 
 from . import config as configuration, secretfile
 
@@ -72,8 +70,7 @@ def _command_and_values(argv: Sequence[str]) -> tuple[str | None, dict[str, str]
 
 def _first_passphrase_slot(keys: Path) -> tuple[bytes, ScryptParams] | None:
     """The salt and parameters of the passphrase slot the repository tries first: the
-    first by name (the store lists in that order) that it would accept (crypto.py's
-    decode_key_slot and open_passphrase_slot); None if there is none."""
+    first by name (the store lists in that order) that it would accept; None if none."""
     try:
         names = sorted(os.listdir(keys))
     except OSError:
@@ -82,11 +79,10 @@ def _first_passphrase_slot(keys: Path) -> tuple[bytes, ScryptParams] | None:
         if name.startswith("."):
             continue  # a store's temporary file
         try:
-            slot = json.loads((keys / name).read_bytes())
-            if not (isinstance(slot, dict) and slot.get("version") == FORMAT_VERSION
-                    and slot.get("kind") == "passphrase" and isinstance(slot.get("wrapped"), str)):
-                continue
-            return slot_kdf(slot)
-        except (OSError, ValueError, RecursionError, FormatError):
+            slot = decode_key_slot((keys / name).read_bytes())
+            if slot["kind"] == "passphrase":
+                salt, params, _ = passphrase_slot(slot)
+                return salt, params
+        except (OSError, FormatError):
             continue  # damaged or of another version: the repository skips it as well
     return None

@@ -23,7 +23,7 @@ import base64
 import json
 import os
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,7 +37,7 @@ from .constants import (
 )
 from .errors import DecryptionFailed, FormatError, WrongPassphrase
 from .ids import chunk_id
-from .kdf import ScryptParams, passphrase_key, slot_kdf
+from .kdf import ScryptParams, check_version as _check_version, passphrase_key, passphrase_slot
 
 # Associated data, one per kind of sealed thing (docs/format.md lists them).
 AAD_CONFIG = b"reclo/v1/config"
@@ -148,14 +148,6 @@ class MasterKey:
             raise FormatError(f"invalid master key payload: {e}") from None
 
 
-def _check_version(doc: Any) -> None:
-    if not isinstance(doc, dict):
-        raise FormatError("expected a JSON object")
-    version = doc.get("version")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported format version {version!r} (this reader knows {FORMAT_VERSION})")
-
-
 # --- key slots ------------------------------------------------------------------------
 
 
@@ -174,11 +166,7 @@ def new_passphrase_slot(master: MasterKey, passphrase: str, params: ScryptParams
 
 def open_passphrase_slot(slot: dict, passphrase: str) -> MasterKey:
     """Raises WrongPassphrase when the passphrase does not open this slot."""
-    salt, params = slot_kdf(slot)
-    try:
-        wrapped = unb64(slot["wrapped"])
-    except (KeyError, TypeError, AttributeError) as e:
-        raise FormatError(f"invalid passphrase key slot: {e!r}") from None
+    salt, params, wrapped = passphrase_slot(slot)
     wrapping = passphrase_key(passphrase, salt, params)
     if len(wrapped) < NONCE_SIZE + TAG_SIZE:
         raise FormatError("wrapped key too short")
@@ -216,14 +204,3 @@ def open_kms_slot(slot: dict, unwrap: KmsUnwrap) -> MasterKey:
 
 def encode_key_slot(slot: dict) -> bytes:
     return json.dumps(slot, sort_keys=True, indent=1).encode()
-
-
-def decode_key_slot(data: bytes) -> dict:
-    try:
-        slot = json.loads(data)
-    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
-        raise FormatError(f"key slot is not JSON: {e}") from None
-    _check_version(slot)
-    if slot.get("kind") not in ("passphrase", "kms"):
-        raise FormatError(f"unknown key slot kind {slot.get('kind')!r}")
-    return slot

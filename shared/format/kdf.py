@@ -1,4 +1,5 @@
-"""The key a passphrase slot is wrapped with (scrypt), and deriving it ahead of need.
+"""Key slots as stored, the key a passphrase slot is wrapped with (scrypt), and deriving
+it ahead of need.
 
 scrypt takes ~0.2 s on purpose, and a command used to start it only once it had loaded
 everything and read the key slot: ~0.3 s into a backup or a restore, after the imports.
@@ -12,11 +13,12 @@ is imported before the rest of the program.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import unicodedata
 from dataclasses import dataclass
 
-from .constants import KEY_SIZE, SCRYPT_N, SCRYPT_P, SCRYPT_R
+from .constants import FORMAT_VERSION, KEY_SIZE, SCRYPT_N, SCRYPT_P, SCRYPT_R
 from .errors import FormatError
 
 # The most memory a slot's scrypt may take (128 * n * r bytes): twice the largest slots
@@ -43,20 +45,41 @@ class ScryptParams:
             raise FormatError(f"scrypt n={self.n}, r={self.r} would need more than {MAX_MEMORY >> 20} MiB")
 
 
-def slot_kdf(slot: dict) -> tuple[bytes, ScryptParams]:
-    """The salt and the parameters of a passphrase key slot (docs/format.md §2), checked
-    as the repository checks them before it derives anything; FormatError if they are
-    not what a slot holds."""
+def check_version(doc: object) -> None:
+    """A sealed document or a key slot must be a JSON object of this format's version."""
+    if not isinstance(doc, dict):
+        raise FormatError("expected a JSON object")
+    version = doc.get("version")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"unsupported format version {version!r} (this reader knows {FORMAT_VERSION})")
+
+
+def decode_key_slot(data: bytes) -> dict:
+    """A key slot object (docs/format.md §2), of a kind this reader knows."""
+    try:
+        slot = json.loads(data)
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+        raise FormatError(f"key slot is not JSON: {e}") from None
+    check_version(slot)
+    if slot.get("kind") not in ("passphrase", "kms"):
+        raise FormatError(f"unknown key slot kind {slot.get('kind')!r}")
+    return slot
+
+
+def passphrase_slot(slot: dict) -> tuple[bytes, ScryptParams, bytes]:
+    """The salt, the scrypt parameters and the wrapped key of a passphrase key slot,
+    checked before anything is derived; FormatError if they are not what a slot holds."""
     try:
         kdf = slot["kdf"]
         if kdf["name"] != "scrypt":
             raise FormatError(f"unknown key derivation {kdf['name']!r}")
         params = ScryptParams(n=kdf["n"], r=kdf["r"], p=kdf["p"])
         salt = base64.b64decode(kdf["salt"].encode("ascii"), validate=True)
+        wrapped = base64.b64decode(slot["wrapped"].encode("ascii"), validate=True)
     except (KeyError, TypeError, ValueError, AttributeError, UnicodeEncodeError) as e:
         raise FormatError(f"invalid passphrase key slot: {e!r}") from None
     params.check()
-    return salt, params
+    return salt, params, wrapped
 
 
 def passphrase_key(passphrase: str, salt: bytes, params: ScryptParams) -> bytes:

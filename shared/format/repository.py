@@ -57,13 +57,13 @@ from .crypto import (
     KmsWrap,
     MasterKey,
     ScryptParams,
-    decode_key_slot,
     encode_key_slot,
     new_kms_slot,
     new_passphrase_slot,
     open_kms_slot,
     open_passphrase_slot,
 )
+from .kdf import decode_key_slot
 from .errors import (
     CorruptObject,
     DecryptionFailed,

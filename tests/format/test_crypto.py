@@ -10,13 +10,13 @@ from shared.format.crypto import (
     AAD_INDEX,
     AAD_SNAPSHOT,
     MasterKey,
-    decode_key_slot,
     encode_key_slot,
     new_kms_slot,
     new_passphrase_slot,
     open_kms_slot,
     open_passphrase_slot,
 )
+from shared.format.kdf import decode_key_slot
 from shared.format.errors import CorruptBlob, DecryptionFailed, FormatError
 from shared.format.pack import BlobType, PackEntry, open_blob, seal_blob
 

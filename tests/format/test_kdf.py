@@ -97,7 +97,7 @@ def test_parameters_must_be_integers(params):
 ])
 def test_a_slot_s_parameters_are_checked_before_deriving(kdf_field, problem):
     with pytest.raises(FormatError, match=problem):
-        kdf.slot_kdf({"kind": "passphrase", "kdf": kdf_field})
+        kdf.passphrase_slot({"kind": "passphrase", "kdf": kdf_field, "wrapped": "AAAA"})
 
 
 def test_a_thread_that_cannot_start_leaves_nothing_to_wait_for(monkeypatch):
