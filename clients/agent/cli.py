@@ -320,11 +320,17 @@ async def cmd_snapshots(cfg: AgentConfig, args, reporter: Reporter) -> int:
 
 async def cmd_restore(cfg: AgentConfig, args, reporter: Reporter) -> int:
     async with _target(cfg, args) as target:
-        repo = await target.open_repository(_passphrase(cfg))
-        snapshot_id = await repo.find_snapshot(args.snapshot)
-        reporter.status(f"restoring {snapshot_id[:8]}{' ' + args.path if args.path else ''} into {args.target}")
-        reporter.activity = "restore"
-        result = await Restorer(repo, progress=reporter.progress).restore(snapshot_id, args.target, path=args.path)
+        # The index on this machine's disk, as for a backup: a restore's memory must not
+        # grow with the repository (docs/agent.md, "What a restore does").
+        repo = await target.open_repository(_passphrase(cfg), index_cache_in=cfg.state_dir / "index-cache")
+        try:
+            snapshot_id = await repo.find_snapshot(args.snapshot)
+            reporter.status(f"restoring {snapshot_id[:8]}{' ' + args.path if args.path else ''} into {args.target}")
+            reporter.activity = "restore"
+            result = await Restorer(repo, progress=reporter.progress).restore(snapshot_id, args.target,
+                                                                              path=args.path)
+        finally:
+            repo.close()  # the index's lock, for the next run
     reporter.result({"snapshot": snapshot_id, "target": str(args.target), "files": result.files, "dirs": result.dirs,
                      "symlinks": result.symlinks, "bytes": result.bytes},
                     f"restored {snapshot_id[:8]} into {args.target}: {result.files} files, {result.dirs} folders, "

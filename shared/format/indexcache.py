@@ -65,10 +65,10 @@ class IndexCache:
 
     def put(self, index_id: str, packs: list[IndexedPack]) -> None:
         """Keep an index file just read (best effort: a full disk only costs a download)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{index_id}.bin"
         partial = path.with_name(path.name + ".partial")
         with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(_encode(packs))
             os.replace(partial, path)
 

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import secrets
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -319,6 +320,10 @@ class Repository:
             self.index = cache.open_index()
         except IndexBusy:
             pass  # another agent process has it: this run keeps the index in memory
+        except (OSError, sqlite3.Error):
+            # A folder this run cannot write (a restore run by another user, a full
+            # disk): the index is only a cache, so this run keeps it in memory.
+            pass
 
     def close(self) -> None:
         """Let go of what the index keeps open on disk (nothing for one in memory)."""

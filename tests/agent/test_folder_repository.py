@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
+from shared.format import LocalFolderStore, Repository
+from shared.format.diskindex import DiskIndex
 from tests.format.conftest import describe
 
 from .conftest import PASSPHRASE, MiB, folder_config, initialised, make_tree
@@ -88,6 +91,42 @@ async def test_full_incremental_restore_and_check(agent, tmp_path):
     r = await agent("snapshots", "--json", RECLO_PASSPHRASE="not the passphrase")
     assert r.code == 5, r
     assert r.lines[-1]["type"] == "error" and "wrong passphrase" in r.lines[-1]["message"]
+
+
+async def test_restore_keeps_the_index_on_disk_and_does_without_it_when_it_cannot(agent, tmp_path):
+    """A restore's memory must not grow with the repository: like a backup, it looks blobs
+    up in index.sqlite, built on a new machine from the repository's index files. Where
+    that database is taken (a backup running) or cannot be made, it keeps the index in
+    memory for the run instead of failing."""
+    src = make_tree(tmp_path / "src")
+    repo_folder = tmp_path / "usb" / "reclo"
+    await initialised(agent, repo_folder, [src])
+    assert (await agent("backup")).code == 0
+    state = agent.config.parent / "state"
+    shutil.rmtree(state / "index-cache")  # a new machine: nothing kept from the backup
+
+    r = await agent("restore", "latest", str(tmp_path / "out1"))
+    assert r.code == 0, r
+    assert describe(tmp_path / "out1" / "src") == describe(src)
+    repo = await Repository.open(LocalFolderStore(repo_folder), PASSPHRASE)  # the index in memory
+    on_disk = DiskIndex(state / "index-cache" / repo.config.id / "index.sqlite")
+    try:
+        assert len(on_disk) == len(repo.index) > 7  # built by the restore, every blob
+        for blob_id, location in repo.index.items():
+            assert on_disk.lookup(blob_id) == location
+        # Held by another process (this one): the restore keeps its index in memory.
+        r = await agent("restore", "latest", str(tmp_path / "out2"))
+        assert r.code == 0, r
+        assert describe(tmp_path / "out2" / "src") == describe(src)
+    finally:
+        on_disk.close()
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    folder_config(agent, repo_folder, [src], extra=f'state_dir = "{blocker / "state"}"')
+    r = await agent("restore", "latest", str(tmp_path / "out3"))
+    assert r.code == 0, r
+    assert describe(tmp_path / "out3" / "src") == describe(src)
 
 
 async def test_pre_and_post_commands(agent, tmp_path):
