@@ -9,7 +9,10 @@ back up a million tiny files, and above all to find out that nothing changed.
 
 Steps, each for every engine in turn: a full backup (unless --skip-full), the incremental
 with nothing changed (--repeat times), then the incremental after rewriting one file in
-each of --touched folders. With --skip-full, an engine whose repository is behind the tree
+each of --touched folders, then (with --restore) a restore of the latest snapshot into an
+empty folder as on a new machine: what each engine keeps beside its repository (ReClo's
+index cache and on-disk index, restic's cache) is deleted first, and the restored files
+are counted afterwards. With --skip-full, an engine whose repository is behind the tree
 (the files were touched after its last backup) first backs up once, unmeasured. Each step is one child process; its wall time and peak RSS (ru_maxrss
 from wait4) are measured, the 1-minute load is read just before it starts. The page cache
 stays warm: the tree is stat'ed once before the first step and never dropped, so the
@@ -40,6 +43,7 @@ PASSPHRASE = "reclo-benchmark-passphrase"
 # Environment variables of one engine must not leak into another's runs.
 _FOREIGN = ("RECLO_", "RESTIC_", "BORG_", "AWS_")
 FULL, UNCHANGED, TOUCHED = "full", "incremental, unchanged", "incremental, {n} files changed"
+RESTORE = "restore on a new machine"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -169,6 +173,15 @@ class Engine:
     def backup(self, tree: Path, full: bool) -> list[str]:
         raise NotImplementedError
 
+    def restore(self, into: Path) -> list[str]:
+        """The command restoring the latest snapshot; the restored tree lands somewhere
+        under `into` (restored_root finds it)."""
+        raise NotImplementedError
+
+    def forget_caches(self) -> None:
+        """Delete what this engine keeps beside its repository: a restore on a new machine."""
+        raise NotImplementedError
+
 
 class ReClo(Engine):
     """The real `reclo-agent` against a folder repository: no server, the same archiver
@@ -198,6 +211,13 @@ class ReClo(Engine):
     def backup(self, tree: Path, full: bool) -> list[str]:
         return self.agent("--json", "backup", "--source", str(tree), *(["--full"] if full else []))
 
+    def restore(self, into: Path) -> list[str]:
+        return self.agent("--json", "restore", "latest", str(into))
+
+    def forget_caches(self) -> None:
+        # The index cache and the on-disk index the restore builds again from the repository.
+        shutil.rmtree(self.work / "state" / "index-cache", ignore_errors=True)
+
     def summary(self, run: Run) -> dict:
         for line in reversed(Path(run.stdout_path).read_text().splitlines()):
             if line.startswith("{") and json.loads(line).get("type") == "result":
@@ -226,6 +246,12 @@ class Restic(Engine):
 
     def backup(self, tree: Path, full: bool) -> list[str]:
         return ["restic", "backup", str(tree)]
+
+    def restore(self, into: Path) -> list[str]:
+        return ["restic", "restore", "latest", "--target", str(into)]
+
+    def forget_caches(self) -> None:
+        shutil.rmtree(self.work / "cache", ignore_errors=True)
 
     def summary(self, run: Run) -> dict:
         lines = Path(run.stdout_path).read_text().splitlines()
@@ -273,6 +299,31 @@ def measure_step(engine: Engine, tree: Path, step: str, label: str, full: bool, 
           f"   load {run.load_before[0]:.2f}", file=sys.stderr, flush=True)
 
 
+def count_files(root: Path) -> int:
+    return sum(len(filenames) for _, _, filenames in os.walk(root))
+
+
+def measure_restore(engine: Engine, tree: Path, results: list[dict]) -> None:
+    """Restore the latest snapshot into an empty folder on a "new machine" (the engine's
+    caches deleted), then check that every file of the tree came back."""
+    into = engine.work / "restored"
+    shutil.rmtree(into, ignore_errors=True)
+    engine.forget_caches()
+    run = run_measured(engine.restore(into), env=engine.env, cwd=engine.work, logs=engine.logs,
+                       name="restore", cold=False)
+    restored = count_files(into)
+    expected = count_files(tree)
+    shutil.rmtree(into)  # a million files: not left behind for the next run
+    if restored != expected:
+        raise SystemExit(f"{engine.name} restored {restored} files of {expected}")
+    row = {"engine": engine.name, "step": RESTORE, "seconds": round(run.seconds, 2),
+           "peak_rss_mib": round(run.peak_rss_bytes / MiB, 1), "load_before": run.load_before,
+           "said": {"files restored": restored}}
+    results.append(row)
+    print(f"  {engine.name:6} {RESTORE:34} {run.seconds:8.1f} s {row['peak_rss_mib']:8.1f} MiB"
+          f"   load {run.load_before[0]:.2f}", file=sys.stderr, flush=True)
+
+
 def catch_up(engine: Engine, tree: Path) -> None:
     """An unmeasured backup when the tree changed after this engine's last one (another
     engine's run, or a run cut short), so the next incremental really has nothing new."""
@@ -307,6 +358,9 @@ def run_steps(engines: list[Engine], tree: Path, args, results: list[dict]) -> N
         step = TOUCHED.format(n=len(changed))
         for engine in engines:
             measure_step(engine, tree, step, step, False, results)
+    if args.restore:
+        for engine in engines:
+            measure_restore(engine, tree, results)
 
 
 def human_seconds(s: float) -> str:
@@ -355,6 +409,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="how many unchanged incrementals (default 2)")
     parser.add_argument("--touched", type=int, default=10,
                         help="then rewrite one file in this many folders and back up again (0: skip)")
+    parser.add_argument("--restore", action="store_true",
+                        help="last, restore the latest snapshot with each engine's caches deleted")
     parser.add_argument("--at-commit", metavar="REV",
                         help="run the agent of this commit (exported under --work) instead of the working tree")
     args = parser.parse_args()
