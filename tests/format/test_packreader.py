@@ -402,3 +402,55 @@ async def test_in_order_hands_out_what_has_arrived_before_the_window_is_complete
         store.gate.set()
         rest = [b async for b in stream]
     assert [b.position for b in rest] == list(range(1, 60))
+
+
+@pytest.mark.parametrize("reads", ["in the workers", "through get"])
+async def test_listings_are_read_ahead_of_the_walk_within_a_budget(reads, tmp_path, monkeypatch):
+    """A restore's memory must not grow with a folder's number of subfolders: their
+    listings are read ahead in groups, never more than TREES_AHEAD_BYTES of them read and
+    not yet walked into (one larger listing alone), and still in far fewer reads than one
+    per folder. Before, every subfolder of a folder was read at once."""
+    from shared.format import restorer as restorer_module
+
+    store, repo = await store_and_repo(reads, tmp_path)
+    src = tmp_path / "src"
+    for d in range(120):
+        folder = src / f"d{d:03d}"
+        folder.mkdir(parents=True)
+        for f in range(2 if d != 60 else 400):  # one listing larger than the budget
+            (folder / f"file {f} with a longer name to fill the listing").write_text(f"{d}/{f}")
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    top = (await repo.load_tree((await repo.load_tree((await repo.load_snapshot(result.snapshot_id)).tree))
+                                .find("src").subtree))
+    sizes = {n.subtree: repo.index.lookup(n.subtree).raw_length for n in top.nodes}
+    budget = 8 * max(size for name, size in zip((n.name for n in top.nodes), sizes.values()) if name != "d060")
+    assert sizes[top.find("d060").subtree] > budget and len(sizes) == 120
+
+    monkeypatch.setattr(restorer_module, "TREES_AHEAD_BYTES", budget)
+    ahead: set[bytes] = set()
+    most = 0
+    groups = []
+    prefetch, entering = restorer_module._Trees.prefetch, restorer_module._Lookahead.entering
+
+    def counting_prefetch(self, tree_ids):
+        nonlocal most
+        tree_ids = list(tree_ids)
+        ours = [t for t in tree_ids if t in sizes]  # src's subfolders (the root's is src)
+        if ours:
+            groups.append(len(ours))
+            ahead.update(ours)
+            if len(ahead) > 1:  # one listing alone may exceed the budget
+                most = max(most, sum(sizes[t] for t in ahead))
+        prefetch(self, tree_ids)
+
+    def counting_entering(self, tree_id):
+        ahead.discard(tree_id)
+        entering(self, tree_id)
+
+    monkeypatch.setattr(restorer_module._Trees, "prefetch", counting_prefetch)
+    monkeypatch.setattr(restorer_module._Lookahead, "entering", counting_entering)
+    await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert describe(tmp_path / "out" / "src") == describe(src)
+    assert sum(groups) == 120  # each listing read once, ahead of its folder
+    assert 120 / 8 <= len(groups) < 60  # grouped, a budget's worth each
+    assert 0 < most <= budget
