@@ -46,7 +46,7 @@ from sqlalchemy.orm import aliased
 from services.recovery import domain
 from services.recovery.assembly import Damaged, DiskPlan, NoImage, assemble, plan_disk
 from services.recovery.chores import Chores
-from services.recovery.keys import CannotOpen, has_kms_slot, open_repository
+from services.recovery.keys import INDEX_FILE, CannotOpen, has_kms_slot, open_repository
 from services.recovery.pipeline import FORGOTTEN, code_path
 from services.recovery.tables import DrillRow, RecoverableBackupRow
 from shared.events import DrillFailed, DrillPassed, utcnow
@@ -141,11 +141,22 @@ async def drill(service, row: DrillRow, work_dir: Path) -> Outcome:
         return Outcome(domain.DRILL_SKIPPED, domain.DRILL_NO_KMS_HERE)
     if not await has_kms_slot(store):
         return Outcome(domain.DRILL_SKIPPED, domain.DRILL_NEEDS_KMS)
+    await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
     try:
-        repo = await open_repository(store, passphrase=None, kms_unwrap=kms)
-        plan = await plan_disk(repo, row.snapshot_id)
+        # The index in the drill's folder, which the caller removes.
+        repo = await open_repository(store, passphrase=None, kms_unwrap=kms,
+                                     index_at=work_dir / INDEX_FILE)
     except CannotOpen as e:
         return _failed(str(e))
+    try:
+        return await _drill_from(service, row, work_dir, repo)
+    finally:
+        repo.close()
+
+
+async def _drill_from(service, row: DrillRow, work_dir: Path, repo: Repository) -> Outcome:
+    try:
+        plan = await plan_disk(repo, row.snapshot_id)
     except NoImage:
         return _failed(domain.NO_IMAGE)
     except SnapshotNotFound:
@@ -154,7 +165,6 @@ async def drill(service, row: DrillRow, work_dir: Path) -> Outcome:
         return _failed(domain.damaged_reason(str(e)))
 
     settings = service.settings
-    await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
     free = (await asyncio.to_thread(shutil.disk_usage, work_dir)).free
     needed = domain.scratch_bytes_needed(plan.data_bytes, 0.0, converts=False)
     if free - needed < settings.min_free_bytes:
@@ -312,7 +322,12 @@ class Drills:
         log.info("drill started", drill_id=drill_id, host_id=row.host_id,
                  backup_id=row.backup_id, attempt=row.attempts)
         try:
-            outcome = await drill(self.service, row, work_dir)
+            try:
+                outcome = await drill(self.service, row, work_dir)
+            finally:
+                # Before the outcome is recorded: whoever sees it sees the folder gone.
+                # (In a thread: it may hold the backup's whole disk.)
+                await asyncio.to_thread(shutil.rmtree, work_dir, True)
         except Postpone as e:
             await self._try_later(row, str(e))
             return

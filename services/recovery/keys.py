@@ -10,6 +10,7 @@ restarts has an empty vault; a task that still needs to read the backup then fai
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 from botocore.config import Config
@@ -29,6 +30,8 @@ from shared.format.crypto import KmsUnwrap
 from shared.format.store import ObjectNotFound
 
 KEYS_PREFIX = "keys/"
+# The index of the backup being read, in the task's scratch folder (open_repository).
+INDEX_FILE = "index.sqlite"
 
 
 class CannotOpen(Exception):
@@ -86,14 +89,33 @@ async def has_kms_slot(store: ObjectStore) -> bool:
 
 
 async def open_repository(store: ObjectStore, *, passphrase: str | None,
-                          kms_unwrap: KmsUnwrap | None) -> Repository:
-    """The passphrase when there is one, else KMS; CannotOpen with the reason otherwise."""
+                          kms_unwrap: KmsUnwrap | None, index_at: Path | None = None) -> Repository:
+    """The passphrase when there is one, else KMS; CannotOpen with the reason otherwise.
+
+    ``index_at``: where to keep the index on disk for this run (an SQLite file in the
+    task's scratch folder), so a worker's memory does not grow with the customer's
+    repository; the caller closes the repository, then may delete the file."""
     if passphrase is None and kms_unwrap is None:
         raise CannotOpen(domain.PASSPHRASE_NEEDED_AGAIN)
+    repo = await _open(store, passphrase, kms_unwrap)
+    try:
+        if index_at is not None:
+            repo.keep_index_in(index_at)
+        await repo.load_index()
+    except FormatError as e:
+        repo.close()
+        raise CannotOpen(domain.damaged_reason(str(e))) from None
+    except BaseException:
+        repo.close()
+        raise
+    return repo
+
+
+async def _open(store: ObjectStore, passphrase: str | None, kms_unwrap: KmsUnwrap | None) -> Repository:
     try:
         if passphrase is not None:
-            return await Repository.open(store, passphrase)
-        return await Repository.open(store, None, kms_unwrap=kms_unwrap)
+            return await Repository.open(store, passphrase, load_index=False)
+        return await Repository.open(store, None, kms_unwrap=kms_unwrap, load_index=False)
     except KeyUnavailable as e:
         if passphrase is not None:
             raise CannotOpen(f"the backup cannot be opened with a passphrase: {e}") from None

@@ -34,7 +34,7 @@ from sqlalchemy import update
 from services.recovery import domain
 from services.recovery.assembly import Damaged, NoImage, assemble, plan_disk
 from services.recovery.convert import ConversionFailed, convert
-from services.recovery.keys import CannotOpen, open_repository
+from services.recovery.keys import INDEX_FILE, CannotOpen, open_repository
 from services.recovery.providers import ImageTask, ProviderError, follow_import
 from services.recovery.tables import RecoveryRow
 from shared.events import (
@@ -44,7 +44,8 @@ from shared.events import (
     RecoveryProgressed,
     utcnow,
 )
-from shared.format import FormatError, SnapshotNotFound
+from shared.format import FormatError, Repository, SnapshotNotFound
+from shared.format.diskindex import remove as remove_index
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -185,19 +186,29 @@ class Run:
     async def _assemble(self, raw, span: tuple[int, int], converts: bool) -> None:
         row = self.row
         store = self.service.backup_store(row.user_id, row.host_id)
+        await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
+        index_at = self.work_dir / INDEX_FILE
         try:
             repo = await open_repository(store, passphrase=self.worker.vault.get(self.id),
-                                         kms_unwrap=self.service.kms_unwrap())
-            plan = await plan_disk(repo, row.snapshot_id)
+                                         kms_unwrap=self.service.kms_unwrap(), index_at=index_at)
         except CannotOpen as e:
             raise Failure(str(e)) from None
+        try:
+            await self._assemble_from(repo, raw, span, converts)
+        finally:
+            repo.close()
+            await asyncio.to_thread(remove_index, index_at)
+
+    async def _assemble_from(self, repo: Repository, raw, span: tuple[int, int], converts: bool) -> None:
+        row = self.row
+        try:
+            plan = await plan_disk(repo, row.snapshot_id)
         except NoImage:
             raise Failure(domain.NO_IMAGE) from None
         except SnapshotNotFound:
             raise Failure(FORGOTTEN) from None
         except (Damaged, FormatError) as e:
             raise Failure(domain.damaged_reason(str(e))) from None
-        await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
         total = len(plan.chunks)
         resumable = (row.no_downloads == total and 0 < row.no_completed <= total
                      and await asyncio.to_thread(raw.is_file))

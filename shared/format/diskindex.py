@@ -46,6 +46,8 @@ _U32 = (1 << 32) - 1
 _U40 = (1 << 40) - 1
 _MAX_LENGTH = (1 << 31) - 1  # (length << 32) | raw_length must fit SQLite's signed 64 bits
 
+_DATABASE_SUFFIXES = ("", "-wal", "-shm")  # the database and SQLite's files beside it
+
 # What SQLite says of a file that is damaged or not a database (only then is it deleted).
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
@@ -116,9 +118,7 @@ class DiskIndex:
         return db
 
     def _delete_files(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.path}{suffix}")
+        _unlink(self.path, _DATABASE_SUFFIXES)
 
     def close(self) -> None:
         with self._lock:
@@ -276,6 +276,18 @@ def _row(number: int, blob_id: bytes, blob_type: int, offset: int, length: int,
         raise FormatError(f"blob location out of range: offset {offset}, length {length}, "
                           f"raw length {raw_length}")
     return blob_id, number, blob_type << 40 | offset, length << 32 | raw_length
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete the files of a closed index at ``path``: the database, SQLite's own beside
+    it and the lock file."""
+    _unlink(path, (*_DATABASE_SUFFIXES, ".lock"))
+
+
+def _unlink(path: str | os.PathLike, suffixes: Sequence[str]) -> None:
+    for suffix in suffixes:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{os.fspath(path)}{suffix}")
 
 
 def _lock_exclusively(path: Path):

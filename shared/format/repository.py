@@ -27,6 +27,7 @@ import concurrent.futures
 import functools
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -316,13 +317,32 @@ class Repository:
         """Keep the index files read on this machine and the index itself on its disk
         (the agent: bounded memory however large the repository). Before load_index."""
         self.index_cache = cache
+        self._index_on_disk(cache.open_index)
+
+    def keep_index_in(self, path: str | os.PathLike) -> None:
+        """Keep the index in SQLite at ``path`` instead of memory, started empty: a server
+        reading one backup of a repository of any size, with no cache between runs.
+        Before load_index; close() lets go of it, and the file may then be deleted."""
+
+        def fresh() -> DiskIndex:
+            index = DiskIndex(path)
+            try:
+                index.clear()  # a run before this one left it: its entries are not checked
+            except BaseException:
+                index.close()
+                raise
+            return index
+
+        self._index_on_disk(fresh)
+
+    def _index_on_disk(self, open_index: Callable[[], DiskIndex]) -> None:
         try:
-            self.index = cache.open_index()
+            self.index = open_index()
         except IndexBusy:
-            pass  # another agent process has it: this run keeps the index in memory
+            pass  # another process has it: this run keeps the index in memory
         except (OSError, sqlite3.Error):
             # A folder this run cannot write (a restore run by another user, a full
-            # disk): the index is only a cache, so this run keeps it in memory.
+            # disk): the index on disk only bounds memory, so this run keeps it there.
             pass
 
     def close(self) -> None:

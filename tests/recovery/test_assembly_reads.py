@@ -9,8 +9,11 @@ import os
 import pytest
 
 from services.recovery.assembly import Damaged, assemble, plan_disk
+from services.recovery.keys import INDEX_FILE, CannotOpen, open_repository
 from shared.format import FULL, Archiver, LocalFolderStore, Repository, ScryptParams, Source
 from shared.format.constants import MiB
+from shared.format.diskindex import DiskIndex
+from shared.format.diskindex import remove as remove_index
 from shared.format.repository import pack_key
 from shared.format.store import ObjectStore
 from shared.format.snapshot import IMAGE
@@ -124,3 +127,38 @@ async def test_a_missing_pack_names_the_pack(backed_up, tmp_path):
     with pytest.raises(Damaged) as e:
         await assemble(repo, plan, tmp_path / "out.raw", start=0, ahead=4, report=nothing)
     assert loc.pack_id in str(e.value) and "missing" in str(e.value)
+
+
+async def test_the_index_of_the_backup_read_lies_on_the_scratch_disk(backed_up, tmp_path):
+    """A worker's memory must not grow with the customer's repository: the index of the
+    backup it reads is an SQLite file in the task's folder, started over on every open,
+    released on close. A damaged repository still fails with its reason and leaves the
+    index closed behind it."""
+    store, repo, snapshot_id, disk = backed_up
+    index_at = tmp_path / "task" / INDEX_FILE
+    index_at.parent.mkdir()
+    for attempt in range(2):  # the second open finds the first one's file: started over
+        opened = await open_repository(store, passphrase=PASSPHRASE, kms_unwrap=None, index_at=index_at)
+        try:
+            assert isinstance(opened.index, DiskIndex) and opened.index.path == index_at
+            assert dict(opened.index.items()) == dict(repo.index.items())
+            out = tmp_path / f"out{attempt}.raw"
+            await assemble(opened, await plan_disk(opened, snapshot_id), out, start=0, ahead=4,
+                           report=_ignore)
+            assert digest(out) == digest(disk)
+        finally:
+            opened.close()
+    DiskIndex(index_at).close()  # released: another open takes it at once (no IndexBusy)
+    remove_index(index_at)
+    assert list(index_at.parent.iterdir()) == []
+
+    index_key = [k async for k in store.list("index/")][0]
+    path = store.root / index_key
+    path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
+    with pytest.raises(CannotOpen, match="damaged"):
+        await open_repository(store, passphrase=PASSPHRASE, kms_unwrap=None, index_at=index_at)
+    DiskIndex(index_at).close()  # closed by the failed open
+
+
+async def _ignore(done, sync) -> None:
+    pass
