@@ -11,8 +11,8 @@ Steps, each for every engine in turn: a full backup (unless --skip-full), the in
 with nothing changed (--repeat times), then the incremental after rewriting one file in
 each of --touched folders, then (with --restore) a restore of the latest snapshot into an
 empty folder as on a new machine: what each engine keeps beside its repository (ReClo's
-index cache and on-disk index, restic's cache) is deleted first, and the restored files
-are counted afterwards. With --skip-full, an engine whose repository is behind the tree
+index cache and on-disk index, restic's cache) is deleted and the kernel's caches dropped
+first, and the restored files are counted afterwards. With --skip-full, an engine whose repository is behind the tree
 (the files were touched after its last backup) first backs up once, unmeasured. Each step is one child process; its wall time and peak RSS (ru_maxrss
 from wait4) are measured, the 1-minute load is read just before it starts. The page cache
 stays warm: the tree is stat'ed once before the first step and never dropped, so the
@@ -309,8 +309,10 @@ def measure_restore(engine: Engine, tree: Path, results: list[dict]) -> None:
     into = engine.work / "restored"
     shutil.rmtree(into, ignore_errors=True)
     engine.forget_caches()
+    # Cold: the previous step may have deleted a million restored files, and the kernel's
+    # leftovers of that (dentries, a busy journal) slowed file creation 2-3 times here.
     run = run_measured(engine.restore(into), env=engine.env, cwd=engine.work, logs=engine.logs,
-                       name="restore", cold=False)
+                       name="restore", cold=True)
     restored = count_files(into)
     expected = count_files(tree)
     shutil.rmtree(into)  # a million files: not left behind for the next run
