@@ -87,13 +87,15 @@ class DiskIndex:
                     self._db.close()
                 self._delete_files()
                 self._db = self._connect()
+            self._pack_ids: dict[int, str] = {}
+            self._pack_numbers: dict[str, int] = {}
+            self._pack_sizes: dict[str, int] = {}
+            self._read_packs()
         except BaseException:
+            with contextlib.suppress(Exception):
+                self._db.close()
             self._owner.close()
             raise
-        self._pack_ids: dict[int, str] = {}
-        self._pack_numbers: dict[str, int] = {}
-        self._pack_sizes: dict[str, int] = {}
-        self._read_packs()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -276,6 +278,18 @@ def _row(number: int, blob_id: bytes, blob_type: int, offset: int, length: int,
         raise FormatError(f"blob location out of range: offset {offset}, length {length}, "
                           f"raw length {raw_length}")
     return blob_id, number, blob_type << 40 | offset, length << 32 | raw_length
+
+
+def in_use(path: str | os.PathLike) -> bool:
+    """Whether a process has the index at ``path`` open (holds its lock)."""
+    lock = Path(f"{os.fspath(path)}.lock")
+    if not lock.exists():
+        return False
+    try:
+        _lock_exclusively(lock).close()
+    except IndexBusy:
+        return True
+    return False
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -206,6 +206,10 @@ class Repository:
         self.pack_size = pack_size
         self.uploads_in_flight = uploads_in_flight
         self.index: Index | DiskIndex = Index()
+        # Why the index is in memory although the caller asked for it on disk (a run
+        # cannot write the folder, another process has it, the disk filled up): the
+        # caller says so; the run goes on.
+        self.index_in_memory_because: str | None = None
         # Packs that index files name but the store no longer holds (deleted by retention's
         # garbage collection, docs/format.md §12): their entries are not trusted.
         self.gone_packs: set[str] = set()
@@ -339,11 +343,20 @@ class Repository:
         try:
             self.index = open_index()
         except IndexBusy:
-            pass  # another process has it: this run keeps the index in memory
-        except (OSError, sqlite3.Error):
-            # A folder this run cannot write (a restore run by another user, a full
-            # disk): the index on disk only bounds memory, so this run keeps it there.
-            pass
+            self.index_in_memory_because = "another process has the index on disk open"
+        except (OSError, sqlite3.Error) as e:
+            # A folder this run cannot write, a full disk: the index on disk only bounds
+            # memory, so this run keeps it there rather than failing.
+            self.index_in_memory_because = f"the index on disk cannot be used: {e}"
+
+    def _index_to_memory(self, error: sqlite3.Error) -> None:
+        """The index on disk failed while loading (a disk that filled up): start over in
+        memory."""
+        self.close()
+        self.index = Index()
+        self._loaded_index_files.clear()
+        self.gone_packs.clear()
+        self.index_in_memory_because = f"the index on disk failed: {error}"
 
     def close(self) -> None:
         """Let go of what the index keeps open on disk (nothing for one in memory)."""
@@ -357,7 +370,21 @@ class Repository:
         ``gone_packs``): garbage collection deletes packs but cannot rewrite the sealed
         index, and a chunk stored again in a newer pack must be found there. A pack lost
         by accident still shows: the chunks only it held are in no index, which restore and
-        check report with the file named."""
+        check report with the file named.
+
+        An index on disk that fails during the first load (SQLite's errors: a disk that
+        filled up) is dropped and the index loaded again in memory, as if it could not
+        have been opened; later, its failure is the caller's (a backup has added to it)."""
+        first = not self._loaded_index_files
+        try:
+            return await self._load_index_files(strict)
+        except sqlite3.Error as e:
+            if not first or not isinstance(self.index, DiskIndex):
+                raise
+            self._index_to_memory(e)
+        return await self._load_index_files(strict)
+
+    async def _load_index_files(self, strict: bool) -> list[FormatError]:
         listed = [k async for k in self.store.list(INDEX_PREFIX)]
         present: set[str] | None = None
         if self.index_cache is not None and not self._loaded_index_files:
@@ -546,13 +573,22 @@ async def _open_any_slot(slots: list[dict], passphrase: str | None, kms_unwrap: 
 
 
 async def _bounded_gather(coros: Iterable[Awaitable[T]], limit: int) -> list[T]:
+    """All of coros, at most ``limit`` at a time; on the first failure the others are
+    cancelled and waited for, so none of them goes on behind the caller's back."""
     gate = asyncio.Semaphore(limit)
 
     async def run(c: Awaitable[T]) -> T:
         async with gate:
             return await c
 
-    return await asyncio.gather(*(run(c) for c in coros))
+    tasks = [asyncio.ensure_future(run(c)) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 @dataclass

@@ -245,3 +245,45 @@ def test_damage_inside_the_database_is_found_at_open_and_built_again(tmp_path):
     path.write_bytes(bytes(data))
     again = DiskIndex(path)
     assert len(again) == 0 and again.files() == set()  # started over, not failing forever
+
+
+async def test_a_disk_that_fills_up_while_the_index_loads_leaves_it_in_memory(store, tmp_path):
+    """A restore or a recovery opens a fresh index on disk; when its disk fills up while
+    the repository's index files go in (SQLite's own "database or disk is full", here
+    from a page limit), the index is loaded again in memory, complete, the file let go of,
+    and the reason kept for the caller to tell."""
+    from shared.format.diskindex import in_use
+    from shared.format.index import Index
+
+    repo = await Repository.init(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
+    rng = random.Random(5)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(400):
+        (src / f"f{i}").write_bytes(rng.randbytes(rng.randrange(100, 3000)))
+    await Archiver(repo, host="h").backup([str(src)], kind=FULL)
+    plain = await Repository.open(store, PASSPHRASE)
+
+    path = tmp_path / "restore" / "index.sqlite"
+    opened = await Repository.open(store, PASSPHRASE, load_index=False)
+    opened.keep_index_in(path)
+    assert isinstance(opened.index, DiskIndex) and in_use(path)
+    pages = opened.index._db.execute("PRAGMA page_count").fetchone()[0]
+    opened.index._db.execute(f"PRAGMA max_page_count={pages + 2}")  # a few KiB more, no more
+    await opened.load_index()
+    assert isinstance(opened.index, Index) and not in_use(path)
+    assert "full" in opened.index_in_memory_because
+    assert dict(opened.index.items()) == dict(plain.index.items()) and len(plain.index) > 400
+    assert opened.gone_packs == plain.gone_packs == set()
+
+
+async def test_an_index_on_disk_that_cannot_be_made_leaves_the_reason(store, tmp_path):
+    from shared.format.index import Index
+
+    repo = await Repository.init(store, PASSPHRASE, pack_size=TEST_PACK_SIZE)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    repo.keep_index_in(blocker / "index.sqlite")
+    assert isinstance(repo.index, Index) and "cannot be used" in repo.index_in_memory_because
+    repo.use_index_cache(IndexCache(blocker / "cache"))
+    assert isinstance(repo.index, Index)
