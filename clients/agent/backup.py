@@ -116,6 +116,8 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         repo = None  # the first backup of this host creates the repository (step 4)
     finally:
         warmed.set()
+    if repo is not None and repo.index_in_memory_because:
+        reporter.status(f"the index is kept in memory for this backup: {repo.index_in_memory_because}")
     state = StateFile(cfg.state_dir)
     backup_id = None
     try:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from shared.format import Checker, Repository, RepositoryExists, Restorer
 
-from . import config as configuration, exits, secretfile, version
+from . import config as configuration, exits, restore_index, secretfile, version
 from .backup import BackupRequest, take_backup
 from .config import FOLDER, IMAGE, AgentConfig, SourceConfig
 from .exits import AgentError, ConfigError, UsageError
@@ -319,18 +319,29 @@ async def cmd_snapshots(cfg: AgentConfig, args, reporter: Reporter) -> int:
 
 
 async def cmd_restore(cfg: AgentConfig, args, reporter: Reporter) -> int:
+    # The index on disk, so that a restore's memory does not grow with the repository;
+    # its own, not the backups' (restore_index.py).
+    index_at = await asyncio.to_thread(restore_index.make, cfg.state_dir)
+    try:
+        return await _restore(cfg, args, reporter, index_at)
+    finally:
+        await asyncio.to_thread(restore_index.remove, index_at)
+
+
+async def _restore(cfg: AgentConfig, args, reporter: Reporter, index_at: Path | None) -> int:
     async with _target(cfg, args) as target:
-        # The index on this machine's disk, as for a backup: a restore's memory must not
-        # grow with the repository (docs/agent.md, "What a restore does").
-        repo = await target.open_repository(_passphrase(cfg), index_cache_in=cfg.state_dir / "index-cache")
+        repo = await target.open_repository(_passphrase(cfg), index_at=index_at)
         try:
+            if index_at is None or repo.index_in_memory_because:
+                reporter.status("the index is kept in memory for this restore: "
+                                f"{repo.index_in_memory_because or f'{cfg.state_dir} cannot be written'}")
             snapshot_id = await repo.find_snapshot(args.snapshot)
             reporter.status(f"restoring {snapshot_id[:8]}{' ' + args.path if args.path else ''} into {args.target}")
             reporter.activity = "restore"
             result = await Restorer(repo, progress=reporter.progress).restore(snapshot_id, args.target,
                                                                               path=args.path)
         finally:
-            repo.close()  # the index's lock, for the next run
+            repo.close()  # the index on disk, before its folder goes
     reporter.result({"snapshot": snapshot_id, "target": str(args.target), "files": result.files, "dirs": result.dirs,
                      "symlinks": result.symlinks, "bytes": result.bytes},
                     f"restored {snapshot_id[:8]} into {args.target}: {result.files} files, {result.dirs} folders, "

@@ -53,11 +53,12 @@ class Target:
 
     async def open_repository(self, passphrase: str, *, upload_concurrency: int = 2,
                               load_index: bool = True, index_cache_in: Path | None = None,
-                              ) -> RecordingRepository:
+                              index_at: Path | None = None) -> RecordingRepository:
         """Open it; with load_index, the index without entries of packs that are gone
         (retention's garbage collection; the format leaves them out, docs/format.md §12).
-        ``index_cache_in``: a folder keeping the index files read, per repository (not
-        for `check`, which must read the repository's own)."""
+        ``index_cache_in``: a folder keeping the index files read, per repository, and the
+        index itself on disk (not for `check`, which must read the repository's own).
+        ``index_at``: the index on disk in this file instead, for this run only."""
         try:
             repo = await RecordingRepository.open(self.store, passphrase, load_index=False,
                                                   uploads_in_flight=upload_concurrency)
@@ -66,6 +67,8 @@ class Target:
                                "run `reclo-agent init`, then a first backup") from None
         if index_cache_in is not None:
             repo.use_index_cache(IndexCache(index_cache_in / repo.config.id))
+        elif index_at is not None:
+            repo.keep_index_in(index_at)
         if load_index:
             try:
                 await repo.load_index()

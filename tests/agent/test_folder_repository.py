@@ -9,6 +9,7 @@ import shutil
 import stat
 
 from shared.format import LocalFolderStore, Repository
+from clients.agent import restore_index
 from shared.format.diskindex import DiskIndex
 from tests.format.conftest import describe
 
@@ -93,40 +94,52 @@ async def test_full_incremental_restore_and_check(agent, tmp_path):
     assert r.lines[-1]["type"] == "error" and "wrong passphrase" in r.lines[-1]["message"]
 
 
-async def test_restore_keeps_the_index_on_disk_and_does_without_it_when_it_cannot(agent, tmp_path):
-    """A restore's memory must not grow with the repository: like a backup, it looks blobs
-    up in index.sqlite, built on a new machine from the repository's index files. Where
-    that database is taken (a backup running) or cannot be made, it keeps the index in
-    memory for the run instead of failing."""
+async def test_a_restore_keeps_an_index_of_its_own_on_disk(agent, tmp_path):
+    """A restore's memory must not grow with the repository, so it keeps the index on
+    disk; but its own, in a folder it removes, never the backups' index-cache/ (a restore
+    run as root would leave the daemon files it cannot open, and a long restore would hold
+    their lock). Folders of killed restores are swept; where the state folder cannot be
+    written the restore keeps its index in memory and says so."""
     src = make_tree(tmp_path / "src")
     repo_folder = tmp_path / "usb" / "reclo"
     await initialised(agent, repo_folder, [src])
     assert (await agent("backup")).code == 0
     state = agent.config.parent / "state"
     shutil.rmtree(state / "index-cache")  # a new machine: nothing kept from the backup
-
-    r = await agent("restore", "latest", str(tmp_path / "out1"))
-    assert r.code == 0, r
-    assert describe(tmp_path / "out1" / "src") == describe(src)
-    repo = await Repository.open(LocalFolderStore(repo_folder), PASSPHRASE)  # the index in memory
-    on_disk = DiskIndex(state / "index-cache" / repo.config.id / "index.sqlite")
+    killed = state / f"{restore_index.PREFIX}killed"  # a restore that was killed
+    DiskIndex(killed / restore_index.INDEX_FILE).close()
+    running = DiskIndex(state / f"{restore_index.PREFIX}running" / restore_index.INDEX_FILE)
     try:
-        assert len(on_disk) == len(repo.index) > 7  # built by the restore, every blob
-        for blob_id, location in repo.index.items():
-            assert on_disk.lookup(blob_id) == location
-        # Held by another process (this one): the restore keeps its index in memory.
-        r = await agent("restore", "latest", str(tmp_path / "out2"))
+        r = await agent("restore", "latest", str(tmp_path / "out1"), "--json")
+        assert r.code == 0, r
+        assert describe(tmp_path / "out1" / "src") == describe(src)
+        statuses = [d["message"] for d in r.lines if d["type"] == "status"]
+        assert not [m for m in statuses if "in memory" in m], statuses
+        assert not (state / "index-cache").exists()  # the backups' index: not touched
+        # Its own folder is gone, the killed one's too; a running restore's stays.
+        assert sorted(p.name for p in state.iterdir() if p.name.startswith(restore_index.PREFIX)) == \
+            [f"{restore_index.PREFIX}running"]
+    finally:
+        running.close()
+
+    # A restore runs as usual while a backup holds the backups' index.
+    repo = await Repository.open(LocalFolderStore(repo_folder), PASSPHRASE, load_index=False)
+    backups_index = DiskIndex(state / "index-cache" / repo.config.id / "index.sqlite")
+    try:
+        r = await agent("restore", "latest", str(tmp_path / "out2"), "--json")
         assert r.code == 0, r
         assert describe(tmp_path / "out2" / "src") == describe(src)
+        assert not [d for d in r.lines if d["type"] == "status" and "in memory" in d["message"]]
     finally:
-        on_disk.close()
+        backups_index.close()
 
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
     folder_config(agent, repo_folder, [src], extra=f'state_dir = "{blocker / "state"}"')
-    r = await agent("restore", "latest", str(tmp_path / "out3"))
+    r = await agent("restore", "latest", str(tmp_path / "out3"), "--json")
     assert r.code == 0, r
     assert describe(tmp_path / "out3" / "src") == describe(src)
+    assert [d for d in r.lines if d["type"] == "status" and "kept in memory for this restore" in d["message"]]
 
 
 async def test_pre_and_post_commands(agent, tmp_path):
