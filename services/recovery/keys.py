@@ -9,6 +9,7 @@ restarts has an empty vault; a task that still needs to read the backup then fai
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -99,8 +100,8 @@ async def open_repository(store: ObjectStore, *, passphrase: str | None,
         raise CannotOpen(domain.PASSPHRASE_NEEDED_AGAIN)
     repo = await _open(store, passphrase, kms_unwrap)
     try:
-        if index_at is not None:
-            repo.keep_index_in(index_at)
+        if index_at is not None:  # in a thread: SQLite checks and empties what it finds
+            await asyncio.to_thread(repo.keep_index_in, index_at)
         await repo.load_index()
     except FormatError as e:
         repo.close()

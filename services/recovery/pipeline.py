@@ -187,16 +187,18 @@ class Run:
         row = self.row
         store = self.service.backup_store(row.user_id, row.host_id)
         await asyncio.to_thread(self.work_dir.mkdir, parents=True, exist_ok=True)
-        index_at = self.work_dir / INDEX_FILE
+        index_at = self.work_dir / INDEX_FILE  # this task's own: nobody else opens it
         try:
-            repo = await open_repository(store, passphrase=self.worker.vault.get(self.id),
-                                         kms_unwrap=self.service.kms_unwrap(), index_at=index_at)
-        except CannotOpen as e:
-            raise Failure(str(e)) from None
-        try:
-            await self._assemble_from(repo, raw, span, converts)
-        finally:
-            repo.close()
+            try:
+                repo = await open_repository(store, passphrase=self.worker.vault.get(self.id),
+                                             kms_unwrap=self.service.kms_unwrap(), index_at=index_at)
+            except CannotOpen as e:
+                raise Failure(str(e)) from None
+            try:
+                await self._assemble_from(repo, raw, span, converts)
+            finally:
+                repo.close()
+        finally:  # whether the open failed, the assembly did or neither
             await asyncio.to_thread(remove_index, index_at)
 
     async def _assemble_from(self, repo: Repository, raw, span: tuple[int, int], converts: bool) -> None:

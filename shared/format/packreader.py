@@ -254,7 +254,9 @@ class PackReader:
         out as soon as it and every position before it have arrived (so progress shows
         while a window is read), and the next window is read once this one has arrived:
         at most two windows are held."""
-        windows = self._windows(blob_ids, window)
+        # In a thread: a whole disk's chunks are looked up (millions, on disk for the
+        # recovery worker), which would stall the event loop for seconds.
+        windows = await asyncio.to_thread(self._windows, blob_ids, window)
         fills: list[_Fill] = []
         try:
             for i, positions in enumerate(windows):

@@ -13,6 +13,8 @@ from services.recovery.keys import INDEX_FILE, CannotOpen, open_repository
 from shared.format import FULL, Archiver, LocalFolderStore, Repository, ScryptParams, Source
 from shared.format.constants import MiB
 from shared.format.diskindex import DiskIndex
+from shared.format.index import IndexedPack
+from shared.format.pack import BlobType, PackEntry
 from shared.format.diskindex import remove as remove_index
 from shared.format.repository import pack_key
 from shared.format.store import ObjectStore
@@ -137,11 +139,13 @@ async def test_the_index_of_the_backup_read_lies_on_the_scratch_disk(backed_up, 
     store, repo, snapshot_id, disk = backed_up
     index_at = tmp_path / "task" / INDEX_FILE
     index_at.parent.mkdir()
+    stale = IndexedPack("f" * 64, 4096, [PackEntry(BlobType.DATA, b"\x07" * 32, 0, 100, 100)])
     for attempt in range(2):  # the second open finds the first one's file: started over
         opened = await open_repository(store, passphrase=PASSPHRASE, kms_unwrap=None, index_at=index_at)
         try:
             assert isinstance(opened.index, DiskIndex) and opened.index.path == index_at
             assert dict(opened.index.items()) == dict(repo.index.items())
+            opened.index.add_file("left by this run", [stale])  # not there for the next
             out = tmp_path / f"out{attempt}.raw"
             await assemble(opened, await plan_disk(opened, snapshot_id), out, start=0, ahead=4,
                            report=_ignore)
