@@ -12,10 +12,12 @@ with nothing changed (--repeat times), then the incremental after rewriting one 
 each of --touched folders, then (with --restore) a restore of the latest snapshot into an
 empty folder as on a new machine: what each engine keeps beside its repository (ReClo's
 index cache and on-disk index, restic's cache) is deleted and the kernel's caches dropped
-first, and the restored files are counted afterwards. With --skip-full, an engine whose repository is behind the tree
-(the files were touched after its last backup) first backs up once, unmeasured. Each step is one child process; its wall time and peak RSS (ru_maxrss
-from wait4) are measured, the 1-minute load is read just before it starts. The page cache
-stays warm: the tree is stat'ed once before the first step and never dropped, so the
+first (needs root; the row's "cold" says whether they were), and the restored files are
+counted afterwards. With --skip-full, an engine whose repository is behind the tree (the
+files were touched after its last backup) first backs up once, unmeasured. Each step is
+one child process; its wall time and peak RSS (ru_maxrss from wait4) are measured, the
+1-minute load is read just before it starts. For the backups the page cache stays warm:
+the tree is stat'ed once before the first step and not dropped before a backup, so their
 figures show CPU and metadata work, not the disk.
 
 The tree (default 1,000 folders x 1,000 files of ~13 bytes) is created on the first run
@@ -215,7 +217,8 @@ class ReClo(Engine):
         return self.agent("--json", "restore", "latest", str(into))
 
     def forget_caches(self) -> None:
-        # The index cache and the on-disk index the restore builds again from the repository.
+        # The backups' index cache: a new machine has none. (The restore builds its own
+        # index from the repository's index files either way, restore_index.py.)
         shutil.rmtree(self.work / "state" / "index-cache", ignore_errors=True)
 
     def summary(self, run: Run) -> dict:
@@ -320,7 +323,7 @@ def measure_restore(engine: Engine, tree: Path, results: list[dict]) -> None:
         raise SystemExit(f"{engine.name} restored {restored} files of {expected}")
     row = {"engine": engine.name, "step": RESTORE, "seconds": round(run.seconds, 2),
            "peak_rss_mib": round(run.peak_rss_bytes / MiB, 1), "load_before": run.load_before,
-           "said": {"files restored": restored}}
+           "cold": run.cold, "said": {"files restored": restored}}
     results.append(row)
     print(f"  {engine.name:6} {RESTORE:34} {run.seconds:8.1f} s {row['peak_rss_mib']:8.1f} MiB"
           f"   load {run.load_before[0]:.2f}", file=sys.stderr, flush=True)
@@ -445,7 +448,7 @@ def main() -> int:
         "benchmark": "metadata",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tree": str(tree), "dirs": args.dirs, "files_per_dir": args.files_per_dir, "files": files,
-        "page_cache": "warm (tree stat'ed before the first step, never dropped)",
+        "page_cache": "warm for the backups (tree stat'ed before the first step); dropped before a restore",
         "skip_full": args.skip_full, "reclo_code": commit,
         "versions": {e.name: e.version() for e in engines},
         "machine": machine(work),

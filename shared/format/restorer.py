@@ -91,7 +91,7 @@ BATCH_CHUNKS = 32768
 _TREES_AHEAD = 8
 # Listings of a directory's subdirectories read ahead of its walk, by their size before
 # decoding; decoded they take several times that. Reading all of them at once held a
-# million files' listings in memory (~700 MiB for 1,000 folders of 1,000 files).
+# million files' listings in memory (~780 MiB for 1,000 folders of 1,000 files).
 TREES_AHEAD_BYTES = 4 * 1024 * 1024
 
 _WINDOWS_NAMES = os.name == "nt"
@@ -494,9 +494,9 @@ class _File:
 
 
 class _Trees:
-    """Directory listings, read ahead of the walk: when a directory is listed, the listings
-    of all its subdirectories are read together (one pack reader plan: usually one
-    request), a few directories' worth at a time."""
+    """Directory listings, read ahead of the walk: a directory's subdirectory listings
+    in groups within a budget (_Lookahead), each group one pack reader plan (usually one
+    request), a few groups at a time."""
 
     def __init__(self, repo: Repository):
         self.repo = repo

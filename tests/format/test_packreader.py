@@ -447,10 +447,18 @@ async def test_listings_are_read_ahead_of_the_walk_within_a_budget(reads, tmp_pa
         ahead.discard(tree_id)
         entering(self, tree_id)
 
+    read_alone = []
+    load_tree = repo.load_tree
+
+    async def counting_load_tree(tree_id):
+        read_alone.append(tree_id)
+        return await load_tree(tree_id)
+
     monkeypatch.setattr(restorer_module._Trees, "prefetch", counting_prefetch)
     monkeypatch.setattr(restorer_module._Lookahead, "entering", counting_entering)
+    monkeypatch.setattr(repo, "load_tree", counting_load_tree)
     await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
     assert describe(tmp_path / "out" / "src") == describe(src)
-    assert sum(groups) == 120  # each listing read once, ahead of its folder
+    assert sum(groups) == 120 and not set(read_alone) & sizes.keys()  # each read once, ahead
     assert 120 / 8 <= len(groups) < 60  # grouped, a budget's worth each
     assert 0 < most <= budget
