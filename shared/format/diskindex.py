@@ -281,13 +281,14 @@ def _row(number: int, blob_id: bytes, blob_type: int, offset: int, length: int,
 
 
 def in_use(path: str | os.PathLike) -> bool:
-    """Whether a process has the index at ``path`` open (holds its lock)."""
+    """Whether a process has the index at ``path`` open (holds its lock). Where that
+    cannot be told (the lock file is another user's), it counts as in use."""
     lock = Path(f"{os.fspath(path)}.lock")
-    if not lock.exists():
-        return False
     try:
+        if not lock.exists():
+            return False
         _lock_exclusively(lock).close()
-    except IndexBusy:
+    except (IndexBusy, OSError):
         return True
     return False
 

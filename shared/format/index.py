@@ -17,6 +17,7 @@ check), diskindex.DiskIndex on the agent's disk (backups of huge repositories).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from array import array
 from typing import Iterable, Iterator, Sequence
@@ -64,6 +65,9 @@ class Index:
 
     def __init__(self) -> None:
         self._blobs: dict[bytes, int] = {}  # id -> _pack_location(...)
+        # Index files are added from several threads at once (Repository.load_index):
+        # a pack's number must be taken by one at a time.
+        self._adding = threading.Lock()
         self._pack_ids: list[str] = []
         self._pack_numbers: dict[str, int] = {}
         self._pack_sizes: dict[str, int] = {}
@@ -102,11 +106,12 @@ class Index:
                  gone: Iterable[str] = ()) -> None:
         """An index file's packs that the store holds (``gone``: those it no longer
         does, which the repository tracks itself for this index)."""
-        for p in packs:
-            if isinstance(p, KeptPack):
-                self.add_kept(p.id, p.size, p.ids, p.high, p.low)
-            else:
-                self.add_pack(p)
+        with self._adding:
+            for p in packs:
+                if isinstance(p, KeptPack):
+                    self.add_kept(p.id, p.size, p.ids, p.high, p.low)
+                else:
+                    self.add_pack(p)
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         found = self._blobs.get(blob_id)

@@ -79,7 +79,8 @@ from .errors import (
     SnapshotNotFound,
     WrongPassphrase,
 )
-from .diskindex import DiskIndex, IndexBusy
+from .diskindex import DiskIndex, IndexBusy, in_use
+from .diskindex import remove as remove_index_files
 from .index import BlobLocation, Index, IndexedPack, KeptPack, decode_index, encode_index
 from .indexcache import IndexCache
 from .pack import (
@@ -329,9 +330,11 @@ class Repository:
         Before load_index; close() lets go of it, and the file may then be deleted."""
 
         def fresh() -> DiskIndex:
+            if not in_use(path):
+                remove_index_files(path)  # a run before this one left it: deleting beats emptying
             index = DiskIndex(path)
             try:
-                index.clear()  # a run before this one left it: its entries are not checked
+                index.clear()  # (whatever got there in between)
             except BaseException:
                 index.close()
                 raise
@@ -349,7 +352,7 @@ class Repository:
             # memory, so this run keeps it there rather than failing.
             self.index_in_memory_because = f"the index on disk cannot be used: {e}"
 
-    def _index_to_memory(self, error: sqlite3.Error) -> None:
+    def _index_to_memory(self, error: sqlite3.OperationalError) -> None:
         """The index on disk failed while loading (a disk that filled up): start over in
         memory."""
         self.close()
@@ -378,10 +381,11 @@ class Repository:
         first = not self._loaded_index_files
         try:
             return await self._load_index_files(strict)
-        except sqlite3.Error as e:
+        except sqlite3.OperationalError as e:  # full, I/O error, read-only: not a bug of ours
             if not first or not isinstance(self.index, DiskIndex):
                 raise
-            self._index_to_memory(e)
+            # In a thread: closing waits for an add still running in another one.
+            await asyncio.to_thread(self._index_to_memory, e)
         return await self._load_index_files(strict)
 
     async def _load_index_files(self, strict: bool) -> list[FormatError]:
@@ -578,8 +582,13 @@ async def _bounded_gather(coros: Iterable[Awaitable[T]], limit: int) -> list[T]:
     gate = asyncio.Semaphore(limit)
 
     async def run(c: Awaitable[T]) -> T:
-        async with gate:
-            return await c
+        try:
+            async with gate:
+                return await c
+        finally:
+            close = getattr(c, "close", None)
+            if close is not None:
+                close()  # one cancelled before its turn was never started: no warning
 
     tasks = [asyncio.ensure_future(run(c)) for c in coros]
     try:

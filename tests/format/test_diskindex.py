@@ -250,8 +250,8 @@ def test_damage_inside_the_database_is_found_at_open_and_built_again(tmp_path):
 async def test_a_disk_that_fills_up_while_the_index_loads_leaves_it_in_memory(store, tmp_path):
     """A restore or a recovery opens a fresh index on disk; when its disk fills up while
     the repository's index files go in (SQLite's own "database or disk is full", here
-    from a page limit), the index is loaded again in memory, complete, the file let go of,
-    and the reason kept for the caller to tell."""
+    from a page limit), the index is loaded again in memory, complete, with the packs
+    that are gone, the file let go of, and the reason kept for the caller to tell."""
     from shared.format.diskindex import in_use
     from shared.format.index import Index
 
@@ -259,22 +259,36 @@ async def test_a_disk_that_fills_up_while_the_index_loads_leaves_it_in_memory(st
     rng = random.Random(5)
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(400):
-        (src / f"f{i}").write_bytes(rng.randbytes(rng.randrange(100, 3000)))
-    await Archiver(repo, host="h").backup([str(src)], kind=FULL)
+    for day in range(5):  # an index file or more per backup
+        for i in range(80):
+            (src / f"f{day}-{i}").write_bytes(rng.randbytes(rng.randrange(100, 3000)))
+        await Archiver(repo, host="h").backup([str(src)], kind=FULL)
+    lost = sorted([k async for k in store.list(DATA_PREFIX)])[0]
+    os.unlink(Path(store.root) / lost)  # collected by retention: its entries left out
     plain = await Repository.open(store, PASSPHRASE)
+    assert plain.gone_packs == {lost.rsplit("/", 1)[-1]} and len(plain._loaded_index_files) > 3
 
     path = tmp_path / "restore" / "index.sqlite"
     opened = await Repository.open(store, PASSPHRASE, load_index=False)
     opened.keep_index_in(path)
     assert isinstance(opened.index, DiskIndex) and in_use(path)
     pages = opened.index._db.execute("PRAGMA page_count").fetchone()[0]
-    opened.index._db.execute(f"PRAGMA max_page_count={pages + 2}")  # a few KiB more, no more
+    opened.index._db.execute(f"PRAGMA max_page_count={pages + 3}")  # a few index files fit
+    loaded_into_disk = []
+    add_file = opened.index.add_file
+
+    def counting_add_file(*args):
+        add_file(*args)
+        loaded_into_disk.append(args[0])
+
+    opened.index.add_file = counting_add_file
     await opened.load_index()
+    assert loaded_into_disk  # it failed part-way, not at once
     assert isinstance(opened.index, Index) and not in_use(path)
     assert "full" in opened.index_in_memory_because
-    assert dict(opened.index.items()) == dict(plain.index.items()) and len(plain.index) > 400
-    assert opened.gone_packs == plain.gone_packs == set()
+    assert dict(opened.index.items()) == dict(plain.index.items()) and len(plain.index) > 300
+    assert opened.gone_packs == plain.gone_packs
+    assert opened._loaded_index_files == plain._loaded_index_files
 
 
 async def test_an_index_on_disk_that_cannot_be_made_leaves_the_reason(store, tmp_path):
@@ -287,3 +301,27 @@ async def test_an_index_on_disk_that_cannot_be_made_leaves_the_reason(store, tmp
     assert isinstance(repo.index, Index) and "cannot be used" in repo.index_in_memory_because
     repo.use_index_cache(IndexCache(blocker / "cache"))
     assert isinstance(repo.index, Index)
+
+
+async def test_a_failure_in_a_bounded_gather_stops_the_others():
+    """load_index reads index files a few at a time; when one fails, the others must not
+    go on adding to an index the caller is about to replace."""
+    import asyncio
+
+    from shared.format.repository import _bounded_gather
+
+    started, finished = [], []
+
+    async def one(i: int) -> int:
+        started.append(i)
+        if i == 2:
+            raise RuntimeError("the third fails")
+        await asyncio.sleep(0.05)
+        finished.append(i)
+        return i
+
+    with pytest.raises(RuntimeError):
+        await _bounded_gather([one(i) for i in range(10)], 4)
+    await asyncio.sleep(0.1)  # time enough for anything left running to finish
+    assert finished == [] and len(started) < 10  # cancelled, the rest never started
+    assert await _bounded_gather([one(i) for i in (5, 6)], 4) == [5, 6]
