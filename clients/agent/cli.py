@@ -330,7 +330,9 @@ async def cmd_restore(cfg: AgentConfig, args, reporter: Reporter) -> int:
 
 async def _restore(cfg: AgentConfig, args, reporter: Reporter, index_at: Path | None) -> int:
     async with _target(cfg, args) as target:
-        repo = await target.open_repository(_passphrase(cfg), index_at=index_at)
+        # The index files the backups kept are read, not written (restore_index.py).
+        repo = await target.open_repository(_passphrase(cfg), index_at=index_at,
+                                            index_cache_in=cfg.state_dir / "index-cache")
         try:
             if index_at is None or repo.index_in_memory_because:
                 reporter.status("the index is kept in memory for this restore: "

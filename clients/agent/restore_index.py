@@ -5,9 +5,9 @@ Not the backups' index (index-cache/): a restore is often run by hand as root wh
 daemon runs as its own user, and files root left there would turn the daemon's next
 backups to an index in memory; a restore of hours would also hold that index's lock and
 send the daemon's backups to memory meanwhile. A restore instead builds its own from the
-repository's index files (on a new machine there is nothing kept anyway: a million blobs
-take about a minute) and keeps the memory it needs bounded all the same
-(docs/agent.md, "What a backup does", step 1).
+index files the backups kept (read, never written: indexcache.ReadOnlyIndexCache) and
+the repository's others (on a new machine, all of them) and keeps the memory it needs
+bounded all the same (docs/agent.md, "What a backup does", step 1).
 """
 
 from __future__ import annotations
@@ -46,5 +46,8 @@ def sweep(state_dir: Path) -> None:
     except OSError:
         return
     for folder in folders:
-        if not in_use(folder / INDEX_FILE):
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if not in_use(folder / INDEX_FILE):
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # another user's, say: not this restore's to remove

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.format import LocalFolderStore, ObjectStore, RepositoryNotFound
-from shared.format.indexcache import IndexCache
+from shared.format.indexcache import IndexCache, ReadOnlyIndexCache
 
 from .config import AgentConfig, repository_folder
 from .exits import ConfigError, UsageError
@@ -58,17 +58,20 @@ class Target:
         (retention's garbage collection; the format leaves them out, docs/format.md §12).
         ``index_cache_in``: a folder keeping the index files read, per repository, and the
         index itself on disk (not for `check`, which must read the repository's own).
-        ``index_at``: the index on disk in this file instead, for this run only."""
+        ``index_at``: the index on disk in this file instead, for this run only; with
+        ``index_cache_in`` too, the kept index files are only read, never written."""
         try:
             repo = await RecordingRepository.open(self.store, passphrase, load_index=False,
                                                   uploads_in_flight=upload_concurrency)
         except RepositoryNotFound:
             raise NoRepository(f"there is no repository at {self.description} yet: "
                                "run `reclo-agent init`, then a first backup") from None
-        if index_cache_in is not None:
-            repo.use_index_cache(IndexCache(index_cache_in / repo.config.id))
-        elif index_at is not None:
+        if index_at is not None:
+            if index_cache_in is not None:
+                repo.index_cache = ReadOnlyIndexCache(index_cache_in / repo.config.id)
             repo.keep_index_in(index_at)
+        elif index_cache_in is not None:
+            repo.use_index_cache(IndexCache(index_cache_in / repo.config.id))
         if load_index:
             try:
                 await repo.load_index()

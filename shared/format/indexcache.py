@@ -73,6 +73,20 @@ class IndexCache:
             os.replace(partial, path)
 
 
+class ReadOnlyIndexCache(IndexCache):
+    """Another run's kept index files, read and never written: a restore takes what the
+    backups downloaded before without touching their folder (clients/agent/restore_index.py)."""
+
+    def open_index(self) -> DiskIndex:
+        raise TypeError("a read-only index cache has no index of its own")
+
+    def keep_only(self, index_ids: set[str]) -> None:
+        pass
+
+    def put(self, index_id: str, packs: list[IndexedPack]) -> None:
+        pass
+
+
 def _encode(packs: list[IndexedPack]) -> bytes:
     out = [MAGIC]
     for pack in packs:

@@ -10,6 +10,7 @@ import stat
 
 from shared.format import LocalFolderStore, Repository
 from clients.agent import restore_index
+from clients.agent.target import Target
 from shared.format.diskindex import DiskIndex
 from tests.format.conftest import describe
 
@@ -140,6 +141,44 @@ async def test_a_restore_keeps_an_index_of_its_own_on_disk(agent, tmp_path):
     assert r.code == 0, r
     assert describe(tmp_path / "out3" / "src") == describe(src)
     assert [d for d in r.lines if d["type"] == "status" and "kept in memory for this restore" in d["message"]]
+
+
+async def test_a_restore_index_is_on_disk_and_reads_what_the_backups_kept(agent, tmp_path):
+    """What cmd_restore opens: its index is a DiskIndex at the path given, filled from
+    the index files the backups kept (no download of those) without a byte written to
+    their folder; the rest comes from the repository."""
+    src = make_tree(tmp_path / "src")
+    repo_folder = tmp_path / "usb" / "reclo"
+    await initialised(agent, repo_folder, [src])
+    assert (await agent("backup")).code == 0
+    kept = agent.config.parent / "state" / "index-cache"
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in kept.rglob("*") if p.is_file()}
+    cached = sorted(p for p in before if p.suffix == ".bin")
+    assert len(cached) > 1
+    cached[0].unlink()  # one index file the backups did not keep: read from the repository
+    del before[cached[0]]
+
+    class CountingStore(LocalFolderStore):
+        index_gets = 0
+
+        async def get(self, key, offset=None, length=None):
+            if key.startswith("index/"):
+                CountingStore.index_gets += 1
+            return await super().get(key, offset, length)
+
+    index_at = tmp_path / "restore-index" / "index.sqlite"
+    target = Target(str(repo_folder), CountingStore(repo_folder), folder=repo_folder)
+    repo = await target.open_repository(PASSPHRASE, index_at=index_at, index_cache_in=kept)
+    try:
+        assert isinstance(repo.index, DiskIndex) and repo.index.path == index_at
+        assert repo.index_in_memory_because is None
+        plain = await Repository.open(LocalFolderStore(repo_folder), PASSPHRASE)
+        assert dict(repo.index.items()) == dict(plain.index.items())
+        assert CountingStore.index_gets == 1  # only the one not kept
+    finally:
+        repo.close()
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in kept.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing deleted, not even the missing one
 
 
 async def test_pre_and_post_commands(agent, tmp_path):

@@ -117,3 +117,29 @@ async def test_the_token_bucket_keeps_the_rate():
     await asyncio.gather(*(bucket.take(1024 * 1024) for _ in range(4)))  # 4 MiB, 2 MiB of it at once
     elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 3
+
+
+def test_a_restore_sweeps_only_folders_it_can_tell_are_left_over(tmp_path):
+    """Folders of killed restores go; a running restore's stays, and so does one whose
+    lock cannot be looked at (another user's), without failing the restore."""
+    from clients.agent import restore_index
+    from shared.format.diskindex import DiskIndex
+
+    state = tmp_path / "state"
+    DiskIndex(state / f"{restore_index.PREFIX}killed" / restore_index.INDEX_FILE).close()
+    running = DiskIndex(state / f"{restore_index.PREFIX}running" / restore_index.INDEX_FILE)
+    unreadable = state / f"{restore_index.PREFIX}unreadable"
+    (unreadable / f"{restore_index.INDEX_FILE}.lock").mkdir(parents=True)  # opening it fails
+    try:
+        index_at = restore_index.make(state)
+        assert index_at is not None and index_at.parent.parent == state
+        assert index_at.parent.name.startswith(restore_index.PREFIX)
+        assert sorted(p.name for p in state.iterdir()) == sorted(
+            [index_at.parent.name, f"{restore_index.PREFIX}running", f"{restore_index.PREFIX}unreadable"])
+        restore_index.remove(index_at)
+        assert not index_at.parent.exists()
+    finally:
+        running.close()
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    assert restore_index.make(blocker / "state") is None  # cannot be written: in memory
