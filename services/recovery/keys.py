@@ -29,6 +29,9 @@ from shared.format import (
 )
 from shared.format.crypto import KmsUnwrap
 from shared.format.store import ObjectNotFound
+from shared.logs import get_logger
+
+log = get_logger(__name__)
 
 KEYS_PREFIX = "keys/"
 # The index of the backup being read, in the task's scratch folder (open_repository).
@@ -103,6 +106,8 @@ async def open_repository(store: ObjectStore, *, passphrase: str | None,
         if index_at is not None:  # in a thread: SQLite checks and empties what it finds
             await asyncio.to_thread(repo.keep_index_in, index_at)
         await repo.load_index()
+        if index_at is not None and repo.index_in_memory_because:
+            log.warning("the backup's index is kept in memory", reason=repo.index_in_memory_because)
     except FormatError as e:
         repo.close()
         raise CannotOpen(domain.damaged_reason(str(e))) from None
