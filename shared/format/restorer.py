@@ -62,6 +62,7 @@ import asyncio
 import os
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -93,6 +94,10 @@ _TREES_AHEAD = 8
 # decoding; decoded they take several times that. Reading all of them at once held a
 # million files' listings in memory (~780 MiB for 1,000 folders of 1,000 files).
 TREES_AHEAD_BYTES = 4 * 1024 * 1024
+# Listings of up to this many entries are kept once walked, the last this many of them:
+# without it, 100,000 empty folders were 100,000 reads of the same listing, one by one.
+_SMALL_LISTING_NODES = 16
+_SMALL_LISTINGS = 256
 
 _WINDOWS_NAMES = os.name == "nt"
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
@@ -504,6 +509,9 @@ class _Trees:
         self.gate = asyncio.Semaphore(_TREES_AHEAD)
         self.ahead: dict[bytes, asyncio.Future] = {}
         self.groups: set[asyncio.Task] = set()
+        # Small listings walked lately, by id: folders with the same content share one
+        # (every empty folder the same), and a listing read ahead is handed out once.
+        self.small: OrderedDict[bytes, Tree] = OrderedDict()
 
     def lookahead(self, nodes: list[Node]) -> _Lookahead:
         """Start reading the listings of these nodes' subdirectories ahead of the walk."""
@@ -570,10 +578,20 @@ class _Trees:
         return Tree.decode(blob.open(self.repo.key, self.repo.dictionaries))
 
     async def load(self, tree_id: bytes) -> Tree:
+        tree = self.small.get(tree_id)
+        if tree is not None:
+            self.small.move_to_end(tree_id)
+            return tree
         future = self.ahead.pop(tree_id, None)
         if future is None or future.cancelled():
-            return await self.repo.load_tree(tree_id)
-        return await future
+            tree = await self.repo.load_tree(tree_id)
+        else:
+            tree = await future
+        if len(tree.nodes) <= _SMALL_LISTING_NODES:
+            self.small[tree_id] = tree
+            if len(self.small) > _SMALL_LISTINGS:
+                self.small.popitem(last=False)
+        return tree
 
     async def cancel(self) -> None:
         groups = list(self.groups)

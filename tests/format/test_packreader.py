@@ -462,3 +462,27 @@ async def test_listings_are_read_ahead_of_the_walk_within_a_budget(reads, tmp_pa
     assert sum(groups) == 120 and not set(read_alone) & sizes.keys()  # each read once, ahead
     assert 120 / 8 <= len(groups) < 60  # grouped, a budget's worth each
     assert 0 < most <= budget
+
+
+async def test_folders_sharing_a_listing_read_it_once(tmp_path, monkeypatch):
+    """Every empty folder has the same (empty) listing, stored once: restoring 300 of them
+    reads it once, not once more per folder one after the other (from an object store,
+    a request each)."""
+    store, repo = await store_and_repo("through get", tmp_path)
+    src = tmp_path / "src"
+    for d in range(300):
+        (src / f"empty {d:03d}").mkdir(parents=True)
+    (src / "full").mkdir()
+    (src / "full" / "file.txt").write_text("not empty")
+    result = await Archiver(repo).backup([str(src)], kind=FULL)
+    read_alone = []
+    load_tree = repo.load_tree
+
+    async def counting_load_tree(tree_id):
+        read_alone.append(tree_id)
+        return await load_tree(tree_id)
+
+    monkeypatch.setattr(repo, "load_tree", counting_load_tree)
+    await Restorer(repo).restore(result.snapshot_id, tmp_path / "out")
+    assert describe(tmp_path / "out" / "src") == describe(src)
+    assert len(read_alone) <= 2  # the root's and src's listings at most, never an empty one
