@@ -518,7 +518,7 @@ class _Trees:
         return _Lookahead(self, [n.subtree for n in nodes if n.type == DIR and n.subtree is not None])
 
     def prefetch(self, tree_ids: Iterable[bytes]) -> None:
-        ids = {tree_id for tree_id in tree_ids if tree_id not in self.ahead}
+        ids = {tree_id for tree_id in tree_ids if tree_id not in self.ahead and tree_id not in self.small}
         if not ids:
             return
         loop = asyncio.get_running_loop()
