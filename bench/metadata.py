@@ -293,11 +293,16 @@ def measure_step(engine: Engine, tree: Path, step: str, label: str, full: bool, 
     edits = tree_edits(tree)
     run = run_measured(engine.backup(tree, full), env=engine.env, cwd=engine.work, logs=engine.logs,
                        name=label.replace(" ", "-").replace(",", ""), cold=False)
+    record(engine, step, run, engine.summary(run), results)
+    engine.saw(edits)
+
+
+def record(engine: Engine, step: str, run: Run, said: dict, results: list[dict], **extra) -> None:
+    """A measured step: its row in the results, and a line on stderr as it ends."""
     row = {"engine": engine.name, "step": step, "seconds": round(run.seconds, 2),
            "peak_rss_mib": round(run.peak_rss_bytes / MiB, 1), "load_before": run.load_before,
-           "said": engine.summary(run)}
+           **extra, "said": said}
     results.append(row)
-    engine.saw(edits)
     print(f"  {engine.name:6} {step:34} {run.seconds:8.1f} s {row['peak_rss_mib']:8.1f} MiB"
           f"   load {run.load_before[0]:.2f}", file=sys.stderr, flush=True)
 
@@ -321,12 +326,7 @@ def measure_restore(engine: Engine, tree: Path, results: list[dict]) -> None:
     shutil.rmtree(into)  # a million files: not left behind for the next run
     if restored != expected:
         raise SystemExit(f"{engine.name} restored {restored} files of {expected}")
-    row = {"engine": engine.name, "step": RESTORE, "seconds": round(run.seconds, 2),
-           "peak_rss_mib": round(run.peak_rss_bytes / MiB, 1), "load_before": run.load_before,
-           "cold": run.cold, "said": {"files restored": restored}}
-    results.append(row)
-    print(f"  {engine.name:6} {RESTORE:34} {run.seconds:8.1f} s {row['peak_rss_mib']:8.1f} MiB"
-          f"   load {run.load_before[0]:.2f}", file=sys.stderr, flush=True)
+    record(engine, RESTORE, run, {"files restored": restored}, results, cold=run.cold)
 
 
 def catch_up(engine: Engine, tree: Path) -> None:
