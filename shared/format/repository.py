@@ -330,15 +330,12 @@ class Repository:
         Before load_index; close() lets go of it, and the file may then be deleted."""
 
         def fresh() -> DiskIndex:
+            # What a run before this one left is deleted, not emptied row by row; one
+            # still in use (or that cannot be looked at) is left alone, and the open
+            # below fails into an index in memory (_index_on_disk).
             if not in_use(path):
-                remove_index_files(path)  # a run before this one left it: deleting beats emptying
-            index = DiskIndex(path)
-            try:
-                index.clear()  # (whatever got there in between)
-            except BaseException:
-                index.close()
-                raise
-            return index
+                remove_index_files(path)
+            return DiskIndex(path)
 
         self._index_on_disk(fresh)
 
