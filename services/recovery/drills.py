@@ -301,10 +301,7 @@ class Drills:
             log.error("drill run crashed; the next sweep runs it again", drill_id=drill_id,
                       traceback=code_path(error))
         finally:
-            keeper.cancel()
-            # In a thread: the disk holds the backup's whole data, and unlinking tens of
-            # GiB blocks for seconds. Awaiting here is safe while cancelled (once, by run()).
-            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+            keeper.cancel()  # (its folder is gone already: _execute)
             self.runs.pop(drill_id, None)
             self._lost.discard(drill_id)
             if not self._stopping:
@@ -325,8 +322,10 @@ class Drills:
             try:
                 outcome = await drill(self.service, row, work_dir)
             finally:
-                # Before the outcome is recorded: whoever sees it sees the folder gone.
-                # (In a thread: it may hold the backup's whole disk.)
+                # Whatever the end, and before the outcome is recorded: whoever sees it
+                # sees the folder gone. In a thread: the disk holds the backup's whole
+                # data, and unlinking tens of GiB blocks for seconds. Awaiting here is
+                # safe while cancelled (once, by run()).
                 await asyncio.to_thread(shutil.rmtree, work_dir, True)
         except Postpone as e:
             await self._try_later(row, str(e))
