@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -20,6 +22,17 @@ async def eventually(condition, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def files_under(root: Path, *, folders: bool = False) -> list[str]:
+    """What lies under ``root`` (relative paths; folders too if asked), read while the code
+    under test may be removing it: a folder that vanishes mid-walk is simply not listed,
+    where ``Path.rglob`` would raise FileNotFoundError."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        names = files + subfolders if folders else files
+        found += [os.path.relpath(os.path.join(folder, name), root) for name in names]
+    return sorted(found)
 
 
 class TcpProxy:

@@ -26,7 +26,7 @@ from tests.recovery.helpers import (
     known_to_recovery,
     make_disk,
 )
-from tests.support import eventually
+from tests.support import eventually, files_under
 
 SERVICES = ["recovery"]
 LEASE = 1.0
@@ -39,7 +39,7 @@ async def drill_rows(stack) -> list[DrillRow]:
 
 def scratch_files(stack) -> list[str]:
     root = stack.settings.data_dir / "recovery" / "scratch" / "drills"
-    return [p.name for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    return files_under(root)
 
 
 async def test_a_drill_runs_in_the_background_and_survives_its_worker(

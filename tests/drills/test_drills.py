@@ -38,7 +38,7 @@ from tests.recovery.helpers import (
     user,
     write_backup,
 )
-from tests.support import eventually
+from tests.support import eventually, files_under
 
 SERVICES = ["auth", "recovery", "gateway"]
 
@@ -65,7 +65,7 @@ async def env(tmp_path, unique, aws_credentials, request):
 def scratch(stack) -> list[str]:
     """Whatever a drill left in the scratch folder."""
     root = stack.settings.data_dir / "recovery" / "scratch" / "drills"
-    return [str(p.relative_to(root)) for p in root.rglob("*")] if root.exists() else []
+    return files_under(root, folders=True)
 
 
 async def test_a_good_backup_passes_and_leaves_nothing(env, disk):

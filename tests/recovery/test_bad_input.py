@@ -28,7 +28,7 @@ from tests.recovery.helpers import (
     user,
     wait_state,
 )
-from tests.support import eventually
+from tests.support import eventually, files_under
 
 SERVICES = ["auth", "recovery", "gateway"]
 
@@ -51,9 +51,7 @@ async def env(tmp_path, unique, request):
 
 
 def leftovers(stack) -> list[str]:
-    root = stack.settings.data_dir / "recovery"
-    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] \
-        if root.exists() else []
+    return files_under(stack.settings.data_dir / "recovery")
 
 
 async def request(api: Api, backup_id: str, **body):

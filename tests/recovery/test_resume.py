@@ -32,7 +32,7 @@ from tests.recovery.helpers import (
     user,
     wait_state,
 )
-from tests.support import eventually
+from tests.support import eventually, files_under
 
 SERVICES = ["auth", "recovery", "gateway"]
 LEASE = 1.0
@@ -163,7 +163,7 @@ async def test_a_task_cancelled_while_downloading_stops_and_leaves_nothing(
         assert not row.cleanup_pending and row.lease_owner is None
         assert row.no_completed < row.no_downloads  # it really was stopped half-way
         root = settings.data_dir / "recovery"
-        assert [p for p in root.rglob("*") if p.is_file()] == []
+        assert files_under(root) == []
         reasons = await eventually(lambda: observer.of(recovery_id, "RecoveryFailed"))
         assert [e["reason"] for e in reasons] == ["cancelled by the user"]
         # Nothing happens after: no import, no progress once cancelled.
