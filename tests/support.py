@@ -41,11 +41,15 @@ class TcpProxy:
     touching the real server), count what clients sent through it (``sent``: every byte,
     also of uploads a kill cut short, which never reach the server), and cap the rate of
     what comes back (``down_rate``, bytes/s: a thin line, so a test can act while a
-    download is under way instead of racing one that ends in a blink)."""
+    download is under way instead of racing one that ends in a blink). With
+    ``lose_answers_after`` set (bytes a request starts with, such as b"POST /api/v1/backups "),
+    a connection that sends them gets nothing back from then on: the server acts on the
+    request, the client never hears of it."""
 
     def __init__(self, target_host: str, target_port: int, *, down_rate: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.down_rate = down_rate
+        self.lose_answers_after: bytes | None = None
         self.sent = 0
         self.port: int | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -86,19 +90,25 @@ class TcpProxy:
             writer.close()
             return
         self._pipes.update({writer, up_writer})
+        deaf = asyncio.Event()  # set once this connection's answers are lost
         try:
-            await asyncio.gather(self._pump(reader, up_writer, count=True),
-                                 self._pump(up_reader, writer, rate=self.down_rate))
+            await asyncio.gather(self._pump(reader, up_writer, count=True, deafen=deaf),
+                                 self._pump(up_reader, writer, rate=self.down_rate, lost=deaf))
         finally:
             self._pipes.difference_update({writer, up_writer})
 
-    async def _pump(self, src, dst, *, count: bool = False, rate: int | None = None) -> None:
+    async def _pump(self, src, dst, *, count: bool = False, rate: int | None = None,
+                    deafen: asyncio.Event | None = None, lost: asyncio.Event | None = None) -> None:
         # Small pieces when the rate is capped, so that the cap is smooth.
         piece = 16 * 1024 if rate else 64 * 1024
         try:
             while data := await src.read(piece):
                 if count:
                     self.sent += len(data)
+                if deafen is not None and self.lose_answers_after and self.lose_answers_after in data:
+                    deafen.set()
+                if lost is not None and lost.is_set():
+                    continue
                 dst.write(data)
                 await dst.drain()
                 if rate:

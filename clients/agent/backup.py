@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -125,11 +126,19 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
         if target.remote is not None:
             from shared.api.backup import BackupStart, SourceSpec
 
-            start = BackupStart(kind=kind, parent_snapshot_id=parent,
+            from .remote_store import ApiError
+
+            # The id is noted before the server is asked, so that a run killed before
+            # the answer comes back leaves its session to the next run to close.
+            start = BackupStart(id=secrets.token_hex(16), kind=kind, parent_snapshot_id=parent,
                                 sources=[SourceSpec(path=p, type=k) for p, k in paths],
                                 agent_version=version())
-            backup_id = (await target.remote.start_backup(start)).id
-            state.change(open_sessions=[*state.load().open_sessions, backup_id])
+            state.change(open_sessions=[*state.load().open_sessions, start.id])
+            try:
+                backup_id = (await target.remote.start_backup(start)).id
+            except ApiError:  # refused: no session was opened
+                _forget_session(state, start.id)
+                raise
             reporter.status(f"backup session {backup_id} opened ({kind})")
     except BaseException:
         if repo is not None:
@@ -284,6 +293,10 @@ async def _report_failure(target: Target, state: StateFile, backup_id: str, erro
         await asyncio.wait_for(target.remote.fail(_reason(error)), FAIL_REPORT_TIMEOUT)
     except Exception:
         return
+    _forget_session(state, backup_id)
+
+
+def _forget_session(state: StateFile, backup_id: str) -> None:
     state.change(open_sessions=[s for s in state.load().open_sessions if s != backup_id])
 
 

@@ -134,9 +134,12 @@ def _require_uploading(backup: BackupRow) -> None:
 # --- the agent's backup session ---------------------------------------------------------------
 
 
-@routes.post("/api/v1/backups", allow=AGENT, body=BackupStart, response=Backup, status=201)
+@routes.post("/api/v1/backups", allow=AGENT, body=BackupStart, response=Backup, status=201,
+             errors=(409,))
 async def start_backup(call: Call) -> Backup:
-    """Open a backup session for the agent's host (the host appears with its first one)."""
+    """Open a backup session for the agent's host (the host appears with its first one).
+    With an id the agent chose: the session of that id if this host opened it already and
+    it is still uploading (a retry), 409 if the id is taken otherwise."""
     service = call.service
     name = _agent_host_name(call)
     start: BackupStart = call.body
@@ -145,13 +148,19 @@ async def start_backup(call: Call) -> Backup:
         try:
             async with service.db.transaction() as session:
                 host = await _agent_host(session, call)
+                if start.id is not None:
+                    taken = await session.get(BackupRow, start.id)
+                    if taken is not None:
+                        if host is None or taken.host_id != host.id or taken.status != "uploading":
+                            raise conflict("this backup id is taken: choose another")
+                        return backup_model(taken, host.name)
                 if host is None:
                     host = HostRow(id=domain.new_id(), user_id=call.user_id, name=name,
                                    created_at=now, storage_bytes=0)
                     session.add(host)
                     await session.flush()
                 row = BackupRow(
-                    id=domain.new_id(), user_id=call.user_id, host_id=host.id, kind=start.kind,
+                    id=start.id or domain.new_id(), user_id=call.user_id, host_id=host.id, kind=start.kind,
                     status="uploading", is_image=any(s.type == "image" for s in start.sources),
                     parent_snapshot_id=start.parent_snapshot_id,
                     sources=json.dumps([s.model_dump() for s in start.sources]),
@@ -160,7 +169,9 @@ async def start_backup(call: Call) -> Backup:
                 session.add(row)
             return backup_model(row, host.name)
         except IntegrityError:
-            if attempt:  # the same host's first two sessions raced; the second try finds it
+            # The same host's first two sessions raced, or two requests with one id: the
+            # second try finds what the first made.
+            if attempt:
                 raise
     raise AssertionError("unreachable")
 

@@ -51,6 +51,11 @@ class SourceSpec(BaseModel):
 
 
 class BackupStart(BaseModel):
+    # The session's id, chosen by the agent so that it can note the id before it asks: a
+    # run killed (or cut off) after the server opened the session but before the answer
+    # came back still leaves its next run the id to close. Sent again by the same host,
+    # it names the same session (a retried request); without it the server picks one.
+    id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     kind: BackupKind
     parent_snapshot_id: str | None = Field(default=None, max_length=64)
     sources: list[SourceSpec] = Field(min_length=1, max_length=100)

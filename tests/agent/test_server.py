@@ -8,12 +8,13 @@ import json
 import os
 import signal
 import stat
+from dataclasses import replace
 
 import pytest
 
 from shared.format.constants import CDC_MAX_SIZE, PACK_TARGET_SIZE
 from tests.format.conftest import describe
-from tests.support import eventually
+from tests.support import TcpProxy, eventually
 
 from .conftest import PASSPHRASE, PASSWORD, MiB, make_tree, registered
 
@@ -113,6 +114,34 @@ async def test_register_backup_incremental_restore_check_forget(agent, server, t
     assert r.code == 0 and r.result["ok"], r
     assert (await agent("restore", "latest", str(tmp_path / "out3"))).code == 0
     assert describe(tmp_path / "out3" / "src") == describe(src)
+
+
+@pytest.mark.parametrize("mode", ["embedded"])
+async def test_a_session_whose_answer_never_came_is_closed_by_the_next_run(agent, server, tmp_path, unique):
+    src = make_tree(tmp_path / "src")
+    proxy = await TcpProxy.to(server.url).start()
+    try:
+        await registered(agent, replace(server, url=proxy.url + "/"), f"fs-{unique}", [src])
+        # The server opens the session; the agent never hears of it and is killed waiting.
+        proxy.lose_answers_after = b"POST /api/v1/backups "
+        proc = await agent.start("backup", "--json")
+        try:
+            [lost] = await eventually(server.backups, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        assert lost["status"] == "uploading"
+        proxy.lose_answers_after = None
+
+        r = await agent("backup", "--json")
+        assert r.code == 0, r
+        backups = {b["id"]: b for b in await server.backups()}
+        assert set(backups) == {lost["id"], r.result["backup_id"]}
+        closed = backups[lost["id"]]
+        assert closed["status"] == "failed"
+        assert f"resumed by backup {r.result['backup_id']}" in closed["failure_reason"]
+    finally:
+        await proxy.stop()
 
 
 # Embedded only, to keep the suite short: the process is what is tested here (SIGKILL, the

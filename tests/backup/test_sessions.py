@@ -189,6 +189,33 @@ async def test_a_failed_session_is_recorded_and_announced(world):
     assert seen[0].payload["reason"] == "disk unreadable" and seen[0].payload["backup_id"] == session["id"]
 
 
+async def test_a_session_id_the_agent_chose_is_opened_once_and_never_taken_over(world):
+    erin = await world.user("erin")
+    agent, other_host = Api(world.http, world.base), Api(world.http, world.base)
+    agent.token = await world.agent_key(erin, "mail")
+    other_host.token = await world.agent_key(erin, "web")
+    chosen = "5e" * 16
+    status, session, _ = await agent.call("POST", "/api/v1/backups", json={**START, "id": chosen})
+    assert status == 201 and session["id"] == chosen and session["status"] == "uploading"
+    # The same request again (its answer was lost): the same session, not a second one.
+    status, again, _ = await agent.call("POST", "/api/v1/backups", json={**START, "id": chosen})
+    assert status == 201 and again["id"] == chosen and again["started_at"] == session["started_at"]
+    status, listed, _ = await erin.call("GET", "/api/v1/backups")
+    assert [b["id"] for b in listed["items"]] == [chosen]
+    # Another host, even of the same user, cannot take it over.
+    status, body, _ = await other_host.call("POST", "/api/v1/backups", json={**START, "id": chosen})
+    assert status == 409 and "taken" in body["detail"], body
+    # Nor can the same host once the session has ended.
+    status, _, _ = await agent.call("POST", f"/api/v1/backups/{chosen}/fail", json={"reason": "stopped"})
+    assert status == 200
+    status, body, _ = await agent.call("POST", "/api/v1/backups", json={**START, "id": chosen})
+    assert status == 409 and body["title"], body
+    status, body, _ = await agent.call("POST", "/api/v1/backups", json={**START, "id": "not-hex"})
+    assert status == 422, body
+    status, listed, _ = await erin.call("GET", "/api/v1/backups")
+    assert [(b["id"], b["status"]) for b in listed["items"]] == [(chosen, "failed")]
+
+
 async def test_the_openapi_document_has_the_backup_routes(world):
     status, doc, _ = await Api(world.http, world.base).call("GET", "/api/v1/openapi.json")
     assert status == 200
