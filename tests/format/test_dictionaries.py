@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from shared.format import FULL, Archiver, Repository, Restorer
 from shared.format import compression
@@ -20,7 +21,7 @@ from shared.format.checker import Checker
 from shared.format.constants import DICTIONARIES_KEPT, DICTIONARIES_PREFIX, DICTIONARY_MIN_FILE, KiB, MiB
 from shared.format.crypto import blob_aad
 from shared.format.dictionaries import read_samples, train
-from shared.format.dictionary import Dictionary
+from shared.format.dictionary import Dictionary, _with_content_size
 from shared.format.errors import CorruptBlob, FormatError, RestoreIncomplete, StoreError
 from shared.format.repository import RepositoryConfig
 from shared.format.store import ForwardingStore
@@ -248,6 +249,32 @@ def test_encoding_with_a_dictionary_round_trips_and_bad_bodies_are_refused():
         compression.decode(encoded[:1] + b"\x08" * 32 + encoded[33:], len(chunk), Kept())
     with pytest.raises(FormatError, match="not a zstd dictionary"):
         Dictionary(b"\x07" * 32, b"not a dictionary at all")
+
+
+@pytest.mark.parametrize("chunk_size", [32 * KiB, 64 * KiB, 256 * KiB])
+def test_every_frame_announces_its_size_whichever_way_zstd_used_the_dictionary(chunk_size):
+    # Up to 64 KiB zstd is given no size (it uses the dictionary's tables in place) and
+    # the header is rewritten to announce it; above, it compresses the usual way.
+    rows = _rows(2 * MiB, seed=9)
+    dictionary = Dictionary(b"\x09" * 32, train([rows[i : i + 32 * KiB] for i in range(0, MiB, 32 * KiB)]))
+    encoder = dictionary.encoder(chunk_size)
+    for size in (64, 255, 256, 257, 4 * KiB, 32 * KiB - 1, 32 * KiB, 64 * KiB, chunk_size):
+        if size > chunk_size:
+            continue
+        data = rows[MiB : MiB + size]  # not a sample
+        frame = encoder.compress(data)
+        params = zstandard.get_frame_parameters(frame)
+        assert params.content_size == size and params.dict_id == 0 and not params.has_checksum
+        assert dictionary.decompressor().decompress(frame, max_output_size=size) == data
+        if size >= 4 * KiB:
+            assert len(frame) < size / 2  # the dictionary paid
+        if chunk_size <= 64 * KiB:  # the header zstd writes without a size is the one expected
+            stream = zstandard.ZstdCompressor(compression_params=encoder._params,
+                                              dict_data=encoder._zdict).compressobj(size=-1)
+            assert _with_content_size(stream.compress(data) + stream.flush(), size) == frame
+    # Given a size, zstd writes a header this does not rewrite: it comes back as None.
+    assert _with_content_size(zstandard.ZstdCompressor().compress(b"x" * 1000), 1000) is None
+    assert _with_content_size(b"\x28\xb5\x2f\xfd\x00\x40rest", 65_792) is None  # needs a 4-byte field
 
 
 def test_samples_are_spread_over_the_file_and_skip_zeros(tmp_path):
