@@ -29,12 +29,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import sys
 import threading
 from itertools import repeat
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from . import filelock
 from .constants import CHUNK_ID_SIZE
 from .errors import FormatError
 from .index import BlobLocation, IndexedPack, KeptPack
@@ -283,14 +283,7 @@ def _row(number: int, blob_id: bytes, blob_type: int, offset: int, length: int,
 def in_use(path: str | os.PathLike) -> bool:
     """Whether a process has the index at ``path`` open (holds its lock). Where that
     cannot be told (the lock file is another user's), it counts as in use."""
-    lock = Path(f"{os.fspath(path)}.lock")
-    try:
-        if not lock.exists():
-            return False
-        _lock_exclusively(lock).close()
-    except (IndexBusy, OSError):
-        return True
-    return False
+    return filelock.is_held(f"{os.fspath(path)}.lock")
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -308,17 +301,7 @@ def _unlink(path: str | os.PathLike, suffixes: Sequence[str]) -> None:
 def _lock_exclusively(path: Path):
     """An open file holding an exclusive lock on ``path`` until closed; IndexBusy if
     another process holds it."""
-    owner = open(path, "a+b")
     try:
-        if sys.platform == "win32":
-            import msvcrt
-
-            msvcrt.locking(owner.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner.close()
-        raise IndexBusy(f"{path} is held by another process") from None
-    return owner
+        return filelock.hold_exclusively(path)
+    except filelock.LockHeld as e:
+        raise IndexBusy(str(e)) from None
