@@ -28,8 +28,12 @@ def files_under(root: Path, *, folders: bool = False) -> list[str]:
     """What lies under ``root`` (relative paths; folders too if asked), read while the code
     under test may be removing it: a folder that vanishes mid-walk is simply not listed,
     where ``Path.rglob`` would raise FileNotFoundError."""
+    def vanished_only(error: OSError) -> None:
+        if not isinstance(error, FileNotFoundError):
+            raise error  # unreadable is not empty
+
     found = []
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root, onerror=vanished_only):
         names = files + subfolders if folders else files
         found += [os.path.relpath(os.path.join(folder, name), root) for name in names]
     return sorted(found)

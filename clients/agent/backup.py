@@ -103,6 +103,12 @@ def recorded_path(cfg: AgentConfig, source: SourceConfig) -> str:
 
 async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request: BackupRequest,
                       reporter: Reporter) -> BackupOutcome:
+    with contextlib.ExitStack() as held:  # this run's session lock, released when it ends
+        return await _take_backup(cfg, target, passphrase, request, reporter, held)
+
+
+async def _take_backup(cfg: AgentConfig, target: Target, passphrase: str, request: BackupRequest,
+                       reporter: Reporter, held: contextlib.ExitStack) -> BackupOutcome:
     if not request.sources:
         raise UsageError(f"nothing to back up: give --source/--image or add [[sources]] to {cfg.path}")
     paths = [(recorded_path(cfg, s), s.kind) for s in request.sources]
@@ -128,17 +134,23 @@ async def take_backup(cfg: AgentConfig, target: Target, passphrase: str, request
 
             from .remote_store import ApiError
 
-            # The id is noted before the server is asked, so that a run killed before
-            # the answer comes back leaves its session to the next run to close.
+            # The id is claimed and noted before the server is asked, so that a run killed
+            # before the answer comes back leaves its session to the next run to close.
             start = BackupStart(id=secrets.token_hex(16), kind=kind, parent_snapshot_id=parent,
                                 sources=[SourceSpec(path=p, type=k) for p, k in paths],
                                 agent_version=version())
-            state.change(open_sessions=[*state.load().open_sessions, start.id])
+            held.enter_context(state.hold_session(start.id))
+            state.note_session(start.id)
             try:
                 backup_id = (await target.remote.start_backup(start)).id
-            except ApiError:  # refused: no session was opened
-                _forget_session(state, start.id)
-                raise
+            except ApiError as e:
+                if 400 <= e.status < 500 and e.status not in (408, 429):
+                    state.forget_sessions([start.id])  # refused: no session was opened
+                raise  # otherwise it may have been opened: the next run finds out
+            if backup_id != start.id:  # a server that picks ids itself
+                held.enter_context(state.hold_session(backup_id))
+                state.note_session(backup_id)
+                state.forget_sessions([start.id])
             reporter.status(f"backup session {backup_id} opened ({kind})")
     except BaseException:
         if repo is not None:
@@ -293,21 +305,17 @@ async def _report_failure(target: Target, state: StateFile, backup_id: str, erro
         await asyncio.wait_for(target.remote.fail(_reason(error)), FAIL_REPORT_TIMEOUT)
     except Exception:
         return
-    _forget_session(state, backup_id)
-
-
-def _forget_session(state: StateFile, backup_id: str) -> None:
-    state.change(open_sessions=[s for s in state.load().open_sessions if s != backup_id])
+    state.forget_sessions([backup_id])
 
 
 async def _close_stale_sessions(target: Target, state: StateFile, current: str) -> None:
     """Close sessions of killed runs, now that this backup has committed what it reused
     of their uploads (until then they keep the service from collecting those packs)."""
     assert target.remote is not None
-    remaining = []
+    done = [current]
     for backup_id in state.load().open_sessions:
-        if backup_id == current:
-            continue
+        if backup_id == current or state.session_is_live(backup_id):
+            continue  # a run still going (a manual backup beside the daemon's) closes its own
         try:
             await asyncio.wait_for(
                 target.remote.api("POST", f"/api/v1/backups/{backup_id}/fail",
@@ -315,6 +323,8 @@ async def _close_stale_sessions(target: Target, state: StateFile, current: str) 
                                                   f"server); resumed by backup {current}"}),
                 FAIL_REPORT_TIMEOUT)
         except Exception as e:
-            if getattr(e, "status", None) not in (404, 409):  # gone or already closed: forget it
-                remaining.append(backup_id)
-    state.change(open_sessions=remaining)
+            if getattr(e, "status", None) in (404, 409):  # never opened, or already closed
+                done.append(backup_id)
+        else:
+            done.append(backup_id)
+    state.forget_sessions(done)

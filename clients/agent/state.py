@@ -5,18 +5,32 @@ and has not closed (a process killed in the middle of a backup cannot tell the s
 the next successful backup does, once it has reused what the killed one uploaded), and
 when the last scheduled attempt failed (so `run` retries later, not in a tight loop, even
 across restarts). Losing the file costs nothing but those two conveniences.
+
+Two agent processes may run at once (a manual backup while the daemon runs one): every
+change is made under a lock on `state.json.lock`, and each run holds a lock on
+`sessions/<id>.lock` while its session is open, so that another run never closes a
+session whose run is alive (only a dead run's lock is free).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+from shared.format import filelock
 
 STATE_NAME = "state.json"
+SESSIONS = "sessions"
+# A change holds the state's lock for a few milliseconds; past this wait the holder is
+# stuck (a frozen process) and the change is made without it.
+_CHANGE_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -56,8 +70,77 @@ class StateFile:
         os.replace(temp, self.path)
 
     def change(self, **values) -> AgentState:
-        state = self.load()
-        for key, value in values.items():
-            setattr(state, key, value)
-        self.save(state)
-        return state
+        def assign(state: AgentState) -> None:
+            for key, value in values.items():
+                setattr(state, key, value)
+
+        return self.update(assign)
+
+    def update(self, change: Callable[[AgentState], None]) -> AgentState:
+        """Load, change and save under the state's lock: another process's change made
+        meanwhile is never lost."""
+        with self._locked():
+            state = self.load()
+            change(state)
+            self.save(state)
+            return state
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + _CHANGE_WAIT_SECONDS
+        while True:
+            try:
+                owner = filelock.hold_exclusively(self.path.with_name(f"{STATE_NAME}.lock"))
+                break
+            except filelock.LockHeld:
+                if time.monotonic() > deadline:
+                    owner = None
+                    break
+                time.sleep(0.01)
+            except OSError:  # a state folder we cannot lock in: as before, unlocked
+                owner = None
+                break
+        try:
+            yield
+        finally:
+            if owner is not None:
+                owner.close()
+
+    # --- backup sessions ----------------------------------------------------------------
+
+    def hold_session(self, backup_id: str) -> BinaryIO:
+        """This run's claim on its session, until the returned file is closed (or the
+        process dies): while it is held, no other run closes the session."""
+        folder = self.path.parent / SESSIONS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{backup_id}.lock"
+        while True:
+            owner = filelock.hold_exclusively(path)
+            # Another run's sweep may have deleted the file between its opening and its
+            # locking: a lock on a deleted file claims nothing, so take a new one.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(owner.fileno()).st_ino:
+                    return owner
+            owner.close()
+
+    def session_is_live(self, backup_id: str) -> bool:
+        return filelock.is_held(self.path.parent / SESSIONS / f"{backup_id}.lock")
+
+    def note_session(self, backup_id: str) -> None:
+        self.update(lambda state: state.open_sessions.append(backup_id))
+
+    def forget_sessions(self, backup_ids: Iterable[str]) -> None:
+        gone = set(backup_ids)
+        self.update(lambda state: setattr(state, "open_sessions",
+                                          [s for s in state.open_sessions if s not in gone]))
+        self.sweep_session_locks()
+
+    def sweep_session_locks(self) -> None:
+        """Delete the locks of sessions no longer noted whose runs are over."""
+        noted = set(self.load().open_sessions)
+        with contextlib.suppress(OSError):
+            for path in (self.path.parent / SESSIONS).glob("*.lock"):
+                if path.stem not in noted and not filelock.is_held(path):
+                    with contextlib.suppress(OSError):
+                        path.unlink()

@@ -45,8 +45,8 @@ class Dictionary:
 
 
 # zstd copies a dictionary's match tables (512 KiB at level 3) into its context for every
-# chunk it is told is above 16 KiB, but uses them in place when the size is not given. At
-# 32 and 64 KiB the second is 5-12 % faster for the same or a smaller output (the
+# chunk it is told is above 16 KiB, but uses them in place when the size is not given:
+# ~12 % less CPU at 32 KiB, 2-7 % at 64 KiB, for the same or a smaller output (the
 # benchmark's database and disk image, docs/BENCHMARKS.md); from 256 KiB on the copy is
 # paid off and searching two tables costs more.
 _ATTACH_UP_TO = 64 * 1024
@@ -82,8 +82,9 @@ class DictionaryEncoder:
 
 def _with_content_size(frame: bytes, size: int) -> bytes | None:
     """The frame with its header rewritten to announce its content size, as every blob's
-    frame does (compression.py): single-segment, so the window is the content, which
-    holds every match a frame of this size can make. None if the header is not the one
+    frame does (compression.py): single-segment, the form zstd itself writes when told
+    the size (matches reach back into the content and the dictionary, never further).
+    None if the header is not the one
     zstd writes without a size (descriptor 0: no size, no checksum, no dictionary id; one
     window byte), or the size needs more than the 2-byte field, which this does not write."""
     if frame[:5] != _ZSTD_MAGIC + b"\0" or len(frame) < 6 or size >= 256 + 65536:

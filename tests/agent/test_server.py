@@ -144,6 +144,38 @@ async def test_a_session_whose_answer_never_came_is_closed_by_the_next_run(agent
         await proxy.stop()
 
 
+@pytest.mark.parametrize("mode", ["embedded"])
+async def test_a_backup_beside_a_running_one_leaves_its_session_open(agent, server, tmp_path, unique):
+    # A manual backup while the daemon's is under way: the one that ends first closes
+    # only sessions of runs that are over, so the other still commits.
+    src = make_tree(tmp_path / "src")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # The first run to get here waits at its pre command until the test opens the gate;
+    # the second goes straight through.
+    wait_once = (f"if mkdir {gate}/first 2>/dev/null; then "
+                 f"while [ ! -e {gate}/open ]; do sleep 0.05; done; fi")
+    await registered(agent, server, f"fs-{unique}", [src])
+    made = await agent("backup", "--json")  # the repository, which a first session creates
+    assert made.code == 0, made
+    agent.write_config(agent.config.read_text().replace(
+        f'path = "{src}"', f'path = "{src}"\npre = {json.dumps(wait_once)}'))
+
+    first = await agent.start("backup", "--json")
+    await eventually(lambda: (gate / "first").exists(), timeout=30)
+    second = await agent("backup", "--json")
+    assert second.code == 0, second
+    (gate / "open").touch()
+    out, err = await first.communicate()
+    assert first.returncode == 0, (out.decode()[-2000:], err.decode()[-2000:])
+    finished = json.loads([line for line in out.splitlines() if line.startswith(b"{")][-1])
+    backups = {b["id"]: b["status"] for b in await server.backups()}
+    assert backups == {made.result["backup_id"]: "complete", second.result["backup_id"]: "complete",
+                       finished["backup_id"]: "complete"}
+    state = json.loads((agent.config.parent / "state" / "state.json").read_text())
+    assert state["open_sessions"] == []
+
+
 # Embedded only, to keep the suite short: the process is what is tested here (SIGKILL, the
 # state file, the next run); resuming through S3 is tests/backup/test_sessions.py's, in both modes.
 @pytest.mark.parametrize("mode", ["embedded"])
