@@ -130,15 +130,21 @@ async def _take_backup(cfg: AgentConfig, target: Target, passphrase: str, reques
     try:
         kind, parent = await _kind_and_parent(repo, cfg.host, paths, request)
         if target.remote is not None:
+            from pydantic import ValidationError
+
             from shared.api.backup import BackupStart, SourceSpec
 
             from .remote_store import ApiError
 
             # The id is claimed and noted before the server is asked, so that a run killed
             # before the answer comes back leaves its session to the next run to close.
-            start = BackupStart(id=secrets.token_hex(16), kind=kind, parent_snapshot_id=parent,
-                                sources=[SourceSpec(path=p, type=k) for p, k in paths],
-                                agent_version=version())
+            try:
+                start = BackupStart(id=secrets.token_hex(16), kind=kind, parent_snapshot_id=parent,
+                                    sources=[SourceSpec(path=p, type=k) for p, k in paths],
+                                    agent_version=version())
+            except ValidationError as e:  # what the server would refuse, said before asking
+                raise UsageError("the server does not take this backup: " + "; ".join(
+                    f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in e.errors())) from None
             held.enter_context(state.hold_session(start.id))
             state.note_session(start.id)
             try:

@@ -176,6 +176,22 @@ async def test_a_backup_beside_a_running_one_leaves_its_session_open(agent, serv
     assert state["open_sessions"] == []
 
 
+@pytest.mark.parametrize("mode", ["embedded"])
+async def test_a_backup_the_server_would_refuse_is_said_so_and_opens_nothing(agent, server, tmp_path, unique):
+    sources = []
+    for i in range(101):  # one more than a session may name
+        (tmp_path / "many" / f"s{i}").mkdir(parents=True)
+        sources.append(tmp_path / "many" / f"s{i}")
+    await registered(agent, server, f"fs-{unique}", sources)
+    r = await agent("backup")
+    assert r.code == 2, r
+    assert r.stderr.startswith("reclo-agent: the server does not take this backup: sources: ")
+    assert "at most 100 items" in r.stderr and "Traceback" not in r.stderr and "pydantic" not in r.stderr
+    assert await server.backups() == []
+    state = agent.config.parent / "state" / "state.json"
+    assert not state.exists() or json.loads(state.read_text())["open_sessions"] == []
+
+
 # Embedded only, to keep the suite short: the process is what is tested here (SIGKILL, the
 # state file, the next run); resuming through S3 is tests/backup/test_sessions.py's, in both modes.
 @pytest.mark.parametrize("mode", ["embedded"])
