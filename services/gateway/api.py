@@ -116,9 +116,12 @@ async def forward(gateway, request: web.Request, service: str, identity: Identit
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(64 * 1024):
-            await response.write(chunk)
-        await response.write_eof()
+        try:
+            async for chunk in upstream.content.iter_chunked(64 * 1024):
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client hung up (a download stopped to be resumed later): nothing failed
         return response
 
 

@@ -24,7 +24,8 @@ from shared.http.keys import REQUEST_ID
 # Read and sent in pieces of this size: large enough for disk and network speed, small
 # enough that many downloads at once hold little memory.
 PIECE = 1 << 20
-_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+# At most 19 digits (any file size fits): a longer number is malformed, and ignored.
+_RANGE = re.compile(r"^\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
 
 
 class Unsatisfiable(Exception):
@@ -110,7 +111,9 @@ async def send_file(request: web.Request, path: Path, *, identity: str,
                 break  # the file shrank under us: the client sees a short body
             await response.write(piece)
             offset += len(piece)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client hung up (a download stopped to be resumed later): nothing failed
     finally:
         os.close(fd)
-    await response.write_eof()
     return response

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
@@ -194,11 +195,24 @@ async def _as_problem(request: web.Request, handler, request_id: str) -> web.Str
             raise
         return problem_response(_http_problem(exc), instance=request.path,
                                 request_id=request_id)
+    except STORE_UNREACHABLE as exc:
+        # The object store did not answer (connection refused, reset, timed out): nothing
+        # is wrong with the request, and trying again later is the remedy.
+        log.warning("object store unreachable", method=request.method, path=request.path,
+                    error=str(exc))
+        return problem_response(Problem(503, "Service unavailable",
+                                        "the storage is not reachable; try again shortly",
+                                        headers={"Retry-After": "5"}),
+                                instance=request.path, request_id=request_id)
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         return problem_response(Problem(500, "Internal error",
                                         "the server failed; the request id identifies it"),
                                 instance=request.path, request_id=request_id)
+
+
+# botocore's (and aiobotocore's) failures to reach the store, as against its answers.
+STORE_UNREACHABLE = (BotoConnectionError, HTTPClientError)
 
 
 def identity_of(request: web.Request) -> Identity:

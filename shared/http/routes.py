@@ -133,7 +133,7 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise Problem(400, "Bad request", "a JSON body is required")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # the last: nested too deep
         raise Problem(400, "Bad request", "the body is not valid JSON") from None
     try:
         return model.model_validate(data)

@@ -3,7 +3,9 @@ metrics labels a caller cannot blow up."""
 
 import aiohttp
 from aiohttp import web
+from botocore.exceptions import EndpointConnectionError
 from prometheus_client import REGISTRY
+from pydantic import BaseModel
 from structlog.contextvars import get_contextvars
 
 from shared.http.app import create_app
@@ -88,3 +90,39 @@ async def test_a_redirect_is_logged_and_counted_as_what_was_sent():
 
 async def _moved(_request: web.Request) -> web.Response:
     raise web.HTTPFound("/new")
+
+
+class _Named(BaseModel):
+    name: str
+
+
+@routes.route("POST", "/api/v1/named", allow=ANYONE, body=_Named)
+async def named(call: Call):
+    return {"name": call.body.name}
+
+
+@routes.route("GET", "/api/v1/stored", allow=ANYONE)
+async def stored(call: Call):
+    # What aiobotocore raises when the object store does not answer at all.
+    raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
+
+
+async def test_a_body_nested_past_the_parsers_depth_and_an_unreachable_store_are_problems():
+    app = create_app(service="problemtest", routes=[routes], internal_key=KEY, readiness=_ready)
+    runner, base = await _serve(app)
+    try:
+        async with aiohttp.ClientSession() as http:
+            nested = b"[" * 200_000 + b"]" * 200_000  # 400 KB: under the body limit
+            headers = sign(Identity(), "POST", "/api/v1/named", KEY)
+            async with http.post(base + "/api/v1/named", data=nested,
+                                 headers={**headers, "Content-Type": "application/json"}) as response:
+                assert response.status == 400
+                assert response.headers["Content-Type"] == "application/problem+json"
+                assert (await response.json())["detail"] == "the body is not valid JSON"
+            headers = sign(Identity(), "GET", "/api/v1/stored", KEY)
+            async with http.get(base + "/api/v1/stored", headers=headers) as response:
+                assert response.status == 503 and response.headers["Retry-After"] == "5"
+                problem = await response.json()
+                assert problem["title"] == "Service unavailable" and "try again" in problem["detail"]
+    finally:
+        await runner.cleanup()

@@ -93,6 +93,9 @@ FACTS = FileFacts(size=1000, etag='"abc-3e8-1"', last_modified="Tue, 01 Jan 2030
     ("bytes=9-0", None),  # invalid: ignored
     ("items=0-9", None),  # unknown unit: ignored
     ("bytes=abc", None),
+    ("bytes=" + "9" * 5000 + "-", None),  # past what int() parses: malformed, ignored
+    ("bytes=0-" + "9" * 20, None),
+    ("bytes=0-" + "9" * 19, (0, 999)),
 ])
 def test_ranges(header, expected):
     assert requested_range(header, None, FACTS) == expected
