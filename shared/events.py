@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 
 class MalformedMessage(Exception):
@@ -264,7 +264,7 @@ class InstanceTerminated(Event):
 
 class Tick(Event):
     source = "scheduler"
-    scheduled_for: datetime
+    scheduled_for: AwareDatetime  # a tick without a time zone is malformed: dead-lettered
 
 
 class TokensExpiryDue(Tick):

@@ -127,8 +127,11 @@ async def add_vpn_peer(call: Call):
     service = call.service
     settings = service.settings
     try:
-        async with service.db.transaction() as session:
-            instance = await _owned(session, call)
+        # Locked, and reading what was committed meanwhile: requests at once (several
+        # clients, or a retry after a lost answer) take turns, and each sees the peers
+        # the one before it added (REPEATABLE READ would show it its first snapshot).
+        async with service.db.transaction(read_committed=True) as session:
+            instance = await _owned(session, call, lock=True)
             if instance.state not in domain.LIVE:
                 raise conflict(f"the instance is {instance.state}: it has no VPN")
             provider = service.providers[instance.provider]

@@ -160,10 +160,13 @@ async def clean_up(session: AsyncSession, service, scheduled_for, emit: Emit) ->
     """Terminate machines stopped for the retention period before ``scheduled_for`` (the
     tick's time, so a late tick draws the same line); returns how many."""
     cutoff = domain.cleanup_cutoff(scheduled_for, service.settings.stopped_retention_days)
+    # Locked, so that a machine the user starts meanwhile is not terminated under them:
+    # a start holding its row is skipped (the next tick looks again), and a start that
+    # comes later waits for this and then finds the machine gone.
     rows = (await session.scalars(
         select(InstanceRow).where(InstanceRow.state == domain.STOPPED,
                                   InstanceRow.stopped_at <= cutoff)
-        .order_by(InstanceRow.stopped_at))).all()
+        .order_by(InstanceRow.stopped_at).with_for_update(skip_locked=True))).all()
     done = 0
     for row in rows:
         try:

@@ -35,6 +35,8 @@ TICKS: dict[str, type[Tick]] = {
 }
 
 CRON_FIELDS = 5
+# What the jobs table keeps of an expression (its `cron` column).
+CRON_MAX_LENGTH = 100
 # croniter looks back and forth from a point in time with a resolution of a second; asking
 # for the latest occurrence "before now plus a microsecond" makes "at or before now" exact.
 _JUST_AFTER = timedelta(microseconds=1)
@@ -85,6 +87,9 @@ def settled_until(since: datetime, last_scheduled_for: datetime | None) -> datet
 
 def check_cron(name: str, cron: str) -> str:
     cron = " ".join(cron.split())
+    if len(cron) > CRON_MAX_LENGTH:
+        raise InvalidSchedule(f"scheduler job {name}: {cron[:40]!r}... is longer than "
+                              f"{CRON_MAX_LENGTH} characters")
     if not cron.startswith("@") and len(cron.split()) != CRON_FIELDS:
         raise InvalidSchedule(
             f"scheduler job {name}: {cron!r} is not a cron expression: it needs five fields "

@@ -3,6 +3,7 @@ tick happen once across replicas), plus outbox and inbox."""
 
 from sqlalchemy import Column, MetaData, String, Table
 
+from services.scheduler.domain import CRON_MAX_LENGTH
 from shared.db import UTCDateTime
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
@@ -15,7 +16,7 @@ schedules = Table(
     Column("job", String(100), primary_key=True),
     # The schedule in effect; NULL while the job is switched off. A change restarts the job
     # from that moment (``since``), like a new one.
-    Column("cron", String(100), nullable=True),
+    Column("cron", String(CRON_MAX_LENGTH), nullable=True),
     # When the job, or its current schedule, started: nothing at or before it is emitted.
     Column("since", UTCDateTime, nullable=False),
     # The cron time of the last tick emitted (not the wall time it was emitted at).

@@ -2,6 +2,7 @@
 addresses unique per environment; the gateway's side follows (the local gateway's file, the
 aws gateway's tags); no key ever in a log."""
 
+import asyncio
 import base64
 import os
 import stat
@@ -99,6 +100,18 @@ async def test_local_peers_get_a_conf_and_the_gateway_file_follows(mode, tmp_pat
             assert sections[0][1]["Address"] == "10.77.0.1/24"
             assert [(s["PublicKey"], s["AllowedIPs"]) for _, s in sections[1:]] == [
                 (publics[0], "10.77.0.2/32"), (publics[1], "10.77.0.3/32")]
+
+            # Requests at once take turns: new keys get addresses of their own, and one
+            # key sent four times (retries) is one peer.
+            more = [public_key_of(generate_private_key()) for _ in range(5)]
+            answers = await asyncio.gather(*(api.call("POST", url, json={"public_key": k})
+                                              for k in more + [more[0]] * 3))
+            assert sorted(status for status, _, _ in answers) == [200] * 3 + [201] * 5, answers
+            assert len({body["peer"]["id"] for _, body, _ in answers}) == 5
+            status, page, _ = await api.call("GET", url)
+            addresses = [p["address"] for p in page["items"]]
+            assert len(addresses) == 7 == len(set(addresses))
+            assert len(parse(server_file.read_text())) == 1 + 7  # the gateway's file follows
 
             # The last machine terminated: the environment goes, and its files.
             status, _, _ = await api.call("POST", f"/api/v1/instances/{instance}/terminate")

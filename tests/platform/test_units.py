@@ -81,6 +81,9 @@ def test_malformed_payloads_are_refused_precisely():
         payload_of(decode_envelope(json.dumps({**good, "version": 9}).encode()))
     with pytest.raises(MalformedMessage, match="invalid TokensExpiryDue payload"):
         payload_of(decode_envelope(json.dumps({**good, "payload": {}}).encode()))
+    naive = {**good["payload"], "scheduled_for": "2026-11-27T04:00:00"}  # no time zone
+    with pytest.raises(MalformedMessage, match="invalid TokensExpiryDue payload"):
+        payload_of(decode_envelope(json.dumps({**good, "payload": naive}).encode()))
 
 
 def test_each_service_gets_its_own_database():
