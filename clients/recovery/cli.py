@@ -93,12 +93,16 @@ async def _api() -> Api:
 
 # --- commands --------------------------------------------------------------------------
 
-async def cmd_login(args) -> int:
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
+def ask_password(args) -> None:
+    args.password = os.environ.get(PASSWORD_ENV)
+    if args.password is None:
         if not sys.stdin.isatty():
             raise UsageError(f"no password: set {PASSWORD_ENV} or run this in a terminal")
-        password = getpass.getpass(f"Password for {args.username}: ")
+        args.password = getpass.getpass(f"Password for {args.username}: ")
+
+
+async def cmd_login(args) -> int:
+    password = args.password
     async with Api(args.server) as api:
         try:
             answer = await api.call("POST", "/auth/login",
@@ -180,6 +184,14 @@ async def _wait(api: Api, recovery: dict[str, Any], as_json: bool) -> dict[str, 
         return await follow(api, recovery["id"], display.update)
 
 
+def ask_passphrase(args) -> None:
+    args.passphrase = os.environ.get(PASSPHRASE_ENV)
+    if args.ask_passphrase:
+        if not sys.stdin.isatty():
+            raise UsageError(f"--ask-passphrase needs a terminal: set {PASSPHRASE_ENV} instead")
+        args.passphrase = getpass.getpass("Backup passphrase: ")
+
+
 async def cmd_start(args) -> int:
     body: dict[str, Any] = {"backup_id": args.backup, "target": args.target}
     if args.format:
@@ -190,11 +202,8 @@ async def cmd_start(args) -> int:
         if args.target != "aws":
             raise UsageError("--instance-type is for a recovery to AWS")
         body["instance_type"] = args.instance_type
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    if args.ask_passphrase:
-        passphrase = getpass.getpass("Backup passphrase: ")
-    if passphrase:
-        body["passphrase"] = passphrase
+    if args.passphrase:
+        body["passphrase"] = args.passphrase
     async with await _api() as api:
         recovery = await api.call("POST", "/recoveries", json_body=body)
         if not args.wait:
@@ -245,14 +254,19 @@ async def cmd_instances(args) -> int:
     return exits.OK
 
 
-async def cmd_instance(args) -> int:
-    if args.action == "terminate" and not args.yes:
+def ask_to_confirm(args) -> None:
+    args.confirmed = args.action != "terminate" or args.yes
+    if not args.confirmed:
         if not sys.stdin.isatty():
             raise UsageError("terminate deletes the machine and its disk: add --yes to confirm")
         answer = input(f"Terminate {args.instance}? Its disk is deleted for good. Type yes: ")
-        if answer.strip().lower() != "yes":
-            out.print("Not terminated.")
-            return exits.OK
+        args.confirmed = answer.strip().lower() == "yes"
+
+
+async def cmd_instance(args) -> int:
+    if not args.confirmed:
+        out.print("Not terminated.")
+        return exits.OK
     async with await _api() as api:
         instance = await api.call("POST", f"/instances/{seg(args.instance)}/{args.action}")
     state = instance.get("state") if isinstance(instance, dict) else None
@@ -330,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("login", help="sign in (password from RECLO_PASSWORD or a prompt)")
     p.add_argument("--server", required=True, help="the ReClo address, e.g. https://reclo.example.com")
     p.add_argument("--username", required=True)
-    p.set_defaults(run=cmd_login)
+    p.set_defaults(run=cmd_login, ask=ask_password)
 
     p = commands.add_parser("logout", help="end the session")
     p.set_defaults(run=cmd_logout)
@@ -354,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"prompt for the backup passphrase (or set {PASSPHRASE_ENV})")
     p.add_argument("--wait", action="store_true", help="follow it to the end")
     p.add_argument("--json", action="store_true", help="JSON lines instead of bars")
-    p.set_defaults(run=cmd_start)
+    p.set_defaults(run=cmd_start, ask=ask_passphrase)
 
     p = commands.add_parser("status", help="a recovery's state and progress")
     p.add_argument("recovery")
@@ -374,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "terminate"])
     p.add_argument("instance")
     p.add_argument("--yes", action="store_true", help="terminate without asking")
-    p.set_defaults(run=cmd_instance)
+    p.set_defaults(run=cmd_instance, ask=ask_to_confirm)
 
     p = commands.add_parser("vpn", help="the VPN to a recovered machine")
     vpn_commands = p.add_subparsers(dest="vpn_action", required=True, metavar="ACTION")
@@ -402,6 +416,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
+        # Prompts come before the event loop: there, Ctrl-C would wait for Enter.
+        if getattr(args, "ask", None) is not None:
+            try:
+                args.ask(args)
+            except EOFError:  # Ctrl-D, or input that ran out
+                raise UsageError("no answer given (end of input)") from None
         code = asyncio.run(args.run(args))
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -412,6 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         err.print(f"reclo-recover: {exc.strerror or exc}"
                   + (f": {exc.filename}" if exc.filename else ""), markup=False)
+        code = exits.FAILED
+    except Exception as exc:  # a defect of ours: one line to report, not a traceback
+        err.print(f"reclo-recover: unexpected {exc.__class__.__name__}: {exc} "
+                  "(please report this with the command that led to it)", markup=False)
         code = exits.FAILED
     sys.exit(code)
 

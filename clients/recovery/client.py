@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from clients.recovery.exits import ApiError, NotSignedIn, Unreachable
+from clients.recovery.exits import ApiError, NotSignedIn, RecoverError, Unreachable
 
 # API calls answer in well under a minute; a silent server for that long is gone.
 API_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
@@ -72,13 +72,26 @@ class Api:
 
     async def call(self, method: str, path: str, *, json_body: Any = None,
                    params: dict[str, str] | None = None) -> Any:
+        """The JSON the server answered (None for no body). An answer that breaks off is
+        Unreachable; one that is not JSON (a proxy's login page, a wrong --server) is an
+        error that says so, never a Python exception further on."""
         async with self.open(method, path, json_body=json_body, params=params) as response:
-            raw = await response.read()
+            try:
+                raw = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise Unreachable(f"the answer from {self.server} broke off: "
+                                  f"{exc.__class__.__name__} {exc}".strip()) from None
             if response.status == 204 or not raw:
                 return None
-            if "json" in response.headers.get("Content-Type", ""):
+            try:
+                if "json" not in response.headers.get("Content-Type", ""):
+                    raise ValueError("not JSON")
                 return json.loads(raw)
-            return raw.decode(errors="replace")
+            except ValueError:
+                raise RecoverError(
+                    f"{self.server} answered {response.status} with "
+                    f"{response.headers.get('Content-Type') or 'no content type'}, not ReClo's "
+                    "JSON: is --server the ReClo gateway?") from None
 
     @contextlib.asynccontextmanager
     async def open(self, method: str, path: str, *, json_body: Any = None,

@@ -59,6 +59,7 @@ class Bars:
         self.total = self.progress.add_task("overall", total=100)
         self.stage = self.progress.add_task("pending", total=100)
         self._state: str | None = None
+        self._step = 1  # a failure keeps the number of the step it happened in
         self._message = ""
 
     def __enter__(self) -> Bars:
@@ -72,12 +73,15 @@ class Bars:
         state = recovery.get("state", "")
         if state != self._state:
             if self._state is not None and self._state != "failed":
+                # The step that ended: done, unless the recovery failed in it.
+                mark = "[red]✗[/]" if state == "failed" else "[green]✓[/]"
                 self.progress.console.print(
-                    f"[green]✓[/] {escape(STATE_WORDS.get(self._state, self._state))}")
+                    f"{mark} {escape(STATE_WORDS.get(self._state, self._state))}")
+            if state in STATES:
+                self._step = STATES.index(state) + 1
             self._state = state
-        step = STATES.index(state) + 1 if state in STATES else len(STATES)
         self.progress.update(self.total, completed=recovery.get("total_progress", 0),
-                             description=f"overall (step {step} of {len(STATES)})")
+                             description=f"overall (step {self._step} of {len(STATES)})")
         self.progress.update(self.stage, completed=recovery.get("state_progress", 0),
                              description=escape(STATE_WORDS.get(state, state)))
         message = recovery.get("message") or ""

@@ -1,6 +1,7 @@
 """Every way a command can go wrong ends in one plain line and a documented exit code
 (docs/recovery-manager.md), never a traceback."""
 
+import asyncio
 import socket
 
 from clients.recovery import exits
@@ -102,3 +103,40 @@ async def test_refusals_in_the_servers_words(local_stack, recover, http, unique,
     line = plain(await recover("vpn", "up", instance["id"], "--config", str(bogus),
                                expect=exits.USAGE))
     assert "not a WireGuard configuration" in line
+
+
+async def test_a_server_that_is_not_recos_or_breaks_off_is_one_line(recover):
+    """A proxy's login page where the gateway should be, and an answer cut mid-body."""
+    async def page(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"<html>Please sign in to the proxy</html>"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def cut(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"token\": ")
+        await writer.drain()
+        writer.transport.abort()
+
+    for handler, code, words in ((page, exits.FAILED, "answered 200 with text/html, not ReClo's JSON"),
+                                 (cut, exits.UNREACHABLE, "broke off")):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            line = plain(await recover("login", "--server", url, "--username", "x", expect=code))
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert words in line, line
+
+
+async def test_a_prompt_without_a_terminal_is_a_usage_error(recover):
+    result = await recover("start", "0" * 32, "--target", "local", "--ask-passphrase",
+                           expect=exits.USAGE)
+    assert "--ask-passphrase needs a terminal" in plain(result)
+    result = await recover("instance", "terminate", "i-0123", expect=exits.USAGE)
+    assert "add --yes" in plain(result)
