@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from services.instances import api, environments, handlers, lifecycle, tables
@@ -36,6 +37,7 @@ class Instances:
     async def reconcile_forever(self) -> None:
         """Machines on their way up and gateways being made, looked at every poll_seconds.
         Stopping the service stops the local machines and closes the cloud clients."""
+        live_due, live_from = time.monotonic() + lifecycle.LIVE_WATCH_SECONDS, ""
         try:
             while True:
                 # Sleep first: nothing launched by this process is due yet at its start.
@@ -43,6 +45,10 @@ class Instances:
                 try:
                     await lifecycle.watch_pending(self)
                     await environments.watch_provisioning(self)
+                    if time.monotonic() >= live_due:
+                        live_from = await lifecycle.watch_live(self, live_from)
+                        if not live_from:  # all of them looked at: again in a while
+                            live_due = time.monotonic() + lifecycle.LIVE_WATCH_SECONDS
                 except Exception as exc:  # the database away, say: try again next round
                     log.warning("reconcile sweep failed", error=str(exc) or type(exc).__name__)
         finally:

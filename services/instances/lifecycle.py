@@ -90,7 +90,7 @@ def _ready(row: InstanceRow) -> InstanceReady:
 
 
 async def _apply(row: InstanceRow, observed: Observed, emit: Emit) -> None:
-    """Record what the provider says a pending machine became."""
+    """Record what the provider says a machine became."""
     if observed.state == row.state:
         return  # still on its way: updated_at keeps the time it began
     now = utcnow()
@@ -177,11 +177,15 @@ async def clean_up(session: AsyncSession, service, scheduled_for, emit: Emit) ->
     return done
 
 
-# --- the reconcile sweep: machines on their way up ---------------------------------------
+# --- the reconcile sweep: machines on their way up, and those up or stopped ----------------
 
 
 # Machines looked at per round of the sweep, oldest first.
 WATCH_BATCH = 100
+# Machines up or stopped change only when someone acts outside ReClo (a shutdown from
+# inside the machine, a termination in the cloud console): looking every five minutes is
+# soon enough for that, and costs the provider's API a call per machine and round.
+LIVE_WATCH_SECONDS = 300.0
 
 
 async def watch_pending(service) -> None:
@@ -193,20 +197,40 @@ async def watch_pending(service) -> None:
             .where(InstanceRow.state == domain.PENDING,
                    InstanceRow.provider_instance_id.is_not(None))
             .order_by(InstanceRow.updated_at).limit(WATCH_BATCH))).all()
-    for instance_id, provider, provider_instance_id in pending:
+    await _observe_each(service, pending, domain.PENDING)
+
+
+async def watch_live(service, after: str = "") -> str:
+    """Look once at up to WATCH_BATCH machines up or stopped, in id order from ``after``:
+    record a machine stopped or started behind ReClo's back, and terminate what was
+    terminated there (its image released, its VPN retired), so that nothing is billed
+    for, or shown, as it no longer is. Returns where the next round goes on ("" when
+    this one reached the end)."""
+    async with service.db.sessions() as session:
+        live = (await session.execute(
+            select(InstanceRow.id, InstanceRow.provider, InstanceRow.provider_instance_id)
+            .where(InstanceRow.state.in_((domain.RUNNING, domain.STOPPED)),
+                   InstanceRow.provider_instance_id.is_not(None), InstanceRow.id > after)
+            .order_by(InstanceRow.id).limit(WATCH_BATCH))).all()
+    await _observe_each(service, live, domain.RUNNING, domain.STOPPED)
+    return live[-1][0] if len(live) == WATCH_BATCH else ""
+
+
+async def _observe_each(service, machines, *states: str) -> None:
+    for instance_id, provider, provider_instance_id in machines:
         try:
             # Asked outside any transaction: no lock is held while the provider answers.
             observed = await service.providers[provider].observe(provider_instance_id)
-            await _record(service, instance_id, observed)
+            await _record(service, instance_id, observed, states)
         except Exception as exc:  # one machine's trouble doesn't stop the others
-            log.warning("pending instance not checked", instance_id=instance_id,
+            log.warning("instance not checked", instance_id=instance_id,
                         error=str(exc) or type(exc).__name__)
 
 
-async def _record(service, instance_id: str, observed: Observed) -> None:
+async def _record(service, instance_id: str, observed: Observed, states: tuple[str, ...]) -> None:
     async with service.db.transaction() as session:
         query = select(InstanceRow).where(InstanceRow.id == instance_id,
-                                          InstanceRow.state == domain.PENDING)
+                                          InstanceRow.state.in_(states))
         if service.db.supports_row_locks:  # another replica is recording it already
             query = query.with_for_update(skip_locked=True)
         row = await session.scalar(query)
@@ -219,9 +243,10 @@ async def _record(service, instance_id: str, observed: Observed) -> None:
 
         timeout = timedelta(seconds=service.settings.launch_timeout_seconds)
         # Only a first launch times out; a restart that takes long is the provider's to finish.
-        too_slow = (observed.state == domain.PENDING and row.ready_at is None
+        first_launch = row.state == domain.PENDING and row.ready_at is None
+        too_slow = (first_launch and observed.state == domain.PENDING
                     and utcnow() - row.updated_at > timeout)
-        if row.ready_at is None and (observed.state == domain.TERMINATED or too_slow):
+        if first_launch and (observed.state == domain.TERMINATED or too_slow):
             reason = (f"it did not start within {service.settings.launch_timeout_seconds:.0f} s"
                       if too_slow else observed.reason or "it stopped existing")
             await provider.terminate(row.provider_instance_id)

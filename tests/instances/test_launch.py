@@ -231,5 +231,39 @@ async def test_a_machine_that_dies_before_running_fails_the_launch(tmp_path, uni
         assert network.instances() == []
 
 
+async def test_a_machine_stopped_or_terminated_behind_reclos_back_is_recorded_so(
+        tmp_path, unique, network):
+    """The slower sweep over machines up or stopped (run by hand here): a shutdown from
+    inside the machine is a stop (its 14 days start), a termination in the console a
+    termination (the AMI released, the VPN gateway gone), not a row 'running' forever."""
+    settings = settings_for("embedded", tmp_path, unique,
+                            instances=network.settings(poll_seconds=3600))
+    ami, _ = network.image("machine")
+    async with running_stack(settings, ["instances"]) as (stack, _):
+        service = stack.runtimes["instances"].context
+        received = await listen(stack)
+        await publish(stack, ImportCompleted(recovery_id=f"rec-{unique}", user_id=f"u{unique}",
+                                             provider="aws", image_ref=ami))
+        await eventually(lambda: rows_in_state(stack, "pending"))
+        await lifecycle.watch_pending(service)
+        await eventually(lambda: rows_in_state(stack, "running"))
+        (machine,) = network.instances(**{"reclo:role": "machine"})
+
+        network.ec2.stop_instances(InstanceIds=[machine["InstanceId"]])
+        assert await lifecycle.watch_live(service) == ""  # one round looked at every one
+        (stopped,) = await rows(stack)
+        assert stopped.state == "stopped" and stopped.stopped_at is not None
+        await eventually(lambda: of_type(received, "InstanceStopped"))
+
+        network.ec2.terminate_instances(InstanceIds=[machine["InstanceId"]])
+        await lifecycle.watch_live(service)
+        (gone,) = await rows(stack)
+        assert gone.state == "terminated" and gone.image_released_at is not None
+        await eventually(lambda: of_type(received, "InstanceTerminated"))
+        assert network.ec2.describe_images(Filters=[
+            {"Name": "image-id", "Values": [ami]}])["Images"] == []
+        assert network.instances() == []  # the user's VPN gateway went with the last machine
+
+
 async def rows_in_state(stack, state: str) -> bool:
     return [r.state for r in await rows(stack)] == [state]
