@@ -161,10 +161,30 @@ async def add_vpn_peer(call: Call):
 @routes.get("/api/v1/instances/{instance_id}/vpn-peers", allow=USER, query=PageQuery,
             response=Page[VpnPeer], errors=(404,))
 async def list_vpn_peers(call: Call) -> Page[VpnPeer]:
-    """The VPN peers asked for through this machine."""
+    """The VPN peers that reach this machine: every peer of its environment, whichever
+    machine it was asked through (that machine may be gone)."""
     async with call.service.db.sessions() as session:
         instance = await _owned(session, call)
         rows, cursor = await paginate(
-            session, select(PeerRow).where(PeerRow.instance_id == instance.id),
+            session, select(PeerRow).where(PeerRow.environment_id == instance.environment_id,
+                                           PeerRow.user_id == instance.user_id),
             PeerRow.created_at, PeerRow.id, limit=call.query.limit, cursor=call.query.cursor)
     return Page[VpnPeer](items=[_peer(r) for r in rows], next_cursor=cursor)
+
+
+@routes.delete("/api/v1/instances/{instance_id}/vpn-peers/{peer_id}", allow=USER, status=204,
+               errors=(404, 502, 503))
+async def remove_vpn_peer(call: Call) -> None:
+    """Take a peer's key out of the machine's VPN (a lost laptop, a slot for another):
+    the gateway stops admitting it."""
+    service = call.service
+    try:
+        async with service.db.transaction(read_committed=True) as session:
+            instance = await _owned(session, call, lock=True)
+            removed = await environments.remove_peer(
+                session, service.providers[instance.provider], service.settings.vpn_subnet,
+                instance.user_id, instance.environment_id, call.param("peer_id"))
+    except (ProviderError, ProviderUnavailable) as exc:
+        raise _provider_problem(exc) from None
+    if not removed:
+        raise not_found("no such VPN peer")

@@ -180,6 +180,29 @@ async def add_peer(session: AsyncSession, provider: ComputeProvider, subnet: IPv
     return row, env, True
 
 
+async def remove_peer(session: AsyncSession, provider: ComputeProvider, subnet: IPv4Network,
+                      user_id: str, environment_id: str | None, peer_id: str) -> bool:
+    """Take a peer out of the environment (a lost laptop's key, a slot for another):
+    the gateway stops admitting it at once. False if the environment has no such peer."""
+    if environment_id is None:
+        return False
+    env = await session.scalar(select(EnvironmentRow).where(
+        EnvironmentRow.id == environment_id, EnvironmentRow.user_id == user_id).with_for_update())
+    peer = await session.scalar(select(PeerRow).where(
+        PeerRow.id == peer_id, PeerRow.environment_id == environment_id))
+    if env is None or peer is None:
+        return False
+    await session.delete(peer)
+    await session.flush()
+    if env.state == domain.ENV_READY:
+        rest = (await session.scalars(
+            select(PeerRow).where(PeerRow.environment_id == env.id))).all()
+        await provider.publish_peers(as_environment(env), subnet,
+                                     [Peer(p.public_key, p.address) for p in rest])
+    log.info("vpn peer removed", environment_id=env.id, peer_id=peer_id)
+    return True
+
+
 def peer_conf(env: EnvironmentRow, peer: PeerRow, subnet: IPv4Network,
               keepalive_seconds: int) -> str:
     assert env.gateway_public_key is not None and env.endpoint is not None

@@ -59,6 +59,7 @@ async def test_owner_only_transitions_and_bad_input(mode, tmp_path, unique):
             problem(await bob.call("POST", f"{url}/vpn-peers",
                                    json={"public_key": "x" * 44}), 422)
             problem(await bob.call("GET", f"{url}/vpn-peers"), 404)
+            problem(await bob.call("DELETE", f"{url}/vpn-peers/{'0' * 32}"), 404)
             problem(await ann.call("GET", "/api/v1/instances/no-such-id"), 404)
             problem(await ann.call("GET", url, token=""), 401)
 

@@ -113,6 +113,17 @@ async def test_local_peers_get_a_conf_and_the_gateway_file_follows(mode, tmp_pat
             assert len(addresses) == 7 == len(set(addresses))
             assert len(parse(server_file.read_text())) == 1 + 7  # the gateway's file follows
 
+            # A peer taken out (a lost laptop): gone from the list and from the gateway.
+            lost = page["items"][-1]
+            status, _, _ = await api.call("DELETE", f"{url}/{lost['id']}")
+            assert status == 204
+            status, page, _ = await api.call("GET", url)
+            assert lost["id"] not in [p["id"] for p in page["items"]] and len(page["items"]) == 6
+            assert lost["public_key"] not in server_file.read_text()
+            assert len(parse(server_file.read_text())) == 1 + 6
+            status, problem, _ = await api.call("DELETE", f"{url}/{lost['id']}")
+            assert status == 404 and problem["detail"] == "no such VPN peer"
+
             # The last machine terminated: the environment goes, and its files.
             status, _, _ = await api.call("POST", f"/api/v1/instances/{instance}/terminate")
             assert status == 200
