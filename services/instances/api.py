@@ -161,12 +161,13 @@ async def add_vpn_peer(call: Call):
 @routes.get("/api/v1/instances/{instance_id}/vpn-peers", allow=USER, query=PageQuery,
             response=Page[VpnPeer], errors=(404,))
 async def list_vpn_peers(call: Call) -> Page[VpnPeer]:
-    """The VPN peers that reach this machine: every peer of its environment, whichever
-    machine it was asked through (that machine may be gone)."""
+    """The VPN peers that reach this machine: every peer of its user's current
+    environment, whichever machine it was asked through (that machine may be gone)."""
     async with call.service.db.sessions() as session:
         instance = await _owned(session, call)
+        env = await environments.current(session, instance.user_id, instance.provider)
         rows, cursor = await paginate(
-            session, select(PeerRow).where(PeerRow.environment_id == instance.environment_id,
+            session, select(PeerRow).where(PeerRow.environment_id == (env.id if env else None),
                                            PeerRow.user_id == instance.user_id),
             PeerRow.created_at, PeerRow.id, limit=call.query.limit, cursor=call.query.cursor)
     return Page[VpnPeer](items=[_peer(r) for r in rows], next_cursor=cursor)
@@ -181,9 +182,12 @@ async def remove_vpn_peer(call: Call) -> None:
     try:
         async with service.db.transaction(read_committed=True) as session:
             instance = await _owned(session, call, lock=True)
+            # The current environment: a gateway that died was replaced by a new one,
+            # which holds the peers added since (not the machine's environment_id).
+            env = await environments.current(session, instance.user_id, instance.provider)
             removed = await environments.remove_peer(
                 session, service.providers[instance.provider], service.settings.vpn_subnet,
-                instance.user_id, instance.environment_id, call.param("peer_id"))
+                instance.user_id, env.id if env else None, call.param("peer_id"))
     except (ProviderError, ProviderUnavailable) as exc:
         raise _provider_problem(exc) from None
     if not removed:

@@ -25,14 +25,7 @@ from ipaddress import IPv4Network
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from services.instances import domain
 from services.instances.compute import (
@@ -47,6 +40,7 @@ from services.instances.gateway import PEER_TAG_PREFIX, key_from_console, peer_t
 from services.instances.vpn import Peer, host_index
 from shared.logs import get_logger
 from shared.settings import InstancesSettings
+from shared.unreachable import UNREACHABLE  # errors that will pass; others are the answer
 
 log = get_logger(__name__)
 
@@ -55,9 +49,6 @@ STATES = {"pending": domain.PENDING, "running": domain.RUNNING, "stopping": doma
           "stopped": domain.STOPPED, "shutting-down": domain.TERMINATED,
           "terminated": domain.TERMINATED}
 LIVE_EC2_STATES = ["pending", "running", "stopping", "stopped"]
-# Errors that retrying won't fix are the provider's answer to the user; these will pass.
-UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
-               ReadTimeoutError)
 TRANSIENT_CODES = frozenset({"RequestLimitExceeded", "Throttling", "InternalError",
                              "ServiceUnavailable", "Unavailable"})
 GONE_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidAMIID.NotFound",
@@ -116,6 +107,7 @@ def _permission(rule: tuple) -> dict:
 
 class Ec2Provider:
     name = "aws"
+    reports_state = True
 
     def __init__(self, settings: InstancesSettings, region: str) -> None:
         self.settings = settings

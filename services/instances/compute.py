@@ -73,6 +73,9 @@ class Observed:
 
 class ComputeProvider(Protocol):
     name: str
+    # Whether ``observe`` tells what a machine is now (it may have been stopped or
+    # terminated outside ReClo), so that the sweep of machines up or stopped asks it.
+    reports_state: bool
 
     async def prepare(self, env: Environment) -> Environment:
         """Make the environment exist (network, security groups, gateway); idempotent for

@@ -160,15 +160,24 @@ async def clean_up(session: AsyncSession, service, scheduled_for, emit: Emit) ->
     """Terminate machines stopped for the retention period before ``scheduled_for`` (the
     tick's time, so a late tick draws the same line); returns how many."""
     cutoff = domain.cleanup_cutoff(scheduled_for, service.settings.stopped_retention_days)
-    # Locked, so that a machine the user starts meanwhile is not terminated under them:
-    # a start holding its row is skipped (the next tick looks again), and a start that
-    # comes later waits for this and then finds the machine gone.
-    rows = (await session.scalars(
-        select(InstanceRow).where(InstanceRow.state == domain.STOPPED,
-                                  InstanceRow.stopped_at <= cutoff)
-        .order_by(InstanceRow.stopped_at).with_for_update(skip_locked=True))).all()
+    due = (await session.scalars(
+        select(InstanceRow.id).where(InstanceRow.state == domain.STOPPED,
+                                     InstanceRow.stopped_at <= cutoff)
+        .order_by(InstanceRow.stopped_at))).all()
     done = 0
-    for row in rows:
+    for instance_id in due:
+        # Each row locked by its key as its turn comes, and still due: a machine the user
+        # starts meanwhile is not terminated under them (a start holding the row is
+        # skipped; the next tick looks again). No range is locked, so stopping other
+        # machines never waits for this sweep's calls to the provider.
+        row = await session.scalar(
+            select(InstanceRow).where(InstanceRow.id == instance_id,
+                                      InstanceRow.state == domain.STOPPED,
+                                      InstanceRow.stopped_at <= cutoff)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True))
+        if row is None:
+            continue
         try:
             await terminate(session, service, row, emit)
             done += 1
@@ -193,7 +202,8 @@ async def watch_pending(service) -> None:
     send ``InstanceReady`` the first time), or failed when it died or took too long."""
     async with service.db.sessions() as session:
         pending = (await session.execute(
-            select(InstanceRow.id, InstanceRow.provider, InstanceRow.provider_instance_id)
+            select(InstanceRow.id, InstanceRow.provider, InstanceRow.provider_instance_id,
+                   InstanceRow.updated_at)
             .where(InstanceRow.state == domain.PENDING,
                    InstanceRow.provider_instance_id.is_not(None))
             .order_by(InstanceRow.updated_at).limit(WATCH_BATCH))).all()
@@ -206,10 +216,13 @@ async def watch_live(service, after: str = "") -> str:
     terminated there (its image released, its VPN retired), so that nothing is billed
     for, or shown, as it no longer is. Returns where the next round goes on ("" when
     this one reached the end)."""
+    reporting = [name for name, provider in service.providers.items() if provider.reports_state]
     async with service.db.sessions() as session:
         live = (await session.execute(
-            select(InstanceRow.id, InstanceRow.provider, InstanceRow.provider_instance_id)
+            select(InstanceRow.id, InstanceRow.provider, InstanceRow.provider_instance_id,
+                   InstanceRow.updated_at)
             .where(InstanceRow.state.in_((domain.RUNNING, domain.STOPPED)),
+                   InstanceRow.provider.in_(reporting),
                    InstanceRow.provider_instance_id.is_not(None), InstanceRow.id > after)
             .order_by(InstanceRow.id).limit(WATCH_BATCH))).all()
     await _observe_each(service, live, domain.RUNNING, domain.STOPPED)
@@ -217,20 +230,25 @@ async def watch_live(service, after: str = "") -> str:
 
 
 async def _observe_each(service, machines, *states: str) -> None:
-    for instance_id, provider, provider_instance_id in machines:
+    for instance_id, provider, provider_instance_id, seen_at in machines:
         try:
             # Asked outside any transaction: no lock is held while the provider answers.
             observed = await service.providers[provider].observe(provider_instance_id)
-            await _record(service, instance_id, observed, states)
+            await _record(service, instance_id, observed, states, seen_at)
         except Exception as exc:  # one machine's trouble doesn't stop the others
             log.warning("instance not checked", instance_id=instance_id,
                         error=str(exc) or type(exc).__name__)
 
 
-async def _record(service, instance_id: str, observed: Observed, states: tuple[str, ...]) -> None:
+async def _record(service, instance_id: str, observed: Observed, states: tuple[str, ...],
+                  seen_at) -> None:
+    """Record what the provider said, unless the row changed since it was read (``seen_at``,
+    its updated_at then): a user's stop or start committed meanwhile is newer than the
+    answer, which the next round asks again."""
     async with service.db.transaction() as session:
         query = select(InstanceRow).where(InstanceRow.id == instance_id,
-                                          InstanceRow.state.in_(states))
+                                          InstanceRow.state.in_(states),
+                                          InstanceRow.updated_at == seen_at)
         if service.db.supports_row_locks:  # another replica is recording it already
             query = query.with_for_update(skip_locked=True)
         row = await session.scalar(query)

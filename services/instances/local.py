@@ -55,6 +55,7 @@ def _write_private(path: Path, text: str) -> None:
 
 class LocalProvider:
     name = "local"
+    reports_state = False  # observe() says running whatever QEMU does: ReClo's record stands
 
     def __init__(self, settings: InstancesSettings, data_dir: Path) -> None:
         self.settings = settings

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
-from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
@@ -20,6 +19,7 @@ from shared.http.keys import IDENTITY, REQUEST_ID, RUNTIME
 from shared.http.problems import Problem, problem_response
 from shared.http.routes import Routes, openapi_fragment
 from shared.logs import get_logger
+from shared.unreachable import UNREACHABLE
 
 log = get_logger(__name__)
 
@@ -195,7 +195,7 @@ async def _as_problem(request: web.Request, handler, request_id: str) -> web.Str
             raise
         return problem_response(_http_problem(exc), instance=request.path,
                                 request_id=request_id)
-    except STORE_UNREACHABLE as exc:
+    except UNREACHABLE as exc:
         # The object store did not answer (connection refused, reset, timed out): nothing
         # is wrong with the request, and trying again later is the remedy.
         log.warning("object store unreachable", method=request.method, path=request.path,
@@ -209,10 +209,6 @@ async def _as_problem(request: web.Request, handler, request_id: str) -> web.Str
         return problem_response(Problem(500, "Internal error",
                                         "the server failed; the request id identifies it"),
                                 instance=request.path, request_id=request_id)
-
-
-# botocore's (and aiobotocore's) failures to reach the store, as against its answers.
-STORE_UNREACHABLE = (BotoConnectionError, HTTPClientError)
 
 
 def identity_of(request: web.Request) -> Identity:

@@ -4,6 +4,7 @@ in EC2 (moto) follows."""
 
 import aiohttp
 
+from services.instances import lifecycle
 from shared.events import ImportCompleted
 from tests.harness import Api, running_stack, settings_for
 from tests.instances.helpers import (
@@ -77,6 +78,11 @@ async def test_owner_only_transitions_and_bad_input(mode, tmp_path, unique):
             status, body, _ = await ann.call("POST", f"{url}/stop")
             assert status == 200 and body["state"] == "stopped" and body["stopped_at"]
             problem(await ann.call("POST", f"{url}/stop"), 409)
+            # The sweep of machines up or stopped leaves local ones as recorded (the
+            # local provider cannot tell): stopped stays stopped.
+            await lifecycle.watch_live(stack.runtimes["instances"].context)
+            status, body, _ = await ann.call("GET", url)
+            assert body["state"] == "stopped"
             status, body, _ = await ann.call("POST", f"{url}/start")
             assert status == 200 and body["state"] == "running" and body["stopped_at"] is None
             status, body, _ = await ann.call("POST", f"{url}/terminate")

@@ -12,6 +12,7 @@ import aiohttp
 from aiobotocore.session import get_session
 from aiobotocore.stub import AioStubber
 
+from services.instances import environments
 from services.instances import gateway as gw_module
 from services.instances.vpn import generate_private_key, public_key_of
 from shared.api.instances import with_private_key
@@ -24,6 +25,7 @@ from tests.instances.helpers import (
     listen,
     of_type,
     publish,
+    rows,
     sign_up,
     tags_of,
 )
@@ -189,3 +191,37 @@ async def test_aws_peer_waits_for_the_gateway_then_is_published_as_its_tag(
     out, err = capfd.readouterr()
     for secret in (client_public, gateway_public):
         assert secret not in out + err
+
+
+async def test_peers_of_a_replacement_gateway_are_listed_and_removed_through_the_machine(
+        tmp_path, unique):
+    """A gateway that died is replaced by a new environment; the machine, launched into the
+    old one, still lists and removes the peers added since."""
+    settings = settings_for("embedded", tmp_path, unique)
+    settings.instances.local_vpn_endpoint = "192.0.2.10:51820"
+    try:
+        async with running_stack(settings, SERVICES) as (stack, base), \
+                aiohttp.ClientSession() as http:
+            api = Api(http, base)
+            instance = await _instance(stack, api, unique)
+            url = f"/api/v1/instances/{instance}/vpn-peers"
+            service = stack.runtimes["instances"].context
+            provider = service.providers["local"]
+            async with service.db.transaction() as session:
+                (row,) = await rows(stack)
+                old = await environments.current(session, row.user_id, "local")
+                await environments.retire(session, provider, old)
+                replacement = await environments.ensure(session, provider, row.user_id)
+            assert replacement.id != old.id and row.environment_id == old.id
+
+            status, added, _ = await api.call("POST", url, json={
+                "public_key": public_key_of(generate_private_key())})
+            assert status == 201, added
+            status, page, _ = await api.call("GET", url)
+            assert [p["id"] for p in page["items"]] == [added["peer"]["id"]]
+            status, _, _ = await api.call("DELETE", f"{url}/{added['peer']['id']}")
+            assert status == 204
+            status, page, _ = await api.call("GET", url)
+            assert page["items"] == []
+    finally:
+        await forget_listener(settings)
