@@ -48,12 +48,14 @@ class TcpProxy:
     download is under way instead of racing one that ends in a blink). With
     ``lose_answers_after`` set (bytes a request starts with, such as b"POST /api/v1/backups "),
     a connection that sends them gets nothing back from then on: the server acts on the
-    request, the client never hears of it."""
+    request, the client never hears of it. ``cut_answer_once_after`` does the same once, and
+    hangs up instead of keeping the client waiting: a lost answer the client notices."""
 
     def __init__(self, target_host: str, target_port: int, *, down_rate: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.down_rate = down_rate
         self.lose_answers_after: bytes | None = None
+        self.cut_answer_once_after: bytes | None = None
         self.sent = 0
         self.port: int | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -95,14 +97,17 @@ class TcpProxy:
             return
         self._pipes.update({writer, up_writer})
         deaf = asyncio.Event()  # set once this connection's answers are lost
+        cut = asyncio.Event()  # set once this connection is to hang up at its next answer
         try:
-            await asyncio.gather(self._pump(reader, up_writer, count=True, deafen=deaf),
-                                 self._pump(up_reader, writer, rate=self.down_rate, lost=deaf))
+            await asyncio.gather(
+                self._pump(reader, up_writer, count=True, deafen=deaf, cut=cut),
+                self._pump(up_reader, writer, rate=self.down_rate, lost=deaf, hang_up=cut))
         finally:
             self._pipes.difference_update({writer, up_writer})
 
     async def _pump(self, src, dst, *, count: bool = False, rate: int | None = None,
-                    deafen: asyncio.Event | None = None, lost: asyncio.Event | None = None) -> None:
+                    deafen: asyncio.Event | None = None, lost: asyncio.Event | None = None,
+                    cut: asyncio.Event | None = None, hang_up: asyncio.Event | None = None) -> None:
         # Small pieces when the rate is capped, so that the cap is smooth.
         piece = 16 * 1024 if rate else 64 * 1024
         try:
@@ -111,6 +116,11 @@ class TcpProxy:
                     self.sent += len(data)
                 if deafen is not None and self.lose_answers_after and self.lose_answers_after in data:
                     deafen.set()
+                if cut is not None and self.cut_answer_once_after and self.cut_answer_once_after in data:
+                    self.cut_answer_once_after = None
+                    cut.set()
+                if hang_up is not None and hang_up.is_set():
+                    break  # the finally aborts the client's side
                 if lost is not None and lost.is_set():
                     continue
                 dst.write(data)

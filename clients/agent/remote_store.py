@@ -46,6 +46,8 @@ from shared.api.backup import (
 from shared.format.errors import InvalidKey, ObjectExists, ObjectNotFound, StoreError
 from shared.format.store import Bytes, ObjectStore, check_key
 
+from .retrying import RETRY_DELAYS, retried
+
 _KEY = re.compile(KEY_PATTERN)
 # A cached download URL is used only while it has at least this long to live: enough for
 # a pack to download, so a URL never expires mid-transfer.
@@ -112,6 +114,9 @@ _EXISTS = object()  # the upload batcher's answer for a key the repository has
 
 
 class RemoteStore(ObjectStore):
+    # Pauses before trying the session's own calls again (retrying.py); tests shorten them.
+    session_retry_delays: tuple[float, ...] = RETRY_DELAYS
+
     def __init__(self, server_url: str, agent_key: str, *, backup_id: str | None = None,
                  http: aiohttp.ClientSession | None = None) -> None:
         self.server_url = server_url.rstrip("/") + "/"
@@ -175,15 +180,25 @@ class RemoteStore(ObjectStore):
     # --- the backup session -----------------------------------------------------------
 
     async def start_backup(self, start: BackupStart) -> Backup:
-        """Open a backup session; puts go to it until commit or fail."""
-        backup = Backup.model_validate(await self.api("POST", "/api/v1/backups",
-                                                      body=start.model_dump(mode="json")))
+        """Open a backup session; puts go to it until commit or fail. Tried again on a
+        lost connection or a 5xx when the agent chose the id (the server then answers a
+        repeat with the same session), once otherwise."""
+        async def once(attempt: int) -> Any:
+            return await self.api("POST", "/api/v1/backups", body=start.model_dump(mode="json"))
+
+        answer = await retried(once, self.session_retry_delays if start.id else ())
+        backup = Backup.model_validate(answer)
         self.backup_id = backup.id
         return backup
 
     async def commit(self, commit: BackupCommit) -> Backup:
-        return Backup.model_validate(await self.api(
-            "POST", f"/api/v1/backups/{self._session()}/commit", body=commit.model_dump(mode="json")))
+        """Tried again like the store's calls: the server answers a repeated commit of the
+        same snapshot with the backup, so a lost answer costs nothing."""
+        async def once(attempt: int) -> Any:
+            return await self.api("POST", f"/api/v1/backups/{self._session()}/commit",
+                                  body=commit.model_dump(mode="json"))
+
+        return Backup.model_validate(await retried(once, self.session_retry_delays))
 
     async def fail(self, reason: str) -> Backup:
         return Backup.model_validate(await self.api(

@@ -38,20 +38,26 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, StoreError) and bool(_TRANSIENT_STATUS.search(str(error)))
 
 
+async def retried(call, delays: tuple[float, ...] = RETRY_DELAYS):
+    """``await call(attempt)``, tried again after each pause in ``delays`` while what it
+    raises is transient."""
+    for attempt in range(len(delays) + 1):
+        try:
+            return await call(attempt)
+        except Exception as e:
+            if attempt == len(delays) or not is_transient(e):
+                raise
+            await asyncio.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
 class RetryingStore(ForwardingStore):
     def __init__(self, inner: ObjectStore, delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         super().__init__(inner)
         self.delays = delays
 
     async def _retry(self, call):
-        for attempt in range(len(self.delays) + 1):
-            try:
-                return await call(attempt)
-            except Exception as e:
-                if attempt == len(self.delays) or not is_transient(e):
-                    raise
-                await asyncio.sleep(self.delays[attempt])
-        raise AssertionError("unreachable")
+        return await retried(call, self.delays)
 
     async def put(self, key: str, data: Bytes, **options) -> None:
         async def once(attempt: int) -> None:

@@ -145,6 +145,27 @@ async def test_a_session_whose_answer_never_came_is_closed_by_the_next_run(agent
 
 
 @pytest.mark.parametrize("mode", ["embedded"])
+async def test_a_lost_answer_to_opening_or_committing_is_asked_again_not_a_failure(
+        agent, server, tmp_path, unique):
+    src = make_tree(tmp_path / "src")
+    proxy = await TcpProxy.to(server.url).start()
+    try:
+        await registered(agent, replace(server, url=proxy.url + "/"), f"fs-{unique}", [src])
+        done = []
+        for request in (b"POST /api/v1/backups ", b"/commit HTTP"):
+            # The server acts on the request; the connection drops before its answer.
+            proxy.cut_answer_once_after = request
+            r = await agent("backup", "--json")
+            assert r.code == 0, r
+            assert proxy.cut_answer_once_after is None  # it was cut, and asked again
+            done.append(r.result["backup_id"])
+        # One session each, both complete: the repeat named the same session and commit.
+        assert {b["id"]: b["status"] for b in await server.backups()} == dict.fromkeys(done, "complete")
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.parametrize("mode", ["embedded"])
 async def test_a_backup_beside_a_running_one_leaves_its_session_open(agent, server, tmp_path, unique):
     # A manual backup while the daemon's is under way: the one that ends first closes
     # only sessions of runs that are over, so the other still commits.
