@@ -4,6 +4,7 @@ aws gateway's tags); no key ever in a log."""
 
 import asyncio
 import base64
+import contextlib
 import os
 import stat
 from datetime import UTC, datetime
@@ -53,85 +54,92 @@ async def _instance(stack, api, unique, provider="local", image="file:///images/
     return ready["instance_id"]
 
 
-async def test_local_peers_get_a_conf_and_the_gateway_file_follows(mode, tmp_path, unique,
-                                                                   capfd):
+@contextlib.asynccontextmanager
+async def _local_machine(mode, tmp_path, unique):
+    """A stack with the local gateway, a user's machine on it: (stack, api, its vpn-peers url)."""
     settings = settings_for(mode, tmp_path, unique)
     settings.instances.local_vpn_endpoint = "192.0.2.10:51820"
-    keys = [generate_private_key() for _ in range(2)]
-    publics = [public_key_of(k) for k in keys]
     try:
         async with running_stack(settings, SERVICES) as (stack, base), \
                 aiohttp.ClientSession() as http:
             api = Api(http, base)
             instance = await _instance(stack, api, unique)
-            url = f"/api/v1/instances/{instance}/vpn-peers"
-
-            status, body, _ = await api.call("POST", url, json={"public_key": publics[0],
-                                                                "name": "laptop"})
-            assert status == 201, body
-            peer = body["peer"]
-            assert (peer["address"], peer["public_key"], peer["name"], peer["instance_id"]) == (
-                "10.77.0.2", publics[0], "laptop", instance)
-            assert body["filename"].endswith(".conf")
-            assert len(body["filename"].removesuffix(".conf")) <= 15  # a Linux interface name
-            (_, interface), (_, remote) = parse(body["config"])
-            assert interface == {"Address": "10.77.0.2/32"}  # no private key: the client's
-            folder = tmp_path / "data" / "instances" / "wireguard"
-            (key_file,) = folder.glob("*.key")
-            (server_file,) = folder.glob("*.conf")
-            server_private = key_file.read_text().strip()
-            assert remote == {"PublicKey": public_key_of(server_private),
-                              "Endpoint": "192.0.2.10:51820", "AllowedIPs": "10.77.0.0/24",
-                              "PersistentKeepalive": "25"}
-            assert "PrivateKey =" in with_private_key(body["config"], keys[0])
-
-            # Asked again with the same key (a lost response): the same peer, 200.
-            status, again, _ = await api.call("POST", url, json={"public_key": publics[0]})
-            assert status == 200 and again["peer"]["id"] == peer["id"]
-            assert again["config"] == body["config"]
-            status, second, _ = await api.call("POST", url, json={"public_key": publics[1]})
-            assert status == 201 and second["peer"]["address"] == "10.77.0.3"
-            status, page, _ = await api.call("GET", url)
-            assert [p["address"] for p in page["items"]] == ["10.77.0.2", "10.77.0.3"]
-
-            # The gateway's own file: its key, both peers, readable by its owner only.
-            assert stat.S_IMODE(os.stat(server_file).st_mode) == 0o600
-            assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
-            sections = parse(server_file.read_text())
-            assert sections[0][1]["PrivateKey"] == server_private
-            assert sections[0][1]["Address"] == "10.77.0.1/24"
-            assert [(s["PublicKey"], s["AllowedIPs"]) for _, s in sections[1:]] == [
-                (publics[0], "10.77.0.2/32"), (publics[1], "10.77.0.3/32")]
-
-            # Requests at once take turns: new keys get addresses of their own, and one
-            # key sent four times (retries) is one peer.
-            more = [public_key_of(generate_private_key()) for _ in range(5)]
-            answers = await asyncio.gather(*(api.call("POST", url, json={"public_key": k})
-                                              for k in more + [more[0]] * 3))
-            assert sorted(status for status, _, _ in answers) == [200] * 3 + [201] * 5, answers
-            assert len({body["peer"]["id"] for _, body, _ in answers}) == 5
-            status, page, _ = await api.call("GET", url)
-            addresses = [p["address"] for p in page["items"]]
-            assert len(addresses) == 7 == len(set(addresses))
-            assert len(parse(server_file.read_text())) == 1 + 7  # the gateway's file follows
-
-            # A peer taken out (a lost laptop): gone from the list and from the gateway.
-            lost = page["items"][-1]
-            status, _, _ = await api.call("DELETE", f"{url}/{lost['id']}")
-            assert status == 204
-            status, page, _ = await api.call("GET", url)
-            assert lost["id"] not in [p["id"] for p in page["items"]] and len(page["items"]) == 6
-            assert lost["public_key"] not in server_file.read_text()
-            assert len(parse(server_file.read_text())) == 1 + 6
-            status, problem, _ = await api.call("DELETE", f"{url}/{lost['id']}")
-            assert status == 404 and problem["detail"] == "no such VPN peer"
-
-            # The last machine terminated: the environment goes, and its files.
-            status, _, _ = await api.call("POST", f"/api/v1/instances/{instance}/terminate")
-            assert status == 200
-            assert list(folder.iterdir()) == []
+            yield stack, api, f"/api/v1/instances/{instance}/vpn-peers"
     finally:
         await forget_listener(settings)
+
+
+async def test_local_peers_get_a_conf_and_the_gateway_file_follows(mode, tmp_path, unique,
+                                                                   capfd):
+    keys = [generate_private_key() for _ in range(2)]
+    publics = [public_key_of(k) for k in keys]
+    async with _local_machine(mode, tmp_path, unique) as (stack, api, url):
+        instance = url.split("/")[-2]  # /api/v1/instances/<id>/vpn-peers
+
+        status, body, _ = await api.call("POST", url, json={"public_key": publics[0],
+                                                            "name": "laptop"})
+        assert status == 201, body
+        peer = body["peer"]
+        assert (peer["address"], peer["public_key"], peer["name"], peer["instance_id"]) == (
+            "10.77.0.2", publics[0], "laptop", instance)
+        assert body["filename"].endswith(".conf")
+        assert len(body["filename"].removesuffix(".conf")) <= 15  # a Linux interface name
+        (_, interface), (_, remote) = parse(body["config"])
+        assert interface == {"Address": "10.77.0.2/32"}  # no private key: the client's
+        folder = tmp_path / "data" / "instances" / "wireguard"
+        (key_file,) = folder.glob("*.key")
+        (server_file,) = folder.glob("*.conf")
+        server_private = key_file.read_text().strip()
+        assert remote == {"PublicKey": public_key_of(server_private),
+                          "Endpoint": "192.0.2.10:51820", "AllowedIPs": "10.77.0.0/24",
+                          "PersistentKeepalive": "25"}
+        assert "PrivateKey =" in with_private_key(body["config"], keys[0])
+
+        # Asked again with the same key (a lost response): the same peer, 200.
+        status, again, _ = await api.call("POST", url, json={"public_key": publics[0]})
+        assert status == 200 and again["peer"]["id"] == peer["id"]
+        assert again["config"] == body["config"]
+        status, second, _ = await api.call("POST", url, json={"public_key": publics[1]})
+        assert status == 201 and second["peer"]["address"] == "10.77.0.3"
+        status, page, _ = await api.call("GET", url)
+        assert [p["address"] for p in page["items"]] == ["10.77.0.2", "10.77.0.3"]
+
+        # The gateway's own file: its key, both peers, readable by its owner only.
+        assert stat.S_IMODE(os.stat(server_file).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+        sections = parse(server_file.read_text())
+        assert sections[0][1]["PrivateKey"] == server_private
+        assert sections[0][1]["Address"] == "10.77.0.1/24"
+        assert [(s["PublicKey"], s["AllowedIPs"]) for _, s in sections[1:]] == [
+            (publics[0], "10.77.0.2/32"), (publics[1], "10.77.0.3/32")]
+
+        # Requests at once take turns: new keys get addresses of their own, and one
+        # key sent four times (retries) is one peer.
+        more = [public_key_of(generate_private_key()) for _ in range(5)]
+        answers = await asyncio.gather(*(api.call("POST", url, json={"public_key": k})
+                                          for k in more + [more[0]] * 3))
+        assert sorted(status for status, _, _ in answers) == [200] * 3 + [201] * 5, answers
+        assert len({body["peer"]["id"] for _, body, _ in answers}) == 5
+        status, page, _ = await api.call("GET", url)
+        addresses = [p["address"] for p in page["items"]]
+        assert len(addresses) == 7 == len(set(addresses))
+        assert len(parse(server_file.read_text())) == 1 + 7  # the gateway's file follows
+
+        # A peer taken out (a lost laptop): gone from the list and from the gateway.
+        lost = page["items"][-1]
+        status, _, _ = await api.call("DELETE", f"{url}/{lost['id']}")
+        assert status == 204
+        status, page, _ = await api.call("GET", url)
+        assert lost["id"] not in [p["id"] for p in page["items"]] and len(page["items"]) == 6
+        assert lost["public_key"] not in server_file.read_text()
+        assert len(parse(server_file.read_text())) == 1 + 6
+        status, problem, _ = await api.call("DELETE", f"{url}/{lost['id']}")
+        assert status == 404 and problem["detail"] == "no such VPN peer"
+
+        # The last machine terminated: the environment goes, and its files.
+        status, _, _ = await api.call("POST", f"/api/v1/instances/{instance}/terminate")
+        assert status == 200
+        assert list(folder.iterdir()) == []
     out, err = capfd.readouterr()
     for secret in (server_private, *keys, *publics):
         assert secret not in out + err
@@ -197,31 +205,22 @@ async def test_peers_of_a_replacement_gateway_are_listed_and_removed_through_the
         tmp_path, unique):
     """A gateway that died is replaced by a new environment; the machine, launched into the
     old one, still lists and removes the peers added since."""
-    settings = settings_for("embedded", tmp_path, unique)
-    settings.instances.local_vpn_endpoint = "192.0.2.10:51820"
-    try:
-        async with running_stack(settings, SERVICES) as (stack, base), \
-                aiohttp.ClientSession() as http:
-            api = Api(http, base)
-            instance = await _instance(stack, api, unique)
-            url = f"/api/v1/instances/{instance}/vpn-peers"
-            service = stack.runtimes["instances"].context
-            provider = service.providers["local"]
-            async with service.db.transaction() as session:
-                (row,) = await rows(stack)
-                old = await environments.current(session, row.user_id, "local")
-                await environments.retire(session, provider, old)
-                replacement = await environments.ensure(session, provider, row.user_id)
-            assert replacement.id != old.id and row.environment_id == old.id
+    async with _local_machine("embedded", tmp_path, unique) as (stack, api, url):
+        service = stack.runtimes["instances"].context
+        provider = service.providers["local"]
+        async with service.db.transaction() as session:
+            (row,) = await rows(stack)
+            old = await environments.current(session, row.user_id, "local")
+            await environments.retire(session, provider, old)
+            replacement = await environments.ensure(session, provider, row.user_id)
+        assert replacement.id != old.id and row.environment_id == old.id
 
-            status, added, _ = await api.call("POST", url, json={
-                "public_key": public_key_of(generate_private_key())})
-            assert status == 201, added
-            status, page, _ = await api.call("GET", url)
-            assert [p["id"] for p in page["items"]] == [added["peer"]["id"]]
-            status, _, _ = await api.call("DELETE", f"{url}/{added['peer']['id']}")
-            assert status == 204
-            status, page, _ = await api.call("GET", url)
-            assert page["items"] == []
-    finally:
-        await forget_listener(settings)
+        status, added, _ = await api.call("POST", url, json={
+            "public_key": public_key_of(generate_private_key())})
+        assert status == 201, added
+        status, page, _ = await api.call("GET", url)
+        assert [p["id"] for p in page["items"]] == [added["peer"]["id"]]
+        status, _, _ = await api.call("DELETE", f"{url}/{added['peer']['id']}")
+        assert status == 204
+        status, page, _ = await api.call("GET", url)
+        assert page["items"] == []
