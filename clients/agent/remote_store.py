@@ -114,9 +114,6 @@ _EXISTS = object()  # the upload batcher's answer for a key the repository has
 
 
 class RemoteStore(ObjectStore):
-    # Pauses before trying the session's own calls again (retrying.py); tests shorten them.
-    session_retry_delays: tuple[float, ...] = RETRY_DELAYS
-
     def __init__(self, server_url: str, agent_key: str, *, backup_id: str | None = None,
                  http: aiohttp.ClientSession | None = None) -> None:
         self.server_url = server_url.rstrip("/") + "/"
@@ -186,7 +183,7 @@ class RemoteStore(ObjectStore):
         async def once(attempt: int) -> Any:
             return await self.api("POST", "/api/v1/backups", body=start.model_dump(mode="json"))
 
-        answer = await retried(once, self.session_retry_delays if start.id else ())
+        answer = await retried(once, RETRY_DELAYS if start.id else ())
         backup = Backup.model_validate(answer)
         self.backup_id = backup.id
         return backup
@@ -198,7 +195,7 @@ class RemoteStore(ObjectStore):
             return await self.api("POST", f"/api/v1/backups/{self._session()}/commit",
                                   body=commit.model_dump(mode="json"))
 
-        return Backup.model_validate(await retried(once, self.session_retry_delays))
+        return Backup.model_validate(await retried(once))
 
     async def fail(self, reason: str) -> Backup:
         return Backup.model_validate(await self.api(

@@ -16,10 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from shared.format.diskindex import in_use
+from shared.format.diskindex import FILE_NAME as INDEX_FILE, in_use
 
 PREFIX = "restore-index-"
-INDEX_FILE = "index.sqlite"
 
 
 def make(state_dir: Path) -> Path | None:

@@ -28,6 +28,7 @@ from shared.format import (
     WrongPassphrase,
 )
 from shared.format.crypto import KmsUnwrap
+from shared.format.diskindex import FILE_NAME
 from shared.format.store import ObjectNotFound
 from shared.logs import get_logger
 
@@ -35,7 +36,7 @@ log = get_logger(__name__)
 
 KEYS_PREFIX = "keys/"
 # The index of the backup being read, in the task's scratch folder (open_repository).
-INDEX_FILE = "index.sqlite"
+INDEX_FILE = FILE_NAME
 
 
 class CannotOpen(Exception):

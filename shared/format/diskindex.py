@@ -46,6 +46,9 @@ _U32 = (1 << 32) - 1
 _U40 = (1 << 40) - 1
 _MAX_LENGTH = (1 << 31) - 1  # (length << 32) | raw_length must fit SQLite's signed 64 bits
 
+# The name an index on disk takes in the folder it is kept in (the agent's index cache, a
+# restore's folder, a recovery task's scratch folder).
+FILE_NAME = "index.sqlite"
 _DATABASE_SUFFIXES = ("", "-wal", "-shm")  # the database and SQLite's files beside it
 
 # What SQLite says of a file that is damaged or not a database (only then is it deleted).

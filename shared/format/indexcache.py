@@ -28,7 +28,7 @@ from array import array
 from pathlib import Path
 
 from .constants import CHUNK_ID_SIZE
-from .diskindex import DiskIndex
+from .diskindex import FILE_NAME, DiskIndex
 from .index import IndexedPack, KeptPack
 
 MAGIC = b"RECLO-INDEX-CACHE-1\n"
@@ -44,7 +44,7 @@ class IndexCache:
 
     def open_index(self) -> DiskIndex:
         """The index kept on disk beside these files (diskindex.py)."""
-        return DiskIndex(self.folder / "index.sqlite")
+        return DiskIndex(self.folder / FILE_NAME)
 
     def get(self, index_id: str) -> list[KeptPack] | None:
         try:
